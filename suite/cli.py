@@ -1,0 +1,126 @@
+"""Command line: ``suite train|methods|report|bench``. Errors the user can fix print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SuiteError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every other bad input
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_train(args) -> int:
+    from .config import load_run, parse_sets
+    from .train import find, train
+
+    cfg = load_run(args.preset, args.method, args.factor, args.seed, parse_sets(args.set))
+    if not args.force and (rec := find(cfg)) is not None:
+        print(f"found finished run {rec.run_id}; use --force to redo it", file=sys.stderr)
+    else:
+        rec = train(cfg, force=args.force)
+    path = Path(cfg.results_dir) / "runs" / cfg.task / cfg.method / cfg.run_id / "record.json"
+    if rec.status != "ok":
+        print(f"run {rec.run_id} {rec.status}: {rec.reason} (record: {path})", file=sys.stderr)
+        return 1
+    acc = rec.accounting
+    print(
+        f"{rec.task} {rec.method} seed {rec.seed}: test ppl {rec.final['test_ppl']:.2f}, val ppl "
+        f"{rec.final['val_ppl']:.2f}, CF {acc['cf']:.2f} (values only {acc['cf_values']:.2f}, whole model "
+        f"{acc['model_cf']:.2f}), {rec.timings['wall_s']:.0f} s -> {path}"
+    )
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .compressors import REGISTRY, registry
+
+    for name in sorted(REGISTRY):
+        m = REGISTRY[name]
+        print(f"{name:<14}{m.summary}")
+        if args.verbose:
+            print(f"{'':<14}settings: {', '.join(registry.config_fields(name))}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import format_table, table
+
+    df = table(args.results)
+    print(format_table(df))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_train, format_rows
+
+    if args.kind == "train":
+        res = bench_train(
+            args.preset, args.methods.split(","), args.factors, steps=args.steps, device=args.device,
+            out=Path(args.results) / "bench" / "train.json",
+        )
+        print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
+        print(format_rows(res["rows"], "speed_vs_dense"))
+        print(f"-> {Path(args.results) / 'bench' / 'train.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="suite", description="Benchmark suite for compressed recurrent models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train and evaluate one run")
+    t.add_argument("preset", help="task preset, e.g. tasks/ptb-small.yaml")
+    t.add_argument("--method", default="dense", help="compressor name (see `suite methods`)")
+    t.add_argument("--factor", type=float, default=None, help="target compression factor")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5")
+    t.add_argument("--force", action="store_true", help="redo a run that already finished")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("methods", help="list the registered compressors")
+    m.add_argument("-v", "--verbose", action="store_true", help="also list each method's settings")
+    m.set_defaults(func=cmd_methods)
+
+    r = sub.add_parser("report", help="table of all finished runs")
+    r.add_argument("--results", default="results")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
+    b.add_argument("kind", choices=["train"])
+    b.add_argument("--preset", default="tasks/ptb-small.yaml")
+    b.add_argument("--methods", default="svd,small_dense")
+    b.add_argument("--factors", type=_floats, default=[4.0, 8.0])
+    b.add_argument("--steps", type=int, default=30)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--results", default="results")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

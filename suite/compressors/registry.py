@@ -1,0 +1,229 @@
+"""The compressor registry: one dict, name -> Method, is the source of truth (``suite methods`` lists it).
+
+A method is a validated config dataclass plus an ``apply(model, cfg)`` function that compresses in place. Weight-level
+methods only say how one matrix is compressed (a ``Structured`` parametrization); ``compress_targets`` walks
+the model once for all of them, and ``torch.nn.utils.parametrize`` keeps the stock modules (and nn.LSTM's fused
+kernel) in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..errors import CompressionError, ConfigError
+from .accounting import Storage, matches, parametrized_tensors
+
+#: Default targets: the LSTM weight matrices. Embedding (``embedding.weight``) and softmax
+#: (``decoder.weight``) are opt-in.
+LSTM_TARGETS = ["*weight_ih_l*", "*weight_hh_l*"]
+INITS = ("scratch", "trained")
+
+
+@dataclass
+class CompressorConfig:
+    """Settings every method shares."""
+
+    factor: float = 1.0
+    """Target compression factor of the targeted matrices (dense parameters / stored, indices counted)."""
+    targets: list[str] = field(default_factory=lambda: list(LSTM_TARGETS))
+    """fnmatch patterns on qualified parameter names (``lstm.weight_hh_l0``, ``decoder.weight``)."""
+    init: str = "scratch"
+    """``scratch``: compress the freshly initialised model and train it; ``trained``: start from the trained
+    dense baseline of the same task and seed (trained first if it is not there yet)."""
+    finetune_epochs: int | None = None
+    """Epochs of training after compressing a trained model (``init=trained``); None: the preset's epochs."""
+    finetune_lr: float | None = None
+    """Constant learning rate for fine-tuning; None: the rate the dense baseline ended with."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not isinstance(self.factor, (int, float)) or isinstance(self.factor, bool):
+            raise ConfigError(f"factor must be a number, got {self.factor!r}")
+        self.factor = float(self.factor)
+        if not math.isfinite(self.factor) or self.factor < 1:
+            raise ConfigError(f"factor must be a finite number >= 1 (dense is 1), got {self.factor}")
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ConfigError(f"targets must be a non-empty list of name patterns, got {self.targets!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.finetune_epochs is not None and self.finetune_epochs < 0:
+            raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered compressor."""
+
+    name: str
+    config: type[CompressorConfig]
+    apply: Callable[[nn.Module, CompressorConfig], None]
+    """Compress ``model`` in place (``accounting.account`` then counts what it stores)."""
+    summary: str
+    callbacks: Callable[[CompressorConfig], list] | None = None
+    """Lightning callbacks the method needs during training (schedules)."""
+    resize: Callable[[dict, CompressorConfig, Callable[[dict], nn.Module]], dict] | None = None
+    """Model-level methods: return a changed model config (e.g. a smaller hidden size)."""
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    if method.name != method.name.lower():
+        raise ValueError(f"method names are lowercase: {method.name!r}")
+    if not (dataclasses.is_dataclass(method.config) and issubclass(method.config, CompressorConfig)):
+        raise TypeError(f"{method.name}: config must be a CompressorConfig dataclass")
+    REGISTRY[method.name] = method
+    return method
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown method {name!r}; available: {', '.join(available())} (see `suite methods`)"
+        ) from None
+
+
+def config_fields(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(get(name).config)]
+
+
+def make_config(name: str, params: dict[str, Any]) -> CompressorConfig:
+    """Build and validate a method's config from a dict; unknown keys are an error that lists the known."""
+    method = get(name)
+    known = config_fields(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(known)}")
+    try:
+        return method.config(**params)
+    except TypeError as e:
+        raise ConfigError(f"bad settings for method {name!r}: {e}") from None
+
+
+class Structured(nn.Module):
+    """A parametrization W = f(factors) of one (m, n) matrix, registered with ``parametrize``.
+
+    Subclasses implement ``forward(*factors) -> W`` (the materialized matrix), ``right_inverse(W) -> factors``
+    (decompose a trained weight, or draw fresh factors when ``init == 'scratch'``), ``storage()`` for the
+    accounting and ``matvec(factors, x)``, the deployment form that never builds W.
+    """
+
+    method: str = "structured"
+
+    def __init__(self, shape: tuple[int, int], init: str = "scratch") -> None:
+        super().__init__()
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.init = init
+
+    def storage(self) -> Storage:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+    def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """y = W x for x of shape (n,) or (n, k), without materializing W."""
+        raise NotImplementedError
+
+
+def compress_targets(
+    model: nn.Module,
+    patterns: list[str],
+    make: Callable[[str, Tensor], Structured],
+) -> list[str]:
+    """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
+
+    Targets are collected first and swapped after, so the walk never sees its own changes. A parameter shared
+    by several modules (tied weights) cannot be compressed through one of its names only.
+    """
+    seen: dict[int, str] = {}
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+        seen.setdefault(id(p), name)
+    already = {qual for qual, *_ in parametrized_tensors(model)}
+    chosen: list[tuple[str, nn.Module, str, Tensor]] = []
+    for mod_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            continue
+        for tensor_name, p in module.named_parameters(recurse=False):
+            qual = f"{mod_name}.{tensor_name}" if mod_name else tensor_name
+            if qual in already or not matches(qual, patterns):
+                continue
+            if len(aliases[id(p)]) > 1:
+                raise ConfigError(
+                    f"{qual} is tied to {', '.join(a for a in aliases[id(p)] if a != qual)}; tie the weights in "
+                    "the model's forward (as the language model does) so one parameter can be compressed"
+                )
+            if p.dim() != 2:
+                raise ConfigError(f"target {qual} has shape {tuple(p.shape)}; only matrices can be compressed")
+            chosen.append((qual, module, tensor_name, p))
+    if not chosen:
+        names = ", ".join(n for n, _ in model.named_parameters())
+        raise ConfigError(f"no parameter matches targets {patterns}; the model's parameters are: {names}")
+    for qual, module, tensor_name, p in chosen:
+        structured = make(qual, p.detach())
+        parametrize.register_parametrization(module, tensor_name, structured)
+    return [c[0] for c in chosen]
+
+
+def export_dense(model: nn.Module) -> nn.Module:
+    """Remove every parametrization in place, leaving plain dense weights equal to the parametrized ones."""
+    for _, module, tensor_name, _ in list(parametrized_tensors(model)):
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
+    return model
+
+
+def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
+    """The deployment form of one parametrized weight: x -> W x without building W."""
+    plist = module.parametrizations[tensor_name]
+    structured: Structured = plist[0]
+    if hasattr(plist, "original"):
+        factors = (plist.original,)
+    else:
+        factors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+    factors = tuple(f.detach() for f in factors)
+    return lambda x: structured.matvec(factors, x)
+
+
+def apply_structured(make: Callable[[str, Tensor, CompressorConfig], Structured]):
+    """Turn a per-matrix constructor into a method's ``apply``: parametrize every target."""
+
+    def apply(model: nn.Module, cfg: CompressorConfig) -> None:
+        with torch.no_grad():
+            compress_targets(model, cfg.targets, lambda name, w: make(name, w, cfg))
+
+    return apply
+
+
+def check_budget(name: str, shape: tuple[int, int], factor: float, stored: float, best: str) -> None:
+    """Raise a CompressionError when a matrix cannot reach ``factor``; ``best`` says what it can reach."""
+    m, n = shape
+    if stored <= 0 or m * n / stored < factor * (1 - 1e-9):
+        raise CompressionError(f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor")

@@ -1,0 +1,180 @@
+"""train(cfg) -> Record: the one entry point of the CLI, the tests, the sweeps and the pipeline."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from .compressors import account, registry
+from .config import RunConfig
+from .data import load_corpus
+from .errors import SuiteError, TrialDiverged
+from .models.lm import build_lm
+from .tasks import LanguageModelData, LanguageModelTask, step_decay
+from .track import History, Record, close_wandb, provenance, run_dir, wandb_logger
+
+MODEL_FILE = "model.pt"
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LightningModule.*that has .* parameters.*")
+warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+
+
+def baseline_config(cfg: RunConfig) -> RunConfig:
+    """The dense run that methods with ``init=trained`` start from: same task, data, model, training, seed."""
+    return cfg.replace(method="dense", compress={}, study=None, trial=None)
+
+
+def find(cfg: RunConfig) -> Record | None:
+    """The finished record of this exact configuration, if there is one."""
+    path = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id) / "record.json"
+    if path.is_file():
+        rec = Record.load(path)
+        if rec.status == "ok":
+            return rec
+    return None
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    force: bool = False,
+    callbacks: Sequence[pl.Callback] = (),
+    progress_bar: bool | None = None,
+) -> Record:
+    """Train, evaluate and record one run; a finished run with the same run-id is returned, not redone.
+
+    Everything that can be wrong with the inputs (method, settings, data, reachable CF) is checked before
+    anything is written. The run is built in a staging folder and moved into place with its record, so a
+    killed run leaves no half-written results. A run that diverges or is pruned is recorded with that status.
+    """
+    if not force and (done := find(cfg)) is not None:
+        return done
+    t_start = time.perf_counter()
+    method = registry.get(cfg.method)
+    mcfg = cfg.method_config
+    corpus = load_corpus(cfg.dataset, cfg.data_dir, cfg.train.max_vocab)
+    model_cfg = {**cfg.model, "vocab": len(corpus.vocab)}
+    reference = None
+    if method.resize is not None:
+        with torch.device("meta"):
+            reference = build_lm(model_cfg)
+        model_cfg = method.resize(model_cfg, mcfg, build_lm)
+
+    epochs, lr_at = cfg.train.epochs, step_decay(cfg.train)
+    base = None
+    if mcfg.init == "trained":
+        base = train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
+        if base.status != "ok":
+            raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
+        if mcfg.finetune_epochs is not None:
+            epochs = mcfg.finetune_epochs
+        final_lr = mcfg.finetune_lr or step_decay(cfg.train)(cfg.train.epochs - 1)
+        lr_at = lambda e: final_lr  # noqa: E731
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_lm(model_cfg)
+    if base is not None:
+        state = torch.load(run_dir(cfg.results_dir, base.task, "dense", base.run_id) / MODEL_FILE)
+        model.load_state_dict(state)
+    method.apply(model, mcfg)
+    accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
+
+    final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
+    staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    record = Record(
+        run_id=cfg.run_id,
+        task=cfg.task,
+        method=cfg.method,
+        seed=cfg.seed,
+        status="failed",
+        config={**cfg.to_dict(), "model_resolved": model_cfg, "epochs_run": epochs, "data": corpus.describe()},
+        accounting=accounting.to_dict(),
+        provenance=provenance(),
+    )
+    data = LanguageModelData(corpus, cfg.train)
+    task = LanguageModelTask(model, lr_at)
+    label = f"{cfg.task} {cfg.method}" + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "") + f" seed {cfg.seed}"
+    history = History(label, epochs, data.train_tokens)
+    wandb = wandb_logger(
+        cfg.wandb,
+        staging,
+        group=cfg.study or cfg.task,
+        job_type=cfg.method,
+        name=f"{cfg.method}-{cfg.run_id}",
+        config={**record.config, "achieved_cf": accounting.cf, "model_cf": accounting.model_cf},
+        tags=[cfg.task, cfg.method, cfg.profile],
+    )
+    loggers = [pl.loggers.CSVLogger(str(staging), name="csv", version="")] + ([wandb] if wandb else [])
+    extra = list(method.callbacks(mcfg) if method.callbacks else [])
+    interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="auto",
+        devices=1,
+        logger=loggers,
+        callbacks=[*extra, *callbacks, history],
+        gradient_clip_val=cfg.train.clip,
+        gradient_clip_algorithm="norm",
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=interactive,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+    )
+    exit_code, raise_after = 1, None
+    try:
+        if epochs > 0:
+            trainer.fit(task, datamodule=data)
+        val = trainer.validate(task, datamodule=data, verbose=False)[0]
+        test = trainer.test(task, datamodule=data, verbose=False)[0]
+        record.final = {"val_ppl": val["val_ppl"], "test_ppl": test["test_ppl"]}
+        if not all(math.isfinite(v) for v in record.final.values()):
+            raise TrialDiverged(f"non-finite perplexity {record.final}")
+        record.status, exit_code = "ok", 0
+        record.accounting = account(model, mcfg.targets, reference=reference, method=cfg.method).to_dict()
+        if cfg.method == "dense" or cfg.checkpoint:
+            torch.save(model.state_dict(), staging / MODEL_FILE)
+    except TrialDiverged as e:
+        record.reason = str(e)
+    except BaseException as e:
+        if type(e).__name__ == "TrialPruned":  # optuna's, without importing optuna here
+            record.status, record.reason = "pruned", str(e) or "pruned by the sweep's pruner"
+        else:
+            record.reason = f"{type(e).__name__}: {e}"
+            close_wandb(wandb, exit_code=1)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        raise_after = e
+    finally:
+        record.epochs = history.rows
+        wall = time.perf_counter() - t_start
+        record.timings = {
+            "wall_s": wall,
+            "train_s": history.train_seconds,
+            "train_tokens_per_s": (data.train_tokens * len(history.rows) / history.train_seconds)
+            if history.train_seconds
+            else None,
+        }
+    close_wandb(wandb, {"final": record.final, "cf": accounting.cf, "status": record.status}, exit_code)
+    record.save(staging / "record.json")
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(staging, final_dir)
+    if raise_after is not None:
+        raise raise_after
+    return record

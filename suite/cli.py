@@ -68,7 +68,11 @@ def cmd_bench(args) -> int:
 
     if args.kind == "train":
         res = bench_train(
-            args.preset, args.methods.split(","), args.factors, steps=args.steps, device=args.device,
+            args.preset,
+            args.methods.split(","),
+            args.factors,
+            steps=args.steps,
+            device=args.device,
             out=Path(args.results) / "bench" / "train.json",
         )
         print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
@@ -86,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="dense", help="compressor name (see `suite methods`)")
     t.add_argument("--factor", type=float, default=None, help="target compression factor")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
+    )
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
     t.set_defaults(func=cmd_train)
 

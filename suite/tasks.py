@@ -17,6 +17,8 @@ from .data import BPTTWindows, Corpus, batchify, prefix
 from .errors import TrialDiverged
 from .models.lm import detach
 
+FLOAT32_MAX_LOG = 88.7  # log of the largest float32
+
 
 def step_decay(cfg: TrainConfig) -> Callable[[int], float]:
     """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
@@ -31,7 +33,8 @@ class LanguageModelData(pl.LightningDataModule):
         self.corpus, self.cfg = corpus, cfg
         self.train_data = batchify(prefix(corpus.train, cfg.train_fraction), cfg.batch_size)  # (S, B)
         self.eval_data = {
-            s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size) for s in ("valid", "test")
+            s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size)
+            for s in ("valid", "test")
         }
 
     @property
@@ -106,6 +109,8 @@ class LanguageModelTask(pl.LightningModule):
     def _eval_end(self, split: str) -> None:
         total, tokens = self._sums[split]
         loss = total / max(tokens, 1)
+        if split == "val" and not loss < FLOAT32_MAX_LOG:  # NaN, or a perplexity fp32 cannot hold
+            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
         self.log(f"{split}_loss", loss)
         self.log(f"{split}_ppl", math.exp(min(loss, 700.0)))
 

@@ -39,7 +39,9 @@ class Record:
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     reason: str | None = None
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
     @property
     def value(self) -> float | None:
@@ -141,7 +143,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]):
+def wandb_logger(
+    mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]
+):
     """A Lightning WandbLogger (offline unless ``mode == 'online'``), or None when disabled or not installed."""
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return None
@@ -149,7 +153,10 @@ def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str
         import wandb  # noqa: F401
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:
-        print("note: wandb is not installed; this run is tracked by its record and CSV log only", file=sys.stderr)
+        print(
+            "note: wandb is not installed; this run is tracked by its record and CSV log only",
+            file=sys.stderr,
+        )
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -198,6 +205,7 @@ class History(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._train_end: float | None = None
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # the epoch's rate, before the scheduler steps
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         # Validation runs inside the training epoch: training time stops when it starts.
@@ -208,7 +216,7 @@ class History(pl.Callback):
         now = time.perf_counter()
         train_s = (self._train_end or now) - self._t0
         self.train_seconds += train_s
-        row = {"epoch": trainer.current_epoch + 1, "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        row = {"epoch": trainer.current_epoch + 1, "lr": self._lr}
         for k, v in trainer.callback_metrics.items():
             row[k] = float(v)
         row["train_ppl"] = float(torch.tensor(row.get("train_loss", float("nan"))).clamp(max=700).exp())

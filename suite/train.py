@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -10,10 +11,10 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from .compressors import account, registry
 from .config import RunConfig
@@ -36,6 +37,28 @@ warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 def baseline_config(cfg: RunConfig) -> RunConfig:
     """The dense run that methods with ``init=trained`` start from: same task, data, model, training, seed."""
     return cfg.replace(method="dense", compress={}, study=None, trial=None)
+
+
+def build_model(
+    model_cfg: dict, method_name: str, mcfg: registry.CompressorConfig, state: dict | None = None
+) -> tuple[nn.Module, nn.Module | None]:
+    """Build the task model, load ``state`` (trained dense weights) if given, and compress it in place.
+
+    Returns the model and, for methods that change the architecture itself, the dense reference (on the meta
+    device) that the accounting compares against; None when the model's own dense shapes are the reference.
+    """
+    method = registry.get(method_name)
+    reference = None
+    if method.resize is not None:
+        with torch.device("meta"):
+            reference = build_lm(model_cfg)
+        model_cfg = method.resize(model_cfg, mcfg, build_lm)
+    model = build_lm(model_cfg)
+    model.config = model_cfg
+    if state is not None:
+        model.load_state_dict(state)
+    method.apply(model, mcfg)
+    return model, reference
 
 
 def find(cfg: RunConfig) -> Record | None:
@@ -68,28 +91,24 @@ def train(
     mcfg = cfg.method_config
     corpus = load_corpus(cfg.dataset, cfg.data_dir, cfg.train.max_vocab)
     model_cfg = {**cfg.model, "vocab": len(corpus.vocab)}
-    reference = None
-    if method.resize is not None:
-        with torch.device("meta"):
-            reference = build_lm(model_cfg)
-        model_cfg = method.resize(model_cfg, mcfg, build_lm)
-
     epochs, lr_at = cfg.train.epochs, step_decay(cfg.train)
-    base = None
+    state = None
     if mcfg.init == "trained":
+        # Fail on an unreachable CF or bad targets now, not after training the baseline.
+        dry = copy.copy(mcfg)
+        dry.init = "scratch"
+        build_model(model_cfg, cfg.method, dry)
         base = train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
+        state = torch.load(run_dir(cfg.results_dir, base.task, "dense", base.run_id) / MODEL_FILE)
         if mcfg.finetune_epochs is not None:
             epochs = mcfg.finetune_epochs
         final_lr = mcfg.finetune_lr or step_decay(cfg.train)(cfg.train.epochs - 1)
         lr_at = lambda e: final_lr  # noqa: E731
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_lm(model_cfg)
-    if base is not None:
-        state = torch.load(run_dir(cfg.results_dir, base.task, "dense", base.run_id) / MODEL_FILE)
-        model.load_state_dict(state)
-    method.apply(model, mcfg)
+    model, reference = build_model(model_cfg, cfg.method, mcfg, state)
+    model_cfg = getattr(model, "config", model_cfg)
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
 
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
@@ -102,13 +121,22 @@ def train(
         method=cfg.method,
         seed=cfg.seed,
         status="failed",
-        config={**cfg.to_dict(), "model_resolved": model_cfg, "epochs_run": epochs, "data": corpus.describe()},
+        config={
+            **cfg.to_dict(),
+            "model_resolved": model_cfg,
+            "epochs_run": epochs,
+            "data": corpus.describe(),
+        },
         accounting=accounting.to_dict(),
         provenance=provenance(),
     )
     data = LanguageModelData(corpus, cfg.train)
     task = LanguageModelTask(model, lr_at)
-    label = f"{cfg.task} {cfg.method}" + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "") + f" seed {cfg.seed}"
+    label = (
+        f"{cfg.task} {cfg.method}"
+        + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "")
+        + f" seed {cfg.seed}"
+    )
     history = History(label, epochs, data.train_tokens)
     wandb = wandb_logger(
         cfg.wandb,

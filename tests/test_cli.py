@@ -1,0 +1,121 @@
+"""The command line: one-line errors with exit code 2 and nothing written; the happy path prints a summary."""
+
+import pytest
+
+from suite.cli import main
+
+
+def fails_cleanly(capsys, results, argv, match):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert match in err, err
+    assert not results.exists() or not any(results.rglob("*")), "nothing may be written on bad input"
+    return err
+
+
+def test_unknown_method(capsys, tiny_preset, results):
+    fails_cleanly(
+        capsys,
+        results,
+        ["train", str(tiny_preset), "--method", "nope", "--set", f"results_dir={results}"],
+        "unknown method 'nope'",
+    )
+
+
+def test_impossible_compression_factor(capsys, tiny_preset, results):
+    err = fails_cleanly(
+        capsys,
+        results,
+        [
+            "train",
+            str(tiny_preset),
+            "--method",
+            "svd",
+            "--factor",
+            "100000",
+            "--set",
+            f"results_dir={results}",
+        ],
+        "cannot reach CF 100000",
+    )
+    assert "smaller --factor" in err
+
+
+def test_factor_below_one(capsys, tiny_preset, results):
+    fails_cleanly(
+        capsys,
+        results,
+        ["train", str(tiny_preset), "--method", "svd", "--factor", "0.5", "--set", f"results_dir={results}"],
+        ">= 1",
+    )
+
+
+def test_missing_preset_and_malformed_yaml(capsys, tmp_path, results):
+    fails_cleanly(capsys, results, ["train", str(tmp_path / "none.yaml")], "no such file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: ptb\nmodel: {hidden: 2\n")
+    fails_cleanly(capsys, results, ["train", str(bad)], "is not valid YAML")
+
+
+def test_bad_override(capsys, tiny_preset, results):
+    fails_cleanly(
+        capsys, results, ["train", str(tiny_preset), "--set", "nonsense=1"], "unknown override 'nonsense'"
+    )
+    fails_cleanly(capsys, results, ["train", str(tiny_preset), "--set", "epochs=-1"], "train.epochs")
+    fails_cleanly(capsys, results, ["train", str(tiny_preset), "--set", "novalue"], "key=value")
+
+
+def test_missing_data(capsys, tmp_path, results, monkeypatch):
+    monkeypatch.setenv("SUITE_DATA_DIR", str(tmp_path / "empty"))
+    preset = tmp_path / "p.yaml"
+    preset.write_text("dataset: ptb\nmodel: {hidden: 8, layers: 1}\n")
+    fails_cleanly(
+        capsys, results, ["train", str(preset), "--set", f"results_dir={results}"], "SUITE_DATA_DIR"
+    )
+
+
+def test_bad_arguments_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_train_then_report(capsys, tiny_preset, results):
+    assert main(["train", str(tiny_preset), "--set", "profile=smoke", "--set", f"results_dir={results}"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny dense seed 0: test ppl" in out and "CF 1.00" in out
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_preset),
+                "--method",
+                "svd",
+                "--factor",
+                "2",
+                "--set",
+                "profile=smoke",
+                "--set",
+                f"results_dir={results}",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["report", "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    lines = [ln.split() for ln in table.splitlines()]
+    assert lines[0][:3] == ["task", "profile", "method"]
+    assert [ln[2] for ln in lines[1:]] == ["dense", "svd"]
+
+
+def test_methods_lists_the_registry(capsys):
+    from suite.compressors import available
+
+    assert main(["methods"]) == 0
+    listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    assert listed == available()

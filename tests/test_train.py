@@ -1,0 +1,83 @@
+"""train(cfg) end to end on a tiny corpus: records, re-use, trained inits, failure handling."""
+
+import json
+import math
+
+import pytest
+
+from suite.config import load_run
+from suite.track import load_records
+from suite.train import find, train
+
+
+def run(preset, results, method="dense", factor=None, **sets):
+    cfg = load_run(preset, method, factor, None, {"results_dir": str(results), **sets})
+    return cfg, train(cfg, progress_bar=False)
+
+
+def test_dense_run_writes_a_complete_record(tiny_preset, results):
+    cfg, rec = run(tiny_preset, results)
+    folder = results / "runs" / cfg.task / "dense" / cfg.run_id
+    on_disk = json.loads((folder / "record.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["run_id"] == cfg.run_id
+    assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
+    assert on_disk["epochs"][1]["lr"] == pytest.approx(0.5)  # decay_after 1, lr_decay 2
+    assert math.isfinite(on_disk["final"]["test_ppl"]) and on_disk["final"]["test_ppl"] < 60  # vocab ~60
+    assert on_disk["accounting"]["cf"] == 1.0 and on_disk["accounting"]["matrices"]
+    assert on_disk["timings"]["wall_s"] > 0 and on_disk["timings"]["train_tokens_per_s"] > 0
+    prov = on_disk["provenance"]
+    assert {"git_sha", "git_dirty", "versions", "device"} <= set(prov) and "torch" in prov["versions"]
+    assert (folder / "csv" / "metrics.csv").is_file() and (folder / "model.pt").is_file()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_finished_run_is_found_not_redone(tiny_preset, results):
+    cfg, rec = run(tiny_preset, results)
+    again = train(cfg)
+    assert again.created == rec.created and find(cfg).run_id == rec.run_id
+    redone = train(cfg, force=True)
+    assert redone.created >= rec.created and len(load_records(results)) == 1
+
+
+def test_same_config_same_run_id_and_seed_changes_it(tiny_preset, results):
+    a = load_run(tiny_preset, "svd", 4, None, {"results_dir": str(results)})
+    b = load_run(tiny_preset, "svd", None, None, {"factor": 4.0, "results_dir": "elsewhere"})
+    c = load_run(tiny_preset, "svd", 4, 1, {})
+    assert a.run_id == b.run_id != c.run_id
+
+
+def test_svd_starts_from_the_trained_dense_baseline(tiny_preset, results):
+    _, rec = run(tiny_preset, results, "svd", 2)
+    assert rec.status == "ok" and rec.config["epochs_run"] == 0  # no fine-tuning by default
+    assert rec.accounting["cf"] >= 2
+    methods = sorted(r.method for r in load_records(results))
+    assert methods == ["dense", "svd"]  # the baseline was trained once, on the way
+    _, tuned = run(tiny_preset, results, "svd", 2, finetune_epochs=1)
+    assert tuned.config["epochs_run"] == 1 and len(tuned.epochs) == 1
+    assert len(load_records(results)) == 3  # the baseline was found, not redone
+
+
+def test_small_dense_shrinks_hidden_and_counts_against_dense(tiny_preset, results):
+    _, rec = run(tiny_preset, results, "small_dense", 4)
+    assert rec.config["model_resolved"]["hidden"] < 16
+    assert rec.accounting["cf"] >= 4
+
+
+def test_divergence_is_recorded_as_failed_with_a_reason(tiny_preset, results):
+    cfg, rec = run(tiny_preset, results, lr=1e30, clip=1e30)
+    assert rec.status == "failed" and "became" in rec.reason
+    on_disk = json.loads((results / "runs" / cfg.task / "dense" / cfg.run_id / "record.json").read_text())
+    assert on_disk["status"] == "failed"
+    assert find(cfg) is None  # a failed run is redone next time
+
+
+def test_wandb_offline_run_is_created_and_closed(tiny_preset, results, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE")
+    cfg, rec = run(tiny_preset, results, epochs=1)
+    folder = results / "runs" / cfg.task / "dense" / cfg.run_id / "wandb"
+    runs = list(folder.glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    import wandb
+
+    assert wandb.run is None  # finished

@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -59,6 +60,25 @@ def build_model(
         model.load_state_dict(state)
     method.apply(model, mcfg)
     return model, reference
+
+
+def _remove_stale_staging(final_dir: Path) -> None:
+    """Remove staging folders of this run left by processes that no longer exist (killed runs)."""
+    for folder in final_dir.parent.glob(f".{final_dir.name}.tmp*"):
+        pid = folder.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live process is building this very run
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def find(cfg: RunConfig) -> Record | None:
@@ -113,7 +133,7 @@ def train(
 
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    _remove_stale_staging(final_dir)
     staging.mkdir(parents=True)
     record = Record(
         run_id=cfg.run_id,

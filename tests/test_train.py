@@ -81,3 +81,12 @@ def test_wandb_offline_run_is_created_and_closed(tiny_preset, results, monkeypat
     import wandb
 
     assert wandb.run is None  # finished
+
+
+def test_a_killed_runs_staging_folder_is_cleaned_up(tiny_preset, results):
+    cfg = load_run(tiny_preset, "dense", None, None, {"results_dir": str(results), "epochs": 1})
+    parent = results / "runs" / cfg.task / "dense"
+    stale = parent / f".{cfg.run_id}.tmp999999999"  # no such process
+    (stale / "csv").mkdir(parents=True)
+    train(cfg, progress_bar=False)
+    assert not stale.exists() and (parent / cfg.run_id / "record.json").is_file()

@@ -66,6 +66,10 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import bench_train, format_rows
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.kind == "train":
         res = bench_train(
             args.preset,
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--factors", type=_floats, default=[4.0, 8.0])
     b.add_argument("--steps", type=int, default=30)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     b.add_argument("--results", default="results")
     b.set_defaults(func=cmd_bench)
     return p

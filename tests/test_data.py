@@ -1,5 +1,6 @@
 """Corpora, vocabulary, caching and the BPTT layout."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -82,3 +83,28 @@ def test_real_ptb_counts(monkeypatch):
     assert len(c.vocab) == 10_000
     assert (c.train.numel(), c.valid.numel(), c.test.numel()) == (929_589, 73_760, 82_430)
     assert c.vocab.count(UNK) == 1 and UNK in c.vocab[:5]
+
+
+def test_download_is_checked_by_sha256(tmp_path, monkeypatch):
+    """Online path: files come through the datasets download manager and must match their sha256."""
+    import datasets
+
+    from suite.data import sources
+
+    fake = {}
+    for split in sources.SPLITS:
+        fake[split] = tmp_path / f"{split}.txt"
+        fake[split].write_text(" a b \n")
+    good = {s: sources.sha256(fake[s]) for s in sources.SPLITS}
+    monkeypatch.setattr(
+        datasets.DownloadManager, "download", lambda self, urls: {k: str(fake[k]) for k in urls}
+    )
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("SUITE_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="sha256"):
+        load_corpus("ptb")
+    monkeypatch.setitem(sources.SOURCES, "ptb", dataclasses.replace(sources.SOURCES["ptb"], sha256=good))
+    for split in sources.SPLITS:  # the failed check removed the bad files; write them again
+        fake[split].write_text(" a b \n")
+    c = load_corpus("ptb")
+    assert c.train.numel() == 3

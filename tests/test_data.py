@@ -96,9 +96,14 @@ def test_download_is_checked_by_sha256(tmp_path, monkeypatch):
         fake[split] = tmp_path / f"{split}.txt"
         fake[split].write_text(" a b \n")
     good = {s: sources.sha256(fake[s]) for s in sources.SPLITS}
-    monkeypatch.setattr(
-        datasets.DownloadManager, "download", lambda self, urls: {k: str(fake[k]) for k in urls}
-    )
+    original = datasets.DownloadManager.download
+
+    def download(self, urls):  # our PTB URLs -> the fake files; anything else as usual
+        if urls == sources.SOURCES["ptb"].urls:
+            return {k: str(fake[k]) for k in urls}
+        return original(self, urls)
+
+    monkeypatch.setattr(datasets.DownloadManager, "download", download)
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.delenv("SUITE_DATA_DIR", raising=False)
     with pytest.raises(DataError, match="sha256"):

@@ -148,6 +148,11 @@ class Structured(nn.Module):
         """y = W x for x of shape (n,) or (n, k), without materializing W."""
         raise NotImplementedError
 
+    def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
+        """The deployment closure x -> W x. Subclasses precompute here what every call would otherwise redo
+        (contiguous factors, the cheaper contraction order, a CSR copy of a sparse part)."""
+        return lambda x: self.matvec(factors, x)
+
 
 def compress_targets(
     model: nn.Module,
@@ -191,8 +196,12 @@ def compress_targets(
 
 
 def export_dense(model: nn.Module) -> nn.Module:
-    """Remove every parametrization in place, leaving plain dense weights equal to the parametrized ones."""
+    """Remove every parametrization in place, leaving plain dense weights equal to the parametrized ones.
+
+    The weights are evaluated in eval mode, so training-only noise (co-matrix dropout) is never baked in.
+    """
     for _, module, tensor_name, _ in list(parametrized_tensors(model)):
+        module.parametrizations[tensor_name].eval()
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
@@ -208,8 +217,8 @@ def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], T
         factors = (plist.original,)
     else:
         factors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
-    factors = tuple(f.detach() for f in factors)
-    return lambda x: structured.matvec(factors, x)
+    with torch.no_grad():
+        return structured.deploy(tuple(f.detach() for f in factors))
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig], Structured]):
@@ -227,3 +236,14 @@ def check_budget(name: str, shape: tuple[int, int], factor: float, stored: float
     m, n = shape
     if stored <= 0 or m * n / stored < factor * (1 - 1e-9):
         raise CompressionError(f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor")
+
+
+#: A matrix whose achieved CF exceeds the target by more than this is flagged as the closest achievable.
+CF_TOLERANCE = 0.05
+
+
+def budget_detail(shape: tuple[int, int], factor: float, stored: float) -> dict:
+    """Target vs achieved CF of one matrix for ``describe()``: the accounting then states when a method's
+    granularity (rank, factor shapes) only allowed the closest achievable CF above the target."""
+    achieved = shape[0] * shape[1] / stored
+    return {"target_cf": factor, "closest_achievable": achieved > factor * (1 + CF_TOLERANCE)}

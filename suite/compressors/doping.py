@@ -69,11 +69,18 @@ class Doped(Structured):
         self.target = target
         self.sparse_enabled = True
         """False evaluates S alone (the CMA diagnostic 'val ppl with D removed')."""
-        self.register_buffer("mask", torch.ones(self.shape, dtype=torch.bool))
+        self.register_buffer("mask", torch.ones(self.shape))
+        """M: 1 where D keeps an entry, 0 where it was pruned. Stored in D's dtype, as a multiplier: in
+        training, S + D * M (one fused addcmul) costs a third of what a boolean torch.where costs."""
+
+    @property
+    def live(self) -> Tensor:
+        """The mask as booleans."""
+        return self.mask != 0
 
     def sparse(self, d: Tensor) -> Tensor:
         """M * D, with co-matrix dropout in training."""
-        sparse = torch.where(self.mask, d, 0.0)
+        sparse = d * self.mask
         if self.training and self.cmr > 0:
             sparse = self._drop(sparse, self.cmr)
         return sparse
@@ -82,7 +89,9 @@ class Doped(Structured):
         s = self.structured(*factors[:-1])
         if not self.sparse_enabled:
             return s
-        return s + self.sparse(factors[-1])
+        if self.training and self.cmr > 0:
+            return s + self.sparse(factors[-1])
+        return torch.addcmul(s, factors[-1], self.mask)  # S + D * M
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, ...]:
         factors = self.structured.right_inverse(w)
@@ -95,7 +104,7 @@ class Doped(Structured):
 
     @property
     def nnz(self) -> int:
-        return int(self.mask.sum())
+        return int(self.mask.count_nonzero())
 
     def storage(self) -> Storage:
         return self.structured.storage() + csr_storage(self.shape[0], self.nnz)
@@ -165,13 +174,13 @@ def prune_to(t: DopedTensor, keep: int) -> None:
     """Keep the ``keep`` largest-magnitude entries of M * D. Only entries the mask still has compete, so a
     pruned entry never comes back; pruned values are zeroed."""
     mask = t.param.mask
-    if keep >= int(mask.sum()):
+    if keep >= t.param.nnz:
         return
-    scores = torch.where(mask, t.d.abs(), -1.0).flatten()  # pruned entries rank below every live one
+    scores = torch.where(t.param.live, t.d.abs(), -1.0).flatten()  # pruned entries rank below live ones
     kept = torch.zeros_like(mask).flatten()
-    kept[torch.topk(scores, keep, sorted=False).indices] = True
+    kept[torch.topk(scores, keep, sorted=False).indices] = 1
     mask.copy_(kept.view_as(mask))
-    t.d.masked_fill_(~mask, 0.0)
+    t.d.mul_(mask)
 
 
 def finish_annealing(model: nn.Module) -> None:

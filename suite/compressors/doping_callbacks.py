@@ -163,7 +163,7 @@ def sparse_to_structured_ratios(model: nn.Module, run: Callable[[], object]) -> 
         if t.name in inputs:
             x = inputs[t.name]  # (N, n)
             s = t.param.structured(*t.factors)  # (m, n)
-            sparse = torch.where(t.param.mask, t.d, 0.0)
+            sparse = t.d * t.param.mask
             ratios[t.name] = ((x @ sparse.T).norm() / (x @ s.T).norm().clamp_min(1e-30)).item()
     return ratios
 

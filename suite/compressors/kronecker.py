@@ -144,8 +144,13 @@ class Kronecker(Structured):
         self.target = target
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        w = torch.einsum("rik,rjl->ijkl", a, b)  # (m1, m2, n1, n2): W[i1 m2 + i2, j1 n2 + j2]
-        return w.reshape(self.shape)
+        s = self.kp
+        r = a.size(0)
+        # R(W) = sum_k vec(A_k) vec(B_k)^T in one matmul, then undo the rearrangement; autograd's backward is
+        # then a rearranged copy of the gradient and two matrix-vector products (half the time of einsum's).
+        rw = a.reshape(r, -1).T @ b.reshape(r, -1)  # (m1 n1, m2 n2)
+        w = rw.view(s.m1, s.n1, s.m2, s.n2).permute(0, 2, 1, 3)  # (m1, m2, n1, n2)
+        return w.reshape(self.shape)  # W[i1 m2 + i2, j1 n2 + j2] = A[i1, j1] B[i2, j2]
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, Tensor]:
         s = self.kp

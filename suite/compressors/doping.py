@@ -260,7 +260,8 @@ def make_doped(method: str, make_structured: Callable[[str, Tensor, CompressorCo
         except CompressionError as e:
             raise CompressionError(
                 f"{name} ({m}x{n}) cannot reach CF {cfg.factor:g} with {method}: its structured part gets "
-                f"structured_share {cfg.structured_share:g} of the budget and so needs CF {s_factor:g}, but {e}"
+                f"structured_share {cfg.structured_share:g} of the budget and so needs CF {s_factor:g}, but "
+                f"{getattr(e, 'best', e)}; ask for a smaller --factor"
             ) from None
         room = m * n / cfg.factor - structured.storage().total - (m + 1)  # less the CSR row pointers
         final_nnz = min(m * n, math.floor(room / 2 + 1e-9))  # a value and a column index per nonzero

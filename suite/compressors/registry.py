@@ -235,7 +235,11 @@ def check_budget(name: str, shape: tuple[int, int], factor: float, stored: float
     """Raise a CompressionError when a matrix cannot reach ``factor``; ``best`` says what it can reach."""
     m, n = shape
     if stored <= 0 or m * n / stored < factor * (1 - 1e-9):
-        raise CompressionError(f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor")
+        err = CompressionError(
+            f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor"
+        )
+        err.best = best  # what the method can reach, for methods that wrap this one
+        raise err
 
 
 #: A matrix whose achieved CF exceeds the target by more than this is flagged as the closest achievable.

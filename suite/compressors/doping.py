@@ -145,7 +145,7 @@ class Doped(Structured):
     def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
         s_mv = self.structured.deploy(factors[:-1])
         csr = self.csr(factors[-1])
-        return lambda x: s_mv(x).add_(torch.mv(csr, x))  # (m,) structured + (m,) sparse
+        return lambda x: s_mv(x).addmv_(csr, x)  # (m,) structured, plus the sparse product in place
 
 
 @dataclass

@@ -277,7 +277,8 @@ def make_doped(method: str, make_structured: Callable[[str, Tensor, CompressorCo
 
 
 def doping_callbacks(cfg: DopedConfig) -> list:
-    from .doping_callbacks import CMADiagnostics, SparsityAnnealing
+    """The Lightning callbacks a doped run trains with: sparsity annealing, then the CMA diagnostics."""
+    from .doping_callbacks import CMADiagnostics, SparsityAnnealing  # imports this module
 
     annealing = SparsityAnnealing(cfg.initial_sparsity, cfg.anneal_start, cfg.anneal_end, cfg.prune_every)
     return [annealing, CMADiagnostics()]

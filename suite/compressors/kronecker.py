@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import CompressionError, ConfigError
+from ..errors import ConfigError
 from .accounting import Storage
 from .registry import (
     CF_TOLERANCE,
@@ -221,14 +221,6 @@ def make_kp(name: str, w: Tensor, cfg: CompressorConfig) -> Kronecker:
     shape = tuple(w.shape)
     s = choose_kp_shape(shape, cfg.factor, getattr(cfg, "terms", 1), name)
     return Kronecker(s, cfg.init, cfg.factor)
-
-
-def max_kp_factor(shape: tuple[int, int], terms: int = 1) -> float:
-    """The largest CF any ``terms``-term Kronecker factorization of ``shape`` reaches."""
-    shapes = kp_shapes(shape, terms)
-    if not shapes:
-        raise CompressionError(f"a {shape[0]}x{shape[1]} matrix has no {terms}-term Kronecker factorization")
-    return shape[0] * shape[1] / min(s.stored for s in shapes)
 
 
 register(

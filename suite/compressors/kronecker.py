@@ -119,8 +119,8 @@ def nearest_kp(w: Tensor, s: KPShape) -> tuple[Tensor, Tensor]:
     """Best sum of ``terms`` Kronecker products in Frobenius norm: the top singular triplets of R(W)."""
     u, sv, vh = torch.linalg.svd(rearrange(w.double(), s), full_matrices=False)
     root = sv[: s.terms].sqrt()
-    a = (u[:, : s.terms] * root).T.reshape(s.terms, s.m1, s.n1)
-    b = (root[:, None] * vh[: s.terms]).reshape(s.terms, s.m2, s.n2)
+    a = (u[:, : s.terms] * root).T.reshape(s.terms, s.m1, s.n1)  # left singular vectors -> (r, m1, n1)
+    b = (root[:, None] * vh[: s.terms]).reshape(s.terms, s.m2, s.n2)  # right ones -> (r, m2, n2)
     return a.to(w.dtype), b.to(w.dtype)
 
 
@@ -184,7 +184,7 @@ class Kronecker(Structured):
         else:
             t = torch.einsum("rjl,kln->rkjn", b, xs)  # (terms, n1, m2, K)
             y = torch.einsum("rik,rkjn->ijn", a, t)  # (m1, m2, K)
-        return y.reshape(self.shape[0], *x.shape[1:])
+        return y.reshape(self.shape[0], *x.shape[1:])  # (m,) or (m, K): y[i1 m2 + i2] = Y[i1, i2]
 
     def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
         """Batch-1 form: Y = A X B^T as two small matmuls on the reshaped x, in the cheaper order. When A X

@@ -7,6 +7,7 @@ import copy
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,25 +122,51 @@ def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def dense_step(lstm: nn.LSTM) -> Step:
-    """One batch-1 step with the dense weights: two fused matrix-vector products (addmv)."""
-    w_ih, w_hh = lstm.weight_ih_l0.detach().contiguous(), lstm.weight_hh_l0.detach().contiguous()
+    """One batch-1 step with the dense weights: one addmv of the layer's [W_ih | W_hh] on [x; h] (the usual
+    fused LSTM layer; the same fusion as the sparse parts get in ``deployed_step``)."""
+    w = torch.cat((lstm.weight_ih_l0, lstm.weight_hh_l0), 1).detach().contiguous()  # (4H, in + H)
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
-    return lambda x, h, c: lstm_cell(torch.addmv(torch.addmv(bias, w_ih, x), w_hh, h), c)
+    return lambda x, h, c: lstm_cell(torch.addmv(bias, w, torch.cat((x, h))), c)
+
+
+def layer_csr(parts: list[Tensor | None], shapes: list[tuple[int, int]]) -> Tensor:
+    """The sparse parts of a layer's matrices side by side, [D_ih | D_hh], as one int32 CSR matrix (a
+    missing part is empty). It stores one set of row pointers instead of two, so it never holds more than
+    the per-matrix accounting counts."""
+    blocks = [p.to_dense() if p is not None else torch.zeros(shape) for p, shape in zip(parts, shapes)]
+    csr = torch.cat(blocks, 1).to_sparse_csr()  # (4H, in + H)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape
+        )
 
 
 def deployed_step(lstm: nn.LSTM) -> Step:
-    """One batch-1 step with each weight's deployment form (``registry.deployed_matvec``), never building W."""
-    f_ih = registry.deployed_matvec(lstm, "weight_ih_l0")
-    f_hh = registry.deployed_matvec(lstm, "weight_hh_l0")
+    """One batch-1 step with each weight's deployment form (``registry.deployed_parts``), never building W.
+    Sparse parts (doped matrices) are fused into one CSR product on [x; h], as the dense step fuses W."""
+    names = ("weight_ih_l0", "weight_hh_l0")
+    (f_ih, sp_ih), (f_hh, sp_hh) = (registry.deployed_parts(lstm, n) for n in names)
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    if sp_ih is None and sp_hh is None:
 
-    def step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        def step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+            gates = f_ih(x)  # (4H,)
+            gates += f_hh(h)
+            gates += bias
+            return lstm_cell(gates, c)
+
+        return step
+    sparse = layer_csr([sp_ih, sp_hh], [tuple(getattr(lstm, n).shape) for n in names])
+
+    def sparse_step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         gates = f_ih(x)  # (4H,)
         gates += f_hh(h)
+        gates.addmv_(sparse, torch.cat((x, h)))  # (4H, in + H) @ (in + H,)
         gates += bias
         return lstm_cell(gates, c)
 
-    return step
+    return sparse_step
 
 
 def compressed_lstm(base: nn.LSTM, name: str, factor: float) -> tuple[nn.LSTM, dict]:
@@ -272,7 +299,9 @@ def _time_steps(
 
 
 def format_infer(rows: list[dict]) -> str:
-    lines = [f"{'method':<12}{'CF':>6}{'achieved':>10}{'median us':>12}{'speed-up':>10}{'cold us':>10}{'cold':>8}"]
+    lines = [
+        f"{'method':<12}{'CF':>6}{'achieved':>10}{'median us':>12}{'speed-up':>10}{'cold us':>10}{'cold':>8}"
+    ]
     for r in rows:
         lines.append(
             f"{r['method']:<12}{r['factor']:>6g}{r['cf']:>10.2f}{r['median_us']:>12.1f}"

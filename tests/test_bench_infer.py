@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from suite import cli
-from suite.bench import bench_infer, bench_train, compressed_lstm, dense_step, deployed_step
+from suite.bench import bench_infer, bench_train, compressed_lstm, dense_step, deployed_step, layer_csr
 from suite.errors import ConfigError
 
 
@@ -69,3 +69,15 @@ def test_cli_bench_infer(tmp_path, capsys):
     assert cli.main([*argv, "--results", str(tmp_path)]) == 0
     assert "lmf" in capsys.readouterr().out
     assert (tmp_path / "bench" / "infer.json").is_file()
+
+
+def test_layer_csr_puts_the_sparse_parts_side_by_side():
+    a = torch.zeros(6, 4)
+    a[1, 2], a[5, 0] = 1.0, 2.0
+    b = torch.zeros(6, 3)
+    b[1, 1] = 3.0
+    fused = layer_csr([a.to_sparse_csr(), None], [(6, 4), (6, 3)])
+    assert torch.equal(fused.to_dense(), torch.cat((a, torch.zeros(6, 3)), 1))
+    fused = layer_csr([a.to_sparse_csr(), b.to_sparse_csr()], [(6, 4), (6, 3)])
+    assert torch.equal(fused.to_dense(), torch.cat((a, b), 1))
+    assert fused.col_indices().dtype == torch.int32 and fused.values().numel() == 3

@@ -147,6 +147,9 @@ class Doped(Structured):
         csr = self.csr(factors[-1])
         return lambda x: s_mv(x).addmv_(csr, x)  # (m,) structured, plus the sparse product in place
 
+    def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        return self.structured.deploy(factors[:-1]), self.csr(factors[-1])
+
 
 @dataclass
 class DopedTensor:

@@ -153,6 +153,11 @@ class Structured(nn.Module):
         (contiguous factors, the cheaper contraction order, a CSR copy of a sparse part)."""
         return lambda x: self.matvec(factors, x)
 
+    def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
+        """The deployment form split as (closure of the dense-factored part, sparse CSR matrix added to it or
+        None), so that a layer can fuse the sparse parts of its matrices into one sparse product."""
+        return self.deploy(factors), None
+
 
 def compress_targets(
     model: nn.Module,
@@ -209,16 +214,27 @@ def export_dense(model: nn.Module) -> nn.Module:
     return model
 
 
-def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
-    """The deployment form of one parametrized weight: x -> W x without building W."""
+def _structured_and_factors(module: nn.Module, tensor_name: str) -> tuple[Structured, tuple[Tensor, ...]]:
     plist = module.parametrizations[tensor_name]
-    structured: Structured = plist[0]
     if hasattr(plist, "original"):
         factors = (plist.original,)
     else:
         factors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+    return plist[0], tuple(f.detach() for f in factors)
+
+
+def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
+    """The deployment form of one parametrized weight: x -> W x without building W."""
+    structured, factors = _structured_and_factors(module, tensor_name)
     with torch.no_grad():
-        return structured.deploy(tuple(f.detach() for f in factors))
+        return structured.deploy(factors)
+
+
+def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
+    """``Structured.deploy_parts`` of one parametrized weight: (closure, sparse CSR part or None)."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy_parts(factors)
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig], Structured]):

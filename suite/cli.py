@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="dense", help="compressor name (see `suite methods`)")
     t.add_argument("--factor", type=float, default=None, help="target compression factor")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
+    )
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
     t.set_defaults(func=cmd_train)
 

@@ -67,7 +67,11 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         val_ppl=("val_ppl", "mean"),
     ).reset_index()
     dense_first = out["method"].ne("dense")
-    return out.assign(_o=dense_first).sort_values(["task", "profile", "_o", "method", "factor"]).drop(columns="_o")
+    return (
+        out.assign(_o=dense_first)
+        .sort_values(["task", "profile", "_o", "method", "factor"])
+        .drop(columns="_o")
+    )
 
 
 def table(results_dir: str | Path = "results") -> pd.DataFrame:

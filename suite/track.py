@@ -39,7 +39,9 @@ class Record:
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     reason: str | None = None
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
     @property
     def value(self) -> float | None:
@@ -141,7 +143,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]):
+def wandb_logger(
+    mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]
+):
     """A Lightning WandbLogger (offline unless ``mode == 'online'``), or None when disabled or not installed."""
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return None
@@ -149,7 +153,10 @@ def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str
         import wandb  # noqa: F401
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:
-        print("note: wandb is not installed; this run is tracked by its record and CSV log only", file=sys.stderr)
+        print(
+            "note: wandb is not installed; this run is tracked by its record and CSV log only",
+            file=sys.stderr,
+        )
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")

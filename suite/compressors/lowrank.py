@@ -41,7 +41,9 @@ class LowRank(Structured):
 
     method = "lowrank"
 
-    def __init__(self, shape: tuple[int, int], rank: int, init: str = "scratch", target: float | None = None) -> None:
+    def __init__(
+        self, shape: tuple[int, int], rank: int, init: str = "scratch", target: float | None = None
+    ) -> None:
         super().__init__(shape, init)
         self.rank = rank
         self.target = target
@@ -92,7 +94,9 @@ class SVDConfig(CompressorConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init != "trained":
-            raise ConfigError("svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)")
+            raise ConfigError(
+                "svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)"
+            )
 
 
 register(

@@ -3,16 +3,22 @@ interleaved step by step so that machine noise hits all of them alike; medians o
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from .compressors import registry
+from .compressors import account, registry
+from .compressors.doping import finish_annealing
 from .config import load_run
+from .errors import ConfigError
 from .models.lm import build_lm, detach
 from .track import provenance, write_json
 
@@ -100,4 +106,205 @@ def format_rows(rows: list[dict], ratio: str) -> str:
     lines = [f"{'method':<14}{'CF':>6}{'median ms':>12}{ratio:>18}"]
     for r in rows:
         lines.append(f"{r['method']:<14}{r['factor']:>6g}{r['median_ms']:>12.3f}{r[ratio]:>17.2f}x")
+    return "\n".join(lines)
+
+
+Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """nn.LSTM's cell update from the (4H,) pre-activations, gate order i, f, g, o (one sigmoid over all
+    four gates: fewer kernel calls, the same for every method)."""
+    i, f, _, o = torch.sigmoid(gates).chunk(4)  # (H,) each
+    g = torch.tanh(gates[2 * c.numel() : 3 * c.numel()])  # (H,)
+    c = torch.addcmul(f * c, i, g)
+    return o * torch.tanh(c), c
+
+
+def dense_step(lstm: nn.LSTM) -> Step:
+    """One batch-1 step with the dense weights: one addmv of the layer's [W_ih | W_hh] on [x; h] (the usual
+    fused LSTM layer; the same fusion as the sparse parts get in ``deployed_step``)."""
+    w = torch.cat((lstm.weight_ih_l0, lstm.weight_hh_l0), 1).detach().contiguous()  # (4H, in + H)
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    return lambda x, h, c: lstm_cell(torch.addmv(bias, w, torch.cat((x, h))), c)
+
+
+def layer_csr(parts: list[Tensor | None], shapes: list[tuple[int, int]]) -> Tensor:
+    """The sparse parts of a layer's matrices side by side, [D_ih | D_hh], as one int32 CSR matrix (a
+    missing part is empty). It stores one set of row pointers instead of two, so it never holds more than
+    the per-matrix accounting counts."""
+    blocks = [p.to_dense() if p is not None else torch.zeros(shape) for p, shape in zip(parts, shapes)]
+    csr = torch.cat(blocks, 1).to_sparse_csr()  # (4H, in + H)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape
+        )
+
+
+def deployed_step(lstm: nn.LSTM) -> Step:
+    """One batch-1 step with each weight's deployment form (``registry.deployed_parts``), never building W.
+    Sparse parts (doped matrices) are fused into one CSR product on [x; h], as the dense step fuses W."""
+    names = ("weight_ih_l0", "weight_hh_l0")
+    (f_ih, sp_ih), (f_hh, sp_hh) = (registry.deployed_parts(lstm, n) for n in names)
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    if sp_ih is None and sp_hh is None:
+
+        def step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+            gates = f_ih(x)  # (4H,)
+            gates += f_hh(h)
+            gates += bias
+            return lstm_cell(gates, c)
+
+        return step
+    sparse = layer_csr([sp_ih, sp_hh], [tuple(getattr(lstm, n).shape) for n in names])
+
+    def sparse_step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        gates = f_ih(x)  # (4H,)
+        gates += f_hh(h)
+        gates.addmv_(sparse, torch.cat((x, h)))  # (4H, in + H) @ (in + H,)
+        gates += bias
+        return lstm_cell(gates, c)
+
+    return sparse_step
+
+
+def compressed_lstm(base: nn.LSTM, name: str, factor: float) -> tuple[nn.LSTM, dict]:
+    """A copy of ``base`` compressed by a weight-level method, started from its weights where the method
+    allows (so a sparse part keeps the magnitude pattern of a trained residual), annealed to its final
+    sparsity; returns it with its accounting."""
+    method = registry.get(name)
+    if method.resize is not None or name == "dense":
+        raise ConfigError(f"bench infer times weight-level methods; {name} is not one")
+    try:
+        cfg = registry.make_config(name, {"factor": factor, "init": "trained"})
+    except ConfigError:
+        cfg = registry.make_config(name, {"factor": factor})
+    lstm = copy.deepcopy(base)
+    method.apply(lstm, cfg)
+    finish_annealing(lstm)
+    return lstm.eval(), account(lstm, cfg.targets, method=name).to_dict()
+
+
+def bench_infer(
+    methods: list[str],
+    factors: list[float],
+    hidden: int = 650,
+    input_size: int = 650,
+    reps: int = 300,
+    inner: int = 20,
+    warmup: int = 10,
+    out: str | Path | None = "results/bench/infer.json",
+    echo: bool = True,
+) -> dict:
+    """Median time of one batch-1 LSTM step (W_ih x + W_hh h, gates, cell update) per method and CF against
+    the dense step, on one thread; every deployed step is first checked against the materialized weights.
+
+    A repetition runs a block of 1 + ``inner`` consecutive steps of each model, the models in a rotating
+    order, each step timed alone. The block's first step follows the other models, which have evicted this
+    one's weights from the caches: its median is ``cold_us``. The other ``inner`` steps are the steady state
+    of a model running a sequence: ``median_us`` is their median, and ``speedup_vs_dense`` compares those.
+    Timing single steps keeps a preemption by another process from inflating a whole block (a dense block is
+    long enough to be preempted almost always, a compressed one rarely)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        base = nn.LSTM(input_size, hidden)
+        entries: list[dict] = [{"method": "dense", "factor": 1.0, "step": dense_step(base), "cf": 1.0}]
+        for name in methods:
+            for factor in factors:
+                lstm, acc = compressed_lstm(base, name, factor)
+                step = deployed_step(lstm)
+                entries.append(
+                    {
+                        "method": name,
+                        "factor": factor,
+                        "step": step,
+                        "cf": acc["cf"],
+                        "cf_values": acc["cf_values"],
+                        "max_abs_err": _check(step, lstm),
+                        "matrices": {m["name"]: m["detail"] for m in acc["matrices"]},
+                    }
+                )
+        warm, cold = _time_steps([e["step"] for e in entries], input_size, hidden, reps, inner, warmup, echo)
+    finally:
+        torch.set_num_threads(threads)
+    dense_warm, dense_cold = statistics.median(warm[0]), statistics.median(cold[0])
+    rows = []
+    for e, ts, cs in zip(entries, warm, cold):
+        median, first = statistics.median(ts), statistics.median(cs)
+        rows.append(
+            {
+                **{k: v for k, v in e.items() if k != "step"},
+                "median_us": median * 1e6,
+                "speedup_vs_dense": dense_warm / median,
+                "cold_us": first * 1e6,
+                "cold_speedup_vs_dense": dense_cold / first,
+            }
+        )
+    result = {
+        "benchmark": "lstm_step_batch1",
+        "shape": {"hidden": hidden, "input": input_size},
+        "threads": 1,
+        "reps": reps,
+        "inner": inner,
+        "warmup": warmup,
+        "rows": rows,
+        "provenance": provenance(),
+    }
+    if out is not None:
+        write_json(Path(out), result)
+    return result
+
+
+@torch.inference_mode()
+def _check(step: Step, lstm: nn.LSTM) -> float:
+    """Max |h - h_ref| of one step against the same step with the materialized (dense) weights."""
+    x, h, c = torch.randn(lstm.input_size), torch.randn(lstm.hidden_size), torch.randn(lstm.hidden_size)
+    ref = lstm_cell(x @ lstm.weight_ih_l0.T + h @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0, c)
+    err = (step(x, h, c)[0] - ref[0]).abs().max().item()
+    if err > 1e-4:
+        raise RuntimeError(f"deployed LSTM step differs from the materialized one by {err:.2e}")
+    return err
+
+
+@torch.inference_mode()
+def _time_steps(
+    steps: list[Step], input_size: int, hidden: int, reps: int, inner: int, warmup: int, echo: bool
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per model: (seconds of each warm step, seconds of each block's first, cold step)."""
+    x = torch.randn(input_size)
+    state = [(torch.zeros(hidden), torch.zeros(hidden)) for _ in steps]
+    warm: list[list[float]] = [[] for _ in steps]
+    cold: list[list[float]] = [[] for _ in steps]
+    for r in range(warmup + reps):
+        order = list(range(len(steps)))
+        order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
+        for i in order:
+            step, (h, c) = steps[i], state[i]
+            t0 = time.perf_counter()
+            h, c = step(x, h, c)  # the other models have just evicted this one's weights from the caches
+            ts = [t0, time.perf_counter()]
+            for _ in range(inner):  # each step timed alone: a preemption spoils one sample, not a block
+                h, c = step(x, h, c)
+                ts.append(time.perf_counter())
+            state[i] = (h, c)
+            if r >= warmup:
+                cold[i].append(ts[1] - ts[0])
+                warm[i].extend(b - a for a, b in zip(ts[1:], ts[2:]))
+        if echo and (r + 1) % 50 == 0:
+            print(f"bench infer: round {r + 1}/{warmup + reps}", file=sys.stderr, flush=True)
+    return warm, cold
+
+
+def format_infer(rows: list[dict]) -> str:
+    lines = [
+        f"{'method':<12}{'CF':>6}{'achieved':>10}{'median us':>12}{'speed-up':>10}{'cold us':>10}{'cold':>8}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<12}{r['factor']:>6g}{r['cf']:>10.2f}{r['median_us']:>12.1f}"
+            f"{r['speedup_vs_dense']:>9.2f}x{r['cold_us']:>10.1f}{r['cold_speedup_vs_dense']:>7.2f}x"
+        )
     return "\n".join(lines)

@@ -63,25 +63,37 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .bench import bench_train, format_rows
+BENCH_DEFAULTS = {
+    "train": ("svd,small_dense", [4.0, 8.0]),
+    "infer": ("kp,lmf,hmd,doped_kp,doped_lmf,doped_hmd", [10.0, 25.0]),
+}
 
+
+def cmd_bench(args) -> int:
+    from .bench import bench_infer, bench_train, format_infer, format_rows
+
+    methods = (args.methods or BENCH_DEFAULTS[args.kind][0]).split(",")
+    factors = args.factors or BENCH_DEFAULTS[args.kind][1]
+    out = Path(args.results) / "bench" / f"{args.kind}.json"
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.kind == "train":
-        res = bench_train(
-            args.preset,
-            args.methods.split(","),
-            args.factors,
-            steps=args.steps,
-            device=args.device,
-            out=Path(args.results) / "bench" / "train.json",
-        )
+        res = bench_train(args.preset, methods, factors, steps=args.steps, device=args.device, out=out)
         print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
         print(format_rows(res["rows"], "speed_vs_dense"))
-        print(f"-> {Path(args.results) / 'bench' / 'train.json'}")
+    else:
+        res = bench_infer(
+            methods, factors, hidden=args.hidden, input_size=args.input, reps=args.reps, out=out
+        )
+        shape = res["shape"]
+        print(
+            f"batch-1 LSTM step, hidden {shape['hidden']}, input {shape['input']}, 1 thread, median of "
+            f"{res['reps']} x {res['inner']} steps"
+        )
+        print(format_infer(res["rows"]))
+    print(f"-> {out}")
     return 0
 
 
@@ -109,13 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
-    b.add_argument("kind", choices=["train"])
-    b.add_argument("--preset", default="tasks/ptb-small.yaml")
-    b.add_argument("--methods", default="svd,small_dense")
-    b.add_argument("--factors", type=_floats, default=[4.0, 8.0])
-    b.add_argument("--steps", type=int, default=30)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    b.add_argument("kind", choices=sorted(BENCH_DEFAULTS), help="train: training step; infer: batch-1 step")
+    b.add_argument("--methods", help="comma-separated (train: svd,small_dense; infer: kp,lmf,hmd, doped_*)")
+    b.add_argument("--factors", type=_floats, help="comma-separated CFs (train: 4,8; infer: 10,25)")
+    b.add_argument("--preset", default="tasks/ptb-small.yaml", help="train: the task whose shapes are used")
+    b.add_argument("--steps", type=int, default=30, help="train: timed steps")
+    b.add_argument("--device", default="cpu", help="train: device")
+    b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's choice)")
+    b.add_argument("--hidden", type=int, default=650, help="infer: LSTM hidden size (ptb-medium: 650)")
+    b.add_argument("--input", type=int, default=650, help="infer: LSTM input size")
+    b.add_argument("--reps", type=int, default=300, help="infer: timed repetitions")
     b.add_argument("--results", default="results")
     b.set_defaults(func=cmd_bench)
     return p

@@ -218,7 +218,8 @@ def train(
             if history.train_seconds
             else None,
         }
-    close_wandb(wandb, {"final": record.final, "cf": accounting.cf, "status": record.status}, exit_code)
+    summary = {"final": record.final, "cf": record.accounting["cf"], "status": record.status}
+    close_wandb(wandb, summary, exit_code)  # the final accounting: a doped D is annealed only by now
     record.save(staging / "record.json")
     if final_dir.exists():
         shutil.rmtree(final_dir)

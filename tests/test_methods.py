@@ -14,7 +14,7 @@ from suite.models import LSTMLanguageModel
 from suite.models.lm import build_lm
 from suite.train import build_model
 
-MODEL = {"vocab": 50, "hidden": 16, "layers": 2, "dropout": 0.0, "init": 0.1}
+MODEL = {"vocab": 50, "hidden": 32, "layers": 2, "dropout": 0.0, "init": 0.1}
 FACTORS = {"dense": 1.0}
 DEFAULT_FACTOR = 4.0
 

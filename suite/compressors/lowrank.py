@@ -1,4 +1,5 @@
-"""Low-rank matrices W = U V: ``svd`` (truncated SVD of trained weights, optional fine-tuning)."""
+"""Low-rank matrices W = U V: ``svd`` (truncated SVD of trained weights, optional fine-tuning) and ``lmf``
+(low-rank matrix factorization trained from scratch by default)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .accounting import Storage
-from .registry import CompressorConfig, Method, Structured, apply_structured, check_budget, register
+from .registry import (
+    CompressorConfig,
+    Method,
+    Structured,
+    apply_structured,
+    budget_detail,
+    check_budget,
+    register,
+)
 
 
 def rank_for(shape: tuple[int, int], factor: float) -> int:
@@ -32,9 +41,12 @@ class LowRank(Structured):
 
     method = "lowrank"
 
-    def __init__(self, shape: tuple[int, int], rank: int, init: str = "scratch") -> None:
+    def __init__(
+        self, shape: tuple[int, int], rank: int, init: str = "scratch", target: float | None = None
+    ) -> None:
         super().__init__(shape, init)
         self.rank = rank
+        self.target = target
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return u @ v  # (m, r) @ (r, n) -> (m, n)
@@ -52,11 +64,18 @@ class LowRank(Structured):
         return Storage(values=self.rank * (m + n))
 
     def describe(self) -> dict:
-        return {"rank": self.rank}
+        detail = {"rank": self.rank}
+        if self.target is not None:
+            detail.update(budget_detail(self.shape, self.target, self.storage().total))
+        return detail
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         u, v = factors
         return u @ (v @ x)
+
+    def deploy(self, factors: tuple[Tensor, ...]):
+        u, v = (f.contiguous() for f in factors)
+        return lambda x: u @ (v @ x)  # (m, r) @ ((r, n) @ (n,))
 
 
 def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig) -> LowRank:
@@ -64,7 +83,7 @@ def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig) -> LowRank:
     rank = rank_for(shape, cfg.factor)
     m, n = shape
     check_budget(name, shape, cfg.factor, rank * (m + n), f"rank 1 already gives CF {m * n / (m + n):.1f}")
-    return LowRank(shape, rank, cfg.init)
+    return LowRank(shape, rank, cfg.init, cfg.factor)
 
 
 @dataclass
@@ -86,5 +105,21 @@ register(
         config=SVDConfig,
         apply=apply_structured(make_lowrank),
         summary="truncated SVD of the trained dense weights, rank solved from the CF; optional fine-tuning",
+    )
+)
+
+
+@dataclass
+class LMFConfig(CompressorConfig):
+    """Low-rank matrix factorization: trained from scratch (``init=scratch``, default) or started from the
+    truncated SVD of the trained dense weights (``init=trained``)."""
+
+
+register(
+    Method(
+        name="lmf",
+        config=LMFConfig,
+        apply=apply_structured(make_lowrank),
+        summary="low-rank factorization W = U V, rank solved from the CF, trained from scratch by default",
     )
 )

@@ -150,6 +150,16 @@ class Structured(nn.Module):
         """y = W x for x of shape (n,) or (n, k), without materializing W."""
         raise NotImplementedError
 
+    def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
+        """The deployment closure x -> W x. Subclasses precompute here what every call would otherwise redo
+        (contiguous factors, the cheaper contraction order, a CSR copy of a sparse part)."""
+        return lambda x: self.matvec(factors, x)
+
+    def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
+        """The deployment form split as (closure of the dense-factored part, sparse CSR matrix added to it or
+        None), so that a layer can fuse the sparse parts of its matrices into one sparse product."""
+        return self.deploy(factors), None
+
 
 def compress_targets(
     model: nn.Module,
@@ -195,8 +205,12 @@ def compress_targets(
 
 
 def export_dense(model: nn.Module) -> nn.Module:
-    """Remove every parametrization in place, leaving plain dense weights equal to the parametrized ones."""
+    """Remove every parametrization in place, leaving plain dense weights equal to the parametrized ones.
+
+    The weights are evaluated in eval mode, so training-only noise (co-matrix dropout) is never baked in.
+    """
     for _, module, tensor_name, _ in list(parametrized_tensors(model)):
+        module.parametrizations[tensor_name].eval()
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
@@ -204,16 +218,27 @@ def export_dense(model: nn.Module) -> nn.Module:
     return model
 
 
-def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
-    """The deployment form of one parametrized weight: x -> W x without building W."""
+def _structured_and_factors(module: nn.Module, tensor_name: str) -> tuple[Structured, tuple[Tensor, ...]]:
     plist = module.parametrizations[tensor_name]
-    structured: Structured = plist[0]
     if hasattr(plist, "original"):
         factors = (plist.original,)
     else:
         factors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
-    factors = tuple(f.detach() for f in factors)
-    return lambda x: structured.matvec(factors, x)
+    return plist[0], tuple(f.detach() for f in factors)
+
+
+def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
+    """The deployment form of one parametrized weight: x -> W x without building W."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy(factors)
+
+
+def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
+    """``Structured.deploy_parts`` of one parametrized weight: (closure, sparse CSR part or None)."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy_parts(factors)
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig], Structured]):
@@ -230,6 +255,19 @@ def check_budget(name: str, shape: tuple[int, int], factor: float, stored: float
     """Raise a CompressionError when a matrix cannot reach ``factor``; ``best`` says what it can reach."""
     m, n = shape
     if stored <= 0 or m * n / stored < factor * (1 - 1e-9):
-        raise CompressionError(
+        err = CompressionError(
             f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor"
         )
+        err.best = best  # what the method can reach, for methods that wrap this one
+        raise err
+
+
+#: A matrix whose achieved CF exceeds the target by more than this is flagged as the closest achievable.
+CF_TOLERANCE = 0.05
+
+
+def budget_detail(shape: tuple[int, int], factor: float, stored: float) -> dict:
+    """Target vs achieved CF of one matrix for ``describe()``: the accounting then states when a method's
+    granularity (rank, factor shapes) only allowed the closest achievable CF above the target."""
+    achieved = shape[0] * shape[1] / stored
+    return {"target_cf": factor, "closest_achievable": achieved > factor * (1 + CF_TOLERANCE)}

@@ -1,0 +1,303 @@
+"""Doped structured matrices: W = S(theta) + M * D, S a Kronecker (``doped_kp``), low-rank (``doped_lmf``) or
+hybrid (``doped_hmd``) matrix, D a trainable dense-shaped matrix and M a binary mask buffer.
+
+Budget. The structured part gets ``structured_share`` of the stored budget mn / CF: it is built at CF
+CF / structured_share (its closest achievable shape at or above that). D gets exactly what S leaves: its final
+number of nonzeros is the largest nnz whose CSR (nnz values, nnz column indices, m + 1 row pointers, all
+counted as fp32 value-equivalents) fits, so s_f = 1 - nnz_f / mn and the whole matrix meets the target CF.
+The accounting always counts D's current nonzeros; before annealing ends that is more than the budget.
+
+Co-matrix dropout (CMR, rate ``cmr``, training only): mode ``element`` drops each entry of M * D with
+probability p, mode ``matrix`` drops the whole of M * D with probability p per training step; both scale what
+is kept by 1 / (1 - p) (inverted dropout), so the evaluated matrix is the expectation of the trained one.
+Sparsity annealing and the CMA diagnostics are the Lightning callbacks of ``doping_callbacks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import CompressionError, ConfigError
+from .accounting import Storage, csr_storage, parametrized_tensors
+from .hybrid import HMDConfig, make_hmd
+from .kronecker import KPConfig, make_kp
+from .lowrank import LMFConfig, make_lowrank
+from .registry import CompressorConfig, Method, Structured, apply_structured, budget_detail, register
+
+
+def drop_entries(sparse: Tensor, p: float) -> Tensor:
+    """CMR ``element``: inverted dropout on the entries of M * D."""
+    return F.dropout(sparse, p, training=True)
+
+
+def drop_matrix(sparse: Tensor, p: float) -> Tensor:
+    """CMR ``matrix``: the whole of M * D kept with probability 1 - p (scaled by 1 / (1 - p)), else zero."""
+    keep = torch.rand((), device=sparse.device) >= p  # a tensor, so no host sync on an accelerator
+    return sparse * (keep / (1 - p))
+
+
+CMR_MODES: dict[str, Callable[[Tensor, float], Tensor]] = {"element": drop_entries, "matrix": drop_matrix}
+
+
+class Doped(Structured):
+    """W = S(factors) + M * D. Factors: the structured part's, then D. ``trained`` init: S from the trained
+    weight (its own ``trained`` init), D the residual W - S; ``scratch``: S drawn fresh, D zero."""
+
+    def __init__(
+        self,
+        structured: Structured,
+        final_nnz: int,
+        method: str,
+        cmr: float = 0.0,
+        cmr_mode: str = "element",
+        target: float | None = None,
+    ) -> None:
+        super().__init__(structured.shape, structured.init)
+        self.structured = structured
+        self.method = method
+        self.final_nnz = final_nnz
+        self.cmr, self.cmr_mode = cmr, cmr_mode
+        self._drop = CMR_MODES[cmr_mode]
+        self.target = target
+        self.sparse_enabled = True
+        """False evaluates S alone (the CMA diagnostic 'val ppl with D removed')."""
+        self.register_buffer("mask", torch.ones(self.shape))
+        """M: 1 where D keeps an entry, 0 where it was pruned. Stored in D's dtype, as a multiplier: in
+        training, S + D * M (one fused addcmul) costs a third of what a boolean torch.where costs."""
+
+    @property
+    def live(self) -> Tensor:
+        """The mask as booleans."""
+        return self.mask != 0
+
+    def sparse(self, d: Tensor) -> Tensor:
+        """M * D, with co-matrix dropout in training."""
+        sparse = d * self.mask
+        if self.training and self.cmr > 0:
+            sparse = self._drop(sparse, self.cmr)
+        return sparse
+
+    def forward(self, *factors: Tensor) -> Tensor:
+        s = self.structured(*factors[:-1])
+        if not self.sparse_enabled:
+            return s
+        if self.training and self.cmr > 0:
+            return s + self.sparse(factors[-1])
+        return torch.addcmul(s, factors[-1], self.mask)  # S + D * M
+
+    def right_inverse(self, w: Tensor) -> tuple[Tensor, ...]:
+        factors = self.structured.right_inverse(w)
+        factors = factors if isinstance(factors, tuple) else (factors,)
+        if self.init == "trained":
+            d = (w - self.structured(*factors)) * self.mask  # the residual at the entries D still has
+        else:
+            d = torch.zeros_like(w)
+        return (*factors, d)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.mask.count_nonzero())
+
+    def storage(self) -> Storage:
+        return self.structured.storage() + csr_storage(self.shape[0], self.nnz)
+
+    def final_storage(self) -> Storage:
+        """What is stored once annealing has reached s_f."""
+        return self.structured.storage() + csr_storage(self.shape[0], self.final_nnz)
+
+    def describe(self) -> dict:
+        numel = self.shape[0] * self.shape[1]
+        detail = {
+            "structured": {"method": self.structured.method, **self.structured.describe()},
+            "nnz": self.nnz,
+            "sparsity": 1 - self.nnz / numel,
+            "final_nnz": self.final_nnz,
+            "final_sparsity": 1 - self.final_nnz / numel,
+            "annealed": self.nnz <= self.final_nnz,
+            "cmr": self.cmr,
+            "cmr_mode": self.cmr_mode,
+        }
+        if self.target is not None:
+            detail.update(budget_detail(self.shape, self.target, self.final_storage().total))
+        return detail
+
+    def csr(self, d: Tensor) -> Tensor:
+        """M * D in CSR with int32 indices: exactly the entries the mask keeps (what ``storage`` counts)."""
+        m, n = self.shape
+        rows, cols = self.mask.nonzero(as_tuple=True)  # row-major order
+        crow = torch.zeros(m + 1, dtype=torch.int32, device=d.device)
+        crow[1:] = torch.bincount(rows, minlength=m).cumsum(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, cols.int(), d[rows, cols].contiguous(), (m, n))
+
+    def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        return self.structured.matvec(factors[:-1], x) + self.csr(factors[-1]) @ x
+
+    def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
+        s_mv = self.structured.deploy(factors[:-1])
+        csr = self.csr(factors[-1])
+        return lambda x: s_mv(x).addmv_(csr, x)  # (m,) structured, plus the sparse product in place
+
+    def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        return self.structured.deploy(factors[:-1]), self.csr(factors[-1])
+
+
+@dataclass
+class DopedTensor:
+    """One doped weight of a model: its qualified name, the parametrization and its tensors."""
+
+    name: str
+    param: Doped
+    factors: tuple[Tensor, ...]
+    """The structured part's factors."""
+    d: Tensor
+
+
+def doped_tensors(model: nn.Module) -> list[DopedTensor]:
+    out = []
+    for qual, module, tensor_name, param in parametrized_tensors(model):
+        if isinstance(param, Doped):
+            plist = module.parametrizations[tensor_name]
+            tensors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+            out.append(DopedTensor(qual, param, tensors[:-1], tensors[-1]))
+    return out
+
+
+@torch.no_grad()
+def prune_to(t: DopedTensor, keep: int) -> None:
+    """Keep the ``keep`` largest-magnitude entries of M * D. Only entries the mask still has compete, so a
+    pruned entry never comes back; pruned values are zeroed."""
+    mask = t.param.mask
+    if keep >= t.param.nnz:
+        return
+    scores = torch.where(t.param.live, t.d.abs(), -1.0).flatten()  # pruned entries rank below live ones
+    kept = torch.zeros_like(mask).flatten()
+    kept[torch.topk(scores, keep, sorted=False).indices] = 1
+    mask.copy_(kept.view_as(mask))
+    t.d.mul_(mask)
+
+
+def finish_annealing(model: nn.Module) -> None:
+    """Prune every doped weight to its final sparsity s_f (the deployed state)."""
+    for t in doped_tensors(model):
+        prune_to(t, t.param.final_nnz)
+
+
+@dataclass
+class DopedConfig(CompressorConfig):
+    """Settings every doped method shares (the structured part's own settings come from its method)."""
+
+    structured_share: float = 0.8
+    """Fraction of the stored budget (mn / CF) given to the structured part S; D's CSR gets the rest."""
+    initial_sparsity: float = 0.0
+    """s_0, the sparsity of D when annealing starts (capped at s_f)."""
+    anneal_start: float = 0.1
+    """Annealing starts at this fraction of the training steps ..."""
+    anneal_end: float = 0.75
+    """... and reaches s_f at this fraction."""
+    prune_every: int = 100
+    """dt: steps between magnitude-pruning events (fewer when the window is under 10 dt, see the callback)."""
+    cmr: float = 0.0
+    """Co-matrix dropout rate p in [0, 1), training only (0: off)."""
+    cmr_mode: str = "element"
+    """``element``: dropout on D's entries; ``matrix``: the whole D dropped with probability p per step."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks = [
+            ("structured_share", self.structured_share, lambda v: 0 < v < 1, "in (0, 1)"),
+            ("initial_sparsity", self.initial_sparsity, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("anneal_start", self.anneal_start, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("anneal_end", self.anneal_end, lambda v: self.anneal_start < v <= 1, "in (anneal_start, 1]"),
+            ("cmr", self.cmr, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ]
+        for name, value, ok, what in checks:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+                raise ConfigError(f"{name} must be a number {what}, got {value!r}")
+        if (
+            not isinstance(self.prune_every, int)
+            or isinstance(self.prune_every, bool)
+            or self.prune_every < 1
+        ):
+            raise ConfigError(f"prune_every must be a positive integer (steps), got {self.prune_every!r}")
+        if self.cmr_mode not in CMR_MODES:
+            raise ConfigError(f"cmr_mode must be one of {', '.join(CMR_MODES)}, got {self.cmr_mode!r}")
+        if self.init == "trained" and self.finetune_epochs == 0:
+            raise ConfigError(
+                "doping anneals D while training: finetune_epochs must be > 0 with init=trained"
+            )
+
+
+@dataclass
+class DopedKPConfig(DopedConfig, KPConfig):
+    """Doped Kronecker product: S = sum of ``terms`` Kronecker products."""
+
+
+@dataclass
+class DopedLMFConfig(DopedConfig, LMFConfig):
+    """Doped low-rank factorization: S = U V."""
+
+
+@dataclass
+class DopedHMDConfig(DopedConfig, HMDConfig):
+    """Doped hybrid matrix decomposition: S = [dense rows; U V]."""
+
+
+def make_doped(method: str, make_structured: Callable[[str, Tensor, CompressorConfig], Structured]):
+    """A per-matrix constructor for ``apply_structured``: S at CF / structured_share, D in what is left."""
+
+    def make(name: str, w: Tensor, cfg: DopedConfig) -> Doped:
+        m, n = w.shape
+        s_factor = cfg.factor / cfg.structured_share
+        try:
+            structured = make_structured(name, w, dataclasses.replace(cfg, factor=s_factor))
+        except CompressionError as e:
+            raise CompressionError(
+                f"{name} ({m}x{n}) cannot reach CF {cfg.factor:g} with {method}: its structured part gets "
+                f"structured_share {cfg.structured_share:g} of the budget and so needs CF {s_factor:g}, but "
+                f"{getattr(e, 'best', e)}; ask for a smaller --factor"
+            ) from None
+        room = m * n / cfg.factor - structured.storage().total - (m + 1)  # less the CSR row pointers
+        final_nnz = min(m * n, math.floor(room / 2 + 1e-9))  # a value and a column index per nonzero
+        if final_nnz < 1:
+            raise CompressionError(
+                f"{name} ({m}x{n}) cannot reach CF {cfg.factor:g} with {method}: the structured part stores "
+                f"{structured.storage().total:g} values and D's CSR row pointers {m + 1}, leaving no room for "
+                "sparse values; ask for a smaller --factor or a smaller structured_share"
+            )
+        return Doped(structured, final_nnz, method, cfg.cmr, cfg.cmr_mode, cfg.factor)
+
+    return make
+
+
+def doping_callbacks(cfg: DopedConfig) -> list:
+    """The Lightning callbacks a doped run trains with: sparsity annealing, then the CMA diagnostics."""
+    from .doping_callbacks import CMADiagnostics, SparsityAnnealing  # imports this module
+
+    annealing = SparsityAnnealing(cfg.initial_sparsity, cfg.anneal_start, cfg.anneal_end, cfg.prune_every)
+    return [annealing, CMADiagnostics()]
+
+
+for _name, _config, _make, _what in (
+    ("doped_kp", DopedKPConfig, make_kp, "a Kronecker product"),
+    ("doped_lmf", DopedLMFConfig, make_lowrank, "a low-rank U V"),
+    ("doped_hmd", DopedHMDConfig, make_hmd, "a hybrid (dense rows + low-rank)"),
+):
+    register(
+        Method(
+            name=_name,
+            config=_config,
+            apply=apply_structured(make_doped(_name, _make)),
+            summary=f"{_what} plus a sparse D annealed to the CF's sparsity (cubic schedule), optional CMR",
+            callbacks=doping_callbacks,
+        )
+    )

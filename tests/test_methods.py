@@ -101,3 +101,11 @@ def test_unknown_method_and_settings_are_config_errors():
         make_config("svd", {"factor": 4, "bogus": 1})
     with pytest.raises(ConfigError, match=">= 1"):
         make_config("svd", {"factor": 0.5})
+
+
+def test_deployed_matvec_equals_the_materialized_weight(method):
+    model = compressed(method).eval()
+    for qual, module, tensor_name, _ in parametrized_tensors(model):
+        w = getattr(module, tensor_name).detach()
+        x = torch.randn(w.size(1))
+        torch.testing.assert_close(registry.deployed_matvec(module, tensor_name)(x), w @ x, msg=qual)

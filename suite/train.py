@@ -10,7 +10,6 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -21,7 +20,7 @@ from .data import load_corpus
 from .errors import SuiteError, TrialDiverged
 from .models.lm import build_lm
 from .tasks import LanguageModelData, LanguageModelTask, step_decay
-from .track import History, Record, close_wandb, provenance, run_dir, wandb_logger
+from .track import History, Record, close_wandb, provenance, run_dir, run_lock, wandb_logger
 
 MODEL_FILE = "model.pt"
 
@@ -60,9 +59,15 @@ def train(
     Everything that can be wrong with the inputs (method, settings, data, reachable CF) is checked before
     anything is written. The run is built in a staging folder and moved into place with its record, so a
     killed run leaves no half-written results. A run that diverges or is pruned is recorded with that status.
+    Processes asking for the same run at once (sweep workers) take turns: the second finds the first's record.
     """
-    if not force and (done := find(cfg)) is not None:
-        return done
+    with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id):
+        if not force and (done := find(cfg)) is not None:
+            return done
+        return _train(cfg, callbacks, progress_bar)
+
+
+def _train(cfg: RunConfig, callbacks: Sequence[pl.Callback], progress_bar: bool | None) -> Record:
     t_start = time.perf_counter()
     method = registry.get(cfg.method)
     mcfg = cfg.method_config
@@ -116,8 +121,14 @@ def train(
         group=cfg.study or cfg.task,
         job_type=cfg.method,
         name=f"{cfg.method}-{cfg.run_id}",
-        config={**record.config, "achieved_cf": accounting.cf, "model_cf": accounting.model_cf},
-        tags=[cfg.task, cfg.method, cfg.profile],
+        # Method settings also at the top level (factor, cmr, ...), so charts can group and plot by them.
+        config={
+            **{k: v for k, v in cfg.compress.items() if k not in record.config},
+            **record.config,
+            "achieved_cf": accounting.cf,
+            "model_cf": accounting.model_cf,
+        },
+        tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
     )
     loggers = [pl.loggers.CSVLogger(str(staging), name="csv", version="")] + ([wandb] if wandb else [])
     extra = list(method.callbacks(mcfg) if method.callbacks else [])

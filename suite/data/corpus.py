@@ -80,7 +80,7 @@ def _encoder(vocab: list[str]):
     return encode
 
 
-def _load_text(name: str, where) -> "datasets.DatasetDict":  # noqa: F821
+def _load_text(name: str, where) -> datasets.DatasetDict:  # noqa: F821
     import datasets
 
     datasets.disable_progress_bars()

@@ -215,8 +215,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         row: dict[str, Any] = {"study": study.study_name, "number": t.number, "state": t.state.name.lower()}
-        for name, v in zip(names, t.values or [None] * len(names)):
-            row[name] = v
+        values = t.values or [None] * len(names)
+        row.update(objective=names[0], direction=study.directions[0].name.lower(), value=values[0])
+        row.update(zip(names, values))
         row.update(t.params)
         attrs = dict(t.user_attrs)
         who = attrs.pop(st.OWNER, {})

@@ -9,12 +9,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..compressors import registry
-from ..config import PROFILES, RunConfig, load_run, read_yaml
+from ..config import PROFILES, RunConfig, TrainConfig, load_run, read_yaml
 from ..errors import ConfigError
 from .space import SPEC_KEYS, Component, Objective, Param, check_known_ranges, parse_objectives
 
@@ -106,6 +107,14 @@ def _method_fields() -> dict[str, set[str]]:
     return {m: set(registry.config_fields(m)) for m in registry.available()}
 
 
+def _known(key: str) -> bool:
+    """Whether a space key is a setting some run understands (a method's, train's, model's or the run's)."""
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)} | {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
+    return "." in key or key in run_keys or any(key in f for f in _method_fields().values())
+
+
 def _bare(key: str) -> str:
     return key[len("compress.") :] if key.startswith("compress.") else key
 
@@ -190,6 +199,15 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     space = {_bare(k): Param.parse(_bare(k), v) for k, v in space_raw.items()}
     check_known_ranges(space)
     methods = _resolve_methods(raw.get("methods"), space, fixed, path)
+    if raw.get("methods") == "all":  # "all" adapts to what is registered: a setting nobody has is left out
+        for key in [k for k in space if not _known(k)]:
+            print(
+                f"note: {path}: no registered method has a setting {key!r}; the sweep leaves it out",
+                file=sys.stderr,
+            )
+            del space[key]
+        if not space:
+            raise ConfigError(f"{path}: no registered method has any setting of the search space")
     objectives = parse_objectives(raw.get("objectives", ["val_ppl"]), path)
     sampler = Component.parse("sampler", raw.get("sampler"), "tpe" if len(objectives) == 1 else "nsgaii")
     pruner = Component.parse("pruner", raw.get("pruner"), "median" if len(objectives) == 1 else "none")

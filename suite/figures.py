@@ -60,6 +60,15 @@ def _log(ax, which: str = "x") -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def color(method: str):
+    """One colour per method in every figure (the registry's order; methods it does not know come after)."""
+    from .compressors import registry
+
+    names = registry.available()
+    index = names.index(method) if method in names else len(names) + sum(map(ord, method)) % 7
+    return plt.get_cmap("tab10")(index % 10)
+
+
 def _metric_label(metric: str) -> str:
     split, _, name = metric.partition("_")
     name = {"ppl": "perplexity", "bleu": "BLEU", "wer": "word error rate"}.get(name, name)
@@ -98,7 +107,9 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
         for method, m in rows[rows["method"] != "dense"].groupby("method"):
             best = m.loc[m.groupby("factor")["mean"].idxmin()].sort_values("cf")  # best setting per asked CF
             err = best["ci95"].where(np.isfinite(best["ci95"]), 0)
-            ax.errorbar(best["cf"], best["mean"], yerr=err, marker="o", capsize=3, label=method)
+            ax.errorbar(
+                best["cf"], best["mean"], yerr=err, marker="o", capsize=3, label=method, color=color(method)
+            )
         _log(ax)
         ax.set_title(f"{task}: {rows['metric'].iloc[0]} vs compression")
         ax.set_xlabel("achieved CF of the LSTM matrices (x; log)")
@@ -169,7 +180,15 @@ def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> 
     for (task, method), m in rows.groupby(["task", "method"]):
         m = m.sort_values("cmr")
         err = m["ci95"].where(np.isfinite(m["ci95"]), 0)
-        ax.errorbar(m["cmr"], m["mean"], yerr=err, marker="o", capsize=3, label=f"{method} ({task})")
+        ax.errorbar(
+            m["cmr"],
+            m["mean"],
+            yerr=err,
+            marker="o",
+            capsize=3,
+            label=f"{method} ({task})",
+            color=color(method),
+        )
     ax.set_xlabel("co-matrix dropout rate p (CMR)")
     ax.set_ylabel(_metric_label(rows["metric"].iloc[0]))
     ax.set_title(f"F3  metric vs CMR rate at CF {cf:g}")
@@ -191,7 +210,7 @@ def f4_speedup(bench: Path, out: Path) -> Made:
     ax = axes[0]
     for method, m in rows.groupby("method"):
         m = m.sort_values("factor")
-        ax.plot(m["factor"], m[speed[0]], marker="o", label=method)
+        ax.plot(m["factor"], m[speed[0]], marker="o", label=method, color=color(method))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
     _log(ax)
     ax.set_xlabel("compression factor (x; log)")
@@ -214,7 +233,9 @@ def f5_pareto(runs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
     if runs.empty or runs["targeted_stored"].isna().all():
         return [], "no finished runs"
     runs = runs[_targets(runs) == DEFAULT_TARGETS]
-    latency = trials[trials["state"] == "complete"] if "latency_ms" in trials else pd.DataFrame()
+    latency = pd.DataFrame()
+    if "latency_ms" in trials:
+        latency = trials[(trials["state"] == "complete") & trials["latency_ms"].notna()]
     panels = [(task, "targeted_stored") for task in sorted(runs["task"].unique())]
     panels += [(study, "latency_ms") for study in sorted(latency["study"].unique())] if len(latency) else []
     fig, axes = _panels(len(panels))
@@ -229,9 +250,10 @@ def f5_pareto(runs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
             ax.set_xlabel("batch-1 latency, LSTM matrices (ms; log)")
             ylabel = _metric_label(pts["objective"].iloc[0])
         for method, m in pts.groupby("method"):
-            ax.scatter(m[x], m["y"], label=method, alpha=0.8)
+            ax.scatter(m[x], m["y"], label=method, alpha=0.8, color=color(method))
         front = pareto(pts, x, "y")
-        ax.step(front[x], front["y"], where="post", color="black", lw=1, label="Pareto front")
+        ax.step(front[x], front["y"], where="post", color="black", lw=1)
+        ax.scatter(front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
         _log(ax)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
@@ -257,11 +279,12 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
         _dense_line(ax, dense[dense["task"].isin(sel["task"])])
         for method, m in sel.groupby("method"):
             m = m.sort_values("cf")
-            ax.plot(m["cf"], m["mean"], marker="o", label=method)
+            ax.plot(m["cf"], m["mean"], marker="o", label=method, color=color(method))
         _log(ax, "x")
-        _log(ax, "y")
+        if sel["mean"].max() > 3 * sel["mean"].min():  # perplexity can explode without fine-tuning
+            _log(ax, "y")
         ax.set_xlabel(f"achieved CF of {target} (x; log)")
-        ax.set_ylabel(_metric_label(sel["metric"].iloc[0]) + "; log")
+        ax.set_ylabel(_metric_label(sel["metric"].iloc[0]))
         ax.set_title(f"{', '.join(sorted(sel['task'].unique()))}: {target}, no fine-tuning")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

@@ -253,7 +253,8 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
     lines = [
         f"study {spec.study_name} ({st.describe(where)})",
         f"  {p.done}/{spec.n_trials} trials done: {p.complete} complete, {p.pruned} pruned, {p.failed_reason} failed "
-        f"with a reason; {p.running} running, {p.waiting} queued, {p.failed_dead} lost with their worker (retried)",
+        f"with a reason; {p.running} running, {p.waiting} queued; {p.failed_dead} failed without a reason "
+        "(a dead worker's, retried, or interrupted)",
     ]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get(st.OWNER, {})

@@ -80,11 +80,12 @@ def cmd_figures(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import parse_sets
-    from .pipeline import load_params
+    from .pipeline import load_params, use_threads
     from .sweep import load_spec, run_sweep, status, work
     from .sweep.runner import location
 
     params = load_params(args.params, args.profile) if args.params else None
+    use_threads(args.threads or (params.threads if params else None))
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     if args.results:
         sets["results_dir"] = args.results
@@ -98,9 +99,9 @@ def cmd_sweep(args) -> int:
     workers = args.workers or (params.workers if params else 1)
     argv = ["sweep", args.spec]
     for flag, value in (("--storage", args.storage), ("--profile", args.profile), ("--params", args.params),
-                        ("--results", args.results)):
+                        ("--results", args.results), ("--threads", args.threads)):
         if value is not None:
-            argv += [flag, value]
+            argv += [flag, str(value)]
     for item in args.set or []:
         argv += ["--set", item]
     run_sweep(spec, args.storage, workers, argv)
@@ -117,9 +118,11 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_baselines(args) -> int:
-    from .pipeline import baselines, load_params
+    from .pipeline import baselines, load_params, use_threads
 
-    info = baselines(args.preset, load_params(args.params, args.profile), args.out)
+    params = load_params(args.params, args.profile)
+    use_threads(params.threads)
+    info = baselines(args.preset, params, args.out)
     for r in info["runs"]:
         print(f"{info['task']} dense seed {r['seed']}: test ppl {r['test_ppl']:.2f} ({r['run_id']})")
     print(f"-> {args.out}")
@@ -172,13 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
     s.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
-    s.add_argument("--storage", default=None, help="Optuna RDB URL, e.g. postgresql://user@host/db "
-                   "(default: a journal file under results/sweeps/<name>/)")
+    s.add_argument("--storage", default=None, help="an Optuna RDB URL (postgresql://user@host/db) or a journal "
+                   "file path (default: results/sweeps/<name>/journal.log)")
     s.add_argument("--status", action="store_true", help="print the study's progress and best trials")
     s.add_argument("--profile", default=None, help="smoke or paper (default: the spec's, else paper)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed setting of every run")
     s.add_argument("--params", default=None, help="take profile, workers and fixed settings from params.yaml")
     s.add_argument("--results", default=None, help="results folder (default results)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: params, else "
+                   "cores / workers)")
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 

@@ -6,6 +6,7 @@ baseline gets and which fixed settings every run of the pipeline shares (``set``
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ class Params:
     profile: str = "smoke"
     workers: int = 1
     """Sweep workers per sweep stage (processes on this machine)."""
+    threads: int | None = None
+    """Torch threads per process (each sweep worker); None: torch's default, one per core. Small recurrent models
+    gain little from a second thread, and on a machine shared with other jobs threads that wait on each other at
+    every time step can be many times slower than one."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Seeds of each dense baseline."""
     set: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +41,8 @@ class Params:
             raise ConfigError(f"params: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"params: workers must be a positive integer, got {self.workers!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"params: threads must be a positive integer or null, got {self.threads!r}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(
                 f"params: profiles.{self.profile}.seeds must be a list of integers, got {self.seeds!r}"
@@ -61,10 +68,21 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
     return Params(
         profile=profile,
         workers=raw.get("workers", 1),
+        threads=raw.get("threads"),
         seeds=list(chosen.get("seeds", [0])),
         set=dict(chosen.get("set") or {}),
         figures=dict(raw.get("figures") or {}),
     )
+
+
+def use_threads(threads: int | None) -> None:
+    """Torch threads of this process and of the worker processes it starts."""
+    if threads is None:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> dict:

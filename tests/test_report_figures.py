@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sweep_fixtures import ROOT, write_corpus
+from sweep_fixtures import ROOT, one_thread, write_corpus
 
 from suite.cli import main
 from suite.compressors.registry import LSTM_TARGETS
@@ -216,10 +216,15 @@ def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
         yaml.safe_dump(
             {
                 "profile": "smoke",
+                "threads": 1,
                 "profiles": {"smoke": {"seeds": [0, 1], "set": {"data_dir": str(tmp_path / "data")}}},
             }
         )
     )
-    assert main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines/tiny.json"]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test, as one_thread restores torch's
+    with one_thread():
+        assert (
+            main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines/tiny.json"]) == 0
+        )
     runs = json.loads(Path("baselines/tiny.json").read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["test_ppl"] > 1 for r in runs)

@@ -14,7 +14,16 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sweep_fixtures import Unavailable, env, start_postgres, suite, write_corpus, write_preset, write_spec
+from sweep_fixtures import (
+    Unavailable,
+    env,
+    one_thread,
+    start_postgres,
+    suite,
+    write_corpus,
+    write_preset,
+    write_spec,
+)
 
 from suite.cli import main
 from suite.sweep import load_spec, run_sweep
@@ -29,7 +38,8 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     preset = write_preset(tmp_path, write_corpus(tmp_path / "corpus"))
-    return tmp_path, preset
+    with one_thread():
+        yield tmp_path, preset
 
 
 def load(spec_path: Path, storage: str | None = None) -> optuna.Study:
@@ -330,3 +340,18 @@ def test_each_trial_is_its_own_wandb_run_finished_before_the_next(tiny, monkeypa
     logged = set().union(*(c[1] for c in calls if c[0] == "log"))
     assert {"val_ppl", "train_loss", "epoch/lr", "epoch/train_ppl"} <= logged
     assert wandb.run is None
+
+
+def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
+    folder, preset = tiny
+    spec = write_spec(folder, preset, n_trials=1)
+    assert main(["sweep", str(spec)]) == 0
+    write_spec(folder, preset, n_trials=2)  # only the budget changes: the study goes on
+    assert main(["sweep", str(spec)]) == 0
+    assert [t.state for t in load(spec).trials] == [TrialState.COMPLETE] * 2
+    write_spec(folder, preset, n_trials=2, space={"factor": {"low": 1.5, "high": 3.0}})
+    capsys.readouterr()
+    assert main(["sweep", str(spec)]) == 2
+    assert "made from a different spec" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
+    assert len(load_spec(spec, "smoke").study_name) and len(load(spec).trials) == 2

@@ -17,6 +17,7 @@ from typing import Any
 from ..compressors import registry
 from ..config import PROFILES, RunConfig, TrainConfig, load_run, read_yaml
 from ..errors import ConfigError
+from .build import make_pruner, make_sampler
 from .space import SPEC_KEYS, Component, Objective, Param, check_known_ranges, parse_objectives
 
 
@@ -92,15 +93,13 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         for key in ("n_trials", "path"):
             d.pop(key)
-        d["set"] = {
-            k: v for k, v in d["set"].items() if k not in ("results_dir", "data_dir")
-        }  # where, not what
+        where = ("results_dir", "data_dir")  # where things live is not what the study is
+        d["set"] = {k: v for k, v in d["set"].items() if k not in where}
         return d
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=str).encode()).hexdigest()[
-            :12
-        ]
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _method_fields() -> dict[str, set[str]]:
@@ -109,9 +108,8 @@ def _method_fields() -> dict[str, set[str]]:
 
 def _known(key: str) -> bool:
     """Whether a space key is a setting some run understands (a method's, train's, model's or the run's)."""
-    run_keys = {f.name for f in dataclasses.fields(RunConfig)} | {
-        f.name for f in dataclasses.fields(TrainConfig)
-    }
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    run_keys |= {f.name for f in dataclasses.fields(TrainConfig)}
     return "." in key or key in run_keys or any(key in f for f in _method_fields().values())
 
 
@@ -298,7 +296,5 @@ def _check_components(spec: SweepSpec, path: Path) -> None:
                 f"{path}: pruning watches a per-epoch validation metric; objective "
                 f"{spec.objectives[0].name} is not one (set pruner: none)"
             )
-    from .build import make_pruner, make_sampler  # the classes check their own options
-
-    make_sampler(spec, 0)
+    make_sampler(spec)  # the Optuna classes check their own options
     make_pruner(spec)

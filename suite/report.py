@@ -152,12 +152,13 @@ def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
 
 
 def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> dict:
-    """Small JSON for DVC metrics: per task, the dense metric and each method's best mean at each asked CF
-    (LSTM targets); per study, trial counts, epochs trained and the best first objective."""
+    """Small JSON for DVC metrics: per task, the dense metric and each method's best mean at each whole-number
+    asked CF (a grid's; LSTM targets); per study, trial counts, epochs trained and the best first objective."""
     out: dict[str, Any] = {}
     default = ",".join(LSTM_TARGETS)
     if not summ.empty:
         lstm = summ[summ["targets"].fillna(default) == default] if "targets" in summ else summ
+        lstm = lstm[lstm["factor"] == lstm["factor"].round()]  # searched CFs (2.0006...) would each add a column
         for (task, method, factor), rows in lstm.groupby(["task", "method", "factor"]):
             key = "metric" if method == "dense" else f"cf{factor:g}"
             out.setdefault(task, {}).setdefault(method, {})[key] = round(float(rows["mean"].min()), 4)

@@ -234,7 +234,7 @@ class History(pl.Callback):
         row["train_tokens_per_s"] = self.train_tokens / train_s if train_s > 0 else None
         self.rows.append(row)
         # The loggers (W&B, CSV) get what Lightning does not log itself: lr, train ppl, epoch time, speed.
-        extra = {k: v for k, v in row.items() if k not in trainer.callback_metrics and v is not None}
+        extra = {k: v for k, v in row.items() if k not in trainer.callback_metrics and k != "epoch" and v is not None}
         for logger in trainer.loggers:
             logger.log_metrics({f"epoch/{k}": float(v) for k, v in extra.items()}, step=trainer.global_step)
         if self.echo:

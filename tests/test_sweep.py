@@ -152,7 +152,8 @@ def test_method_settings_apply_only_to_methods_that_have_them(tiny):
 
 
 def test_two_workers_share_a_journal_study(tiny):
-    folder, preset = tiny
+    folder, _ = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=6)  # trials long enough for both workers to join
     spec = write_spec(folder, preset, n_trials=5)
     out = suite(folder, "sweep", str(spec), "--workers", "2", timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -177,13 +178,15 @@ def postgres_url():
 
 
 def test_two_workers_share_a_postgres_study(tiny, postgres_url):
-    folder, preset = tiny
+    folder, _ = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=6)
     spec = write_spec(folder, preset, name="pg-sweep", n_trials=4)
     out = suite(folder, "sweep", str(spec), "--workers", "2", "--storage", postgres_url, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     study = load(spec, postgres_url)
-    check_exactly(study, 4, folder)
+    done = check_exactly(study, 4, folder)
     assert len(study.trials) == 4
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
     assert not (folder / "results" / "sweeps" / "pg-sweep" / "journal.log").exists()
 
 

@@ -98,8 +98,13 @@ def cmd_sweep(args) -> int:
         return 0
     workers = args.workers or (params.workers if params else 1)
     argv = ["sweep", args.spec]
-    for flag, value in (("--storage", args.storage), ("--profile", args.profile), ("--params", args.params),
-                        ("--results", args.results), ("--threads", args.threads)):
+    for flag, value in (
+        ("--storage", args.storage),
+        ("--profile", args.profile),
+        ("--params", args.params),
+        ("--results", args.results),
+        ("--threads", args.threads),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     for item in args.set or []:
@@ -113,7 +118,9 @@ def cmd_prepare(args) -> int:
     from .pipeline import prepare
 
     info = prepare(args.dataset, args.out, args.data_dir)
-    print(f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}")
+    print(
+        f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}"
+    )
     return 0
 
 
@@ -134,7 +141,11 @@ def cmd_bench(args) -> int:
 
     if args.kind == "train":
         res = bench_train(
-            args.preset, args.methods.split(","), args.factors, steps=args.steps, device=args.device,
+            args.preset,
+            args.methods.split(","),
+            args.factors,
+            steps=args.steps,
+            device=args.device,
             out=Path(args.results) / "bench" / "train.json",
         )
         print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
@@ -152,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="dense", help="compressor name (see `suite methods`)")
     t.add_argument("--factor", type=float, default=None, help="target compression factor")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
+    )
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
     t.set_defaults(func=cmd_train)
 
@@ -175,15 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
     s.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
-    s.add_argument("--storage", default=None, help="an Optuna RDB URL (postgresql://user@host/db) or a journal "
-                   "file path (default: results/sweeps/<name>/journal.log)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="an Optuna RDB URL (postgresql://user@host/db) or a journal "
+        "file path (default: results/sweeps/<name>/journal.log)",
+    )
     s.add_argument("--status", action="store_true", help="print the study's progress and best trials")
     s.add_argument("--profile", default=None, help="smoke or paper (default: the spec's, else paper)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed setting of every run")
     s.add_argument("--params", default=None, help="take profile, workers and fixed settings from params.yaml")
     s.add_argument("--results", default=None, help="results folder (default results)")
-    s.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: params, else "
-                   "cores / workers)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: params, else cores / workers)",
+    )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 

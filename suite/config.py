@@ -42,7 +42,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "bptt", "eval_batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "epochs" else 1):
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if name == "epochs" else 1)
+            ):
                 raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
         for name in ("lr", "lr_decay", "clip"):
             value = getattr(self, name)
@@ -140,7 +144,9 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the file") from None
+        raise ConfigError(
+            f"{path}{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the file"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping (key: value lines)")
     return data
@@ -194,7 +200,9 @@ def load_run(
         if sub:
             target = {"train": train, "model": model, "compress": compress}.get(section)
             if target is None:
-                raise ConfigError(f"unknown override {key!r}; dotted keys start with train., model. or compress.")
+                raise ConfigError(
+                    f"unknown override {key!r}; dotted keys start with train., model. or compress."
+                )
             target[sub] = value
         elif key in _TOP:
             top[key] = value

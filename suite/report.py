@@ -43,7 +43,9 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 **{k: _cell(v) for k, v in compress.items() if k != "factor"},
                 "seed": r.seed,
                 "run_id": r.run_id,
-                "config_id": _config_id(r.config, ("task", "dataset", "model", "train", "method", "compress")),
+                "config_id": _config_id(
+                    r.config, ("task", "dataset", "model", "train", "method", "compress")
+                ),
                 "setup_id": _config_id(r.config, ("task", "dataset", "model", "train")),
                 "status": r.status,
                 "reason": r.reason,
@@ -86,8 +88,24 @@ def ci95(values: pd.Series) -> float:
 
 
 #: Columns of runs_frame that are not settings of the configuration.
-_RESULTS = {"seed", "run_id", "status", "reason", "metric", "value", "cf", "cf_values", "model_cf", "stored",
-            "targeted_stored", "epochs", "wall_s", "tokens_per_s", "study", "trial"}
+_RESULTS = {
+    "seed",
+    "run_id",
+    "status",
+    "reason",
+    "metric",
+    "value",
+    "cf",
+    "cf_values",
+    "model_cf",
+    "stored",
+    "targeted_stored",
+    "epochs",
+    "wall_s",
+    "tokens_per_s",
+    "study",
+    "trial",
+}
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +176,9 @@ def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> di
     default = ",".join(LSTM_TARGETS)
     if not summ.empty:
         lstm = summ[summ["targets"].fillna(default) == default] if "targets" in summ else summ
-        lstm = lstm[lstm["factor"] == lstm["factor"].round()]  # searched CFs (2.0006...) would each add a column
+        lstm = lstm[
+            lstm["factor"] == lstm["factor"].round()
+        ]  # searched CFs (2.0006...) would each add a column
         for (task, method, factor), rows in lstm.groupby(["task", "method", "factor"]):
             key = "metric" if method == "dense" else f"cf{factor:g}"
             out.setdefault(task, {}).setdefault(method, {})[key] = round(float(rows["mean"].min()), 4)
@@ -175,8 +195,9 @@ def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> di
     return out
 
 
-def write_tables(results_dir: str | Path = "results", out: str | Path = "results/tables",
-                 metrics: str | Path | None = None) -> list[Path]:
+def write_tables(
+    results_dir: str | Path = "results", out: str | Path = "results/tables", metrics: str | Path | None = None
+) -> list[Path]:
     """runs.csv, summary.csv (mean, std, 95% CI over seeds), epochs.csv and trials.csv; optionally metrics JSON."""
     records = load_records(results_dir, status=None)
     out = Path(out)

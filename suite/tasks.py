@@ -31,7 +31,8 @@ class LanguageModelData(pl.LightningDataModule):
         self.corpus, self.cfg = corpus, cfg
         self.train_data = batchify(prefix(corpus.train, cfg.train_fraction), cfg.batch_size)  # (S, B)
         self.eval_data = {
-            s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size) for s in ("valid", "test")
+            s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size)
+            for s in ("valid", "test")
         }
 
     @property

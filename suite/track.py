@@ -42,7 +42,9 @@ class Record:
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     reason: str | None = None
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
     @property
     def value(self) -> float | None:
@@ -159,7 +161,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]):
+def wandb_logger(
+    mode: str, save_dir: Path, group: str, job_type: str, name: str, config: dict, tags: list[str]
+):
     """A Lightning WandbLogger (offline unless ``mode == 'online'``), or None when disabled or not installed."""
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return None
@@ -167,7 +171,10 @@ def wandb_logger(mode: str, save_dir: Path, group: str, job_type: str, name: str
         import wandb  # noqa: F401
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:
-        print("note: wandb is not installed; this run is tracked by its record and CSV log only", file=sys.stderr)
+        print(
+            "note: wandb is not installed; this run is tracked by its record and CSV log only",
+            file=sys.stderr,
+        )
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -234,7 +241,11 @@ class History(pl.Callback):
         row["train_tokens_per_s"] = self.train_tokens / train_s if train_s > 0 else None
         self.rows.append(row)
         # The loggers (W&B, CSV) get what Lightning does not log itself: lr, train ppl, epoch time, speed.
-        extra = {k: v for k, v in row.items() if k not in trainer.callback_metrics and k != "epoch" and v is not None}
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in trainer.callback_metrics and k != "epoch" and v is not None
+        }
         for logger in trainer.loggers:
             logger.log_metrics({f"epoch/{k}": float(v) for k, v in extra.items()}, step=trainer.global_step)
         if self.echo:

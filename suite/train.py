@@ -107,13 +107,22 @@ def _train(cfg: RunConfig, callbacks: Sequence[pl.Callback], progress_bar: bool 
         method=cfg.method,
         seed=cfg.seed,
         status="failed",
-        config={**cfg.to_dict(), "model_resolved": model_cfg, "epochs_run": epochs, "data": corpus.describe()},
+        config={
+            **cfg.to_dict(),
+            "model_resolved": model_cfg,
+            "epochs_run": epochs,
+            "data": corpus.describe(),
+        },
         accounting=accounting.to_dict(),
         provenance=provenance(),
     )
     data = LanguageModelData(corpus, cfg.train)
     task = LanguageModelTask(model, lr_at)
-    label = f"{cfg.task} {cfg.method}" + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "") + f" seed {cfg.seed}"
+    label = (
+        f"{cfg.task} {cfg.method}"
+        + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "")
+        + f" seed {cfg.seed}"
+    )
     history = History(label, epochs, data.train_tokens)
     wandb = wandb_logger(
         cfg.wandb,

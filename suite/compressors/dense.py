@@ -49,7 +49,9 @@ def shrink_hidden(model_cfg: dict, cfg: CompressorConfig, build: Callable[[dict]
             else:
                 hi = mid - 1
     if lo < 1:
-        raise CompressionError(f"small_dense cannot reach CF {cfg.factor:g}: even hidden size 1 is over budget")
+        raise CompressionError(
+            f"small_dense cannot reach CF {cfg.factor:g}: even hidden size 1 is over budget"
+        )
     return {**model_cfg, "hidden": lo}
 
 
@@ -61,6 +63,7 @@ register(
         summary="the uncompressed model (CF 1): the reference every table compares against",
     )
 )
+
 
 @dataclass
 class SmallDenseConfig(CompressorConfig):

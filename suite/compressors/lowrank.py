@@ -75,7 +75,9 @@ class SVDConfig(CompressorConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init != "trained":
-            raise ConfigError("svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)")
+            raise ConfigError(
+                "svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)"
+            )
 
 
 register(

@@ -116,7 +116,9 @@ def make_config(name: str, params: dict[str, Any]) -> CompressorConfig:
     known = config_fields(name)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(known)}")
+        raise ConfigError(
+            f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(known)}"
+        )
     try:
         return method.config(**params)
     except TypeError as e:
@@ -179,7 +181,9 @@ def compress_targets(
                     "the model's forward (as the language model does) so one parameter can be compressed"
                 )
             if p.dim() != 2:
-                raise ConfigError(f"target {qual} has shape {tuple(p.shape)}; only matrices can be compressed")
+                raise ConfigError(
+                    f"target {qual} has shape {tuple(p.shape)}; only matrices can be compressed"
+                )
             chosen.append((qual, module, tensor_name, p))
     if not chosen:
         names = ", ".join(n for n, _ in model.named_parameters())
@@ -226,4 +230,6 @@ def check_budget(name: str, shape: tuple[int, int], factor: float, stored: float
     """Raise a CompressionError when a matrix cannot reach ``factor``; ``best`` says what it can reach."""
     m, n = shape
     if stored <= 0 or m * n / stored < factor * (1 - 1e-9):
-        raise CompressionError(f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor")
+        raise CompressionError(
+            f"{name} ({m}x{n}) cannot reach CF {factor:g}: {best}; ask for a smaller --factor"
+        )

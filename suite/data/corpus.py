@@ -94,7 +94,9 @@ def _load_text(name: str, where) -> datasets.DatasetDict:  # noqa: F821
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"could not load {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise DataError(
+            f"could not load {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
 
 
 def load_corpus(dataset: str | dict, data_dir: str | None = None, max_vocab: int | None = None) -> Corpus:

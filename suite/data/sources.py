@@ -97,7 +97,9 @@ def download(source: TextSource) -> dict[str, Path]:
     return paths
 
 
-def locate(dataset: str | dict, configured_dir: str | None = None) -> tuple[str, dict[str, Path] | tuple[str, str]]:
+def locate(
+    dataset: str | dict, configured_dir: str | None = None
+) -> tuple[str, dict[str, Path] | tuple[str, str]]:
     """Find a corpus. Returns (name, split -> local path) or (name, hub id) for a hub dataset.
 
     ``dataset`` is a known name (``ptb``, ``wikitext2``) or ``{"path": folder}`` for a user's own corpus.

@@ -77,4 +77,3 @@ def build_lm(model_cfg: dict) -> LSTMLanguageModel:
 
 def detach(hidden: Hidden) -> Hidden:
     return tuple(h.detach() for h in hidden)  # type: ignore[return-value]
-

@@ -1,4 +1,5 @@
-"""Command line: ``suite train|methods|report|bench``. Errors the user can fix print one line and exit 2."""
+"""Command line: ``suite train|sweep|methods|report|figures|bench|prepare|baselines``. Errors the user can fix
+print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -56,10 +57,82 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_table, table
+    from .report import format_table, table, write_tables
 
-    df = table(args.results)
-    print(format_table(df))
+    if args.out is None:
+        print(format_table(table(args.results)))
+        return 0
+    written = write_tables(args.results, args.out, args.metrics)
+    print(format_table(table(args.results)))
+    print(f"-> {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .figures import make_figures
+    from .pipeline import load_params
+
+    made = make_figures(args.tables, args.out, load_params(args.params).figures)
+    for name, (paths, note) in made.items():
+        print(f"{name}: {', '.join(str(p) for p in paths) if paths else 'skipped: ' + note}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import parse_sets
+    from .pipeline import load_params, use_threads
+    from .sweep import load_spec, run_sweep, status, work
+    from .sweep.runner import location
+
+    params = load_params(args.params, args.profile) if args.params else None
+    use_threads(args.threads or (params.threads if params else None))
+    sets = {**(params.set if params else {}), **parse_sets(args.set)}
+    if args.results:
+        sets["results_dir"] = args.results
+    spec = load_spec(args.spec, args.profile or (params.profile if params else None), sets)
+    if args.status:
+        print(status(spec, args.storage))
+        return 0
+    if args.as_worker:
+        work(spec, location(spec, args.storage))
+        return 0
+    workers = args.workers or (params.workers if params else 1)
+    argv = ["sweep", args.spec]
+    for flag, value in (
+        ("--storage", args.storage),
+        ("--profile", args.profile),
+        ("--params", args.params),
+        ("--results", args.results),
+        ("--threads", args.threads),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for item in args.set or []:
+        argv += ["--set", item]
+    run_sweep(spec, args.storage, workers, argv)
+    print(status(spec, args.storage))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .pipeline import prepare
+
+    info = prepare(args.dataset, args.out, args.data_dir)
+    print(
+        f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_baselines(args) -> int:
+    from .pipeline import baselines, load_params, use_threads
+
+    params = load_params(args.params, args.profile)
+    use_threads(params.threads)
+    info = baselines(args.preset, params, args.out)
+    for r in info["runs"]:
+        print(f"{info['task']} dense seed {r['seed']}: test ppl {r['test_ppl']:.2f} ({r['run_id']})")
+    print(f"-> {args.out}")
     return 0
 
 
@@ -116,9 +189,53 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's settings")
     m.set_defaults(func=cmd_methods)
 
-    r = sub.add_parser("report", help="table of all finished runs")
+    r = sub.add_parser("report", help="table of all finished runs; with --out, write the CSV tables")
     r.add_argument("--results", default="results")
+    r.add_argument("--out", default=None, help="folder for runs.csv, summary.csv, epochs.csv, trials.csv")
+    r.add_argument("--metrics", default=None, help="also write headline metrics as JSON (DVC metrics)")
     r.set_defaults(func=cmd_report)
+
+    f = sub.add_parser("figures", help="paper figures (PNG and PDF) from the tables of `suite report --out`")
+    f.add_argument("--tables", default="results/tables")
+    f.add_argument("--out", default="results/figures")
+    f.add_argument("--params", default=None, help="params.yaml (its figures: section)")
+    f.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
+    s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
+    s.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="an Optuna RDB URL (postgresql://user@host/db) or a journal "
+        "file path (default: results/sweeps/<name>/journal.log)",
+    )
+    s.add_argument("--status", action="store_true", help="print the study's progress and best trials")
+    s.add_argument("--profile", default=None, help="smoke or paper (default: the spec's, else paper)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed setting of every run")
+    s.add_argument("--params", default=None, help="take profile, workers and fixed settings from params.yaml")
+    s.add_argument("--results", default=None, help="results folder (default results)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: params, else cores / workers)",
+    )
+    s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_sweep)
+
+    pr = sub.add_parser("prepare", help="load and cache a corpus, write its description (pipeline stage)")
+    pr.add_argument("dataset", help="ptb or wikitext2")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--data-dir", default=None, help="default: SUITE_DATA_DIR")
+    pr.set_defaults(func=cmd_prepare)
+
+    bl = sub.add_parser("baselines", help="train the dense runs of a task for every seed (pipeline stage)")
+    bl.add_argument("preset")
+    bl.add_argument("--out", required=True)
+    bl.add_argument("--params", default=None, help="params.yaml (profile, seeds, fixed settings)")
+    bl.add_argument("--profile", default=None)
+    bl.set_defaults(func=cmd_baselines)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
     b.add_argument("kind", choices=sorted(BENCH_DEFAULTS), help="train: training step; infer: batch-1 step")

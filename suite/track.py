@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -86,10 +89,27 @@ def run_dir(results_dir: str | Path, task: str, method: str, run_id: str) -> Pat
     return Path(results_dir) / "runs" / task / method / run_id
 
 
+@contextlib.contextmanager
+def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> Iterator[None]:
+    """Exclusive, per run-id, between processes on this machine; the system drops it when its holder dies."""
+    path = run_dir(results_dir, task, method, run_id).with_name(f".{run_id}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        # Unlinked while held: a process already waiting gets the lock and then finds the record.
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def load_records(results_dir: str | Path, status: str | None = "ok") -> list[Record]:
     """Every record under results/runs (optionally only those with ``status``)."""
     out = []
     for path in sorted(Path(results_dir).glob("runs/*/*/*/record.json")):
+        if path.parent.name.startswith("."):  # a staging folder left by a killed run
+            continue
         try:
             rec = Record.load(path)
         except (json.JSONDecodeError, TypeError, KeyError):
@@ -223,6 +243,14 @@ class History(pl.Callback):
         row["seconds"] = now - self._t0
         row["train_tokens_per_s"] = self.train_tokens / train_s if train_s > 0 else None
         self.rows.append(row)
+        # The loggers (W&B, CSV) get what Lightning does not log itself: lr, train ppl, epoch time, speed.
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in trainer.callback_metrics and k != "epoch" and v is not None
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics({f"epoch/{k}": float(v) for k, v in extra.items()}, step=trainer.global_step)
         if self.echo:
             extra = f" val ppl {row['val_ppl']:.2f}" if "val_ppl" in row else ""
             print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -10,20 +11,20 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from .compressors import account, registry
+from .compressors import Accounting, account, registry
 from .config import RunConfig
-from .data import load_corpus
+from .data import Corpus, load_corpus
 from .errors import SuiteError, TrialDiverged
 from .models.lm import build_lm
 from .tasks import LanguageModelData, LanguageModelTask, step_decay
-from .track import History, Record, close_wandb, provenance, run_dir, wandb_logger
+from .track import History, Record, close_wandb, provenance, run_dir, run_lock, wandb_logger
 
 MODEL_FILE = "model.pt"
 
@@ -103,11 +104,34 @@ def train(
     Everything that can be wrong with the inputs (method, settings, data, reachable CF) is checked before
     anything is written. The run is built in a staging folder and moved into place with its record, so a
     killed run leaves no half-written results. A run that diverges or is pruned is recorded with that status.
+    Processes asking for the same run at once (sweep workers) take turns: the second finds the first's record.
     """
     if not force and (done := find(cfg)) is not None:
         return done
+    setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
+    with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id):
+        if not force and (done := find(cfg)) is not None:
+            return done
+        return _run(cfg, setup, callbacks, progress_bar)
+
+
+@dataclasses.dataclass
+class _Setup:
+    """A run ready to train: data, compressed model, its accounting, the epochs and learning rates."""
+
+    t_start: float
+    corpus: Corpus
+    model: nn.Module
+    model_cfg: dict
+    reference: nn.Module | None
+    accounting: Accounting
+    epochs: int
+    lr_at: Callable[[int], float]
+
+
+def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     t_start = time.perf_counter()
-    method = registry.get(cfg.method)
+    registry.get(cfg.method)  # an unknown method fails here, before any work
     mcfg = cfg.method_config
     corpus = load_corpus(cfg.dataset, cfg.data_dir, cfg.train.max_vocab)
     model_cfg = {**cfg.model, "vocab": len(corpus.vocab)}
@@ -130,7 +154,15 @@ def train(
     model, reference = build_model(model_cfg, cfg.method, mcfg, state)
     model_cfg = getattr(model, "config", model_cfg)
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
+    return _Setup(t_start, corpus, model, model_cfg, reference, accounting, epochs, lr_at)
 
+
+def _run(
+    cfg: RunConfig, setup: _Setup, callbacks: Sequence[pl.Callback], progress_bar: bool | None
+) -> Record:
+    method, mcfg = registry.get(cfg.method), cfg.method_config
+    t_start, corpus, model, model_cfg = setup.t_start, setup.corpus, setup.model, setup.model_cfg
+    reference, accounting, epochs, lr_at = setup.reference, setup.accounting, setup.epochs, setup.lr_at
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
@@ -164,8 +196,14 @@ def train(
         group=cfg.study or cfg.task,
         job_type=cfg.method,
         name=f"{cfg.method}-{cfg.run_id}",
-        config={**record.config, "achieved_cf": accounting.cf, "model_cf": accounting.model_cf},
-        tags=[cfg.task, cfg.method, cfg.profile],
+        # Method settings also at the top level (factor, cmr, ...), so charts can group and plot by them.
+        config={
+            **{k: v for k, v in cfg.compress.items() if k not in record.config},
+            **record.config,
+            "achieved_cf": accounting.cf,
+            "model_cf": accounting.model_cf,
+        },
+        tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
     )
     loggers = [pl.loggers.CSVLogger(str(staging), name="csv", version="")] + ([wandb] if wandb else [])
     extra = list(method.callbacks(mcfg) if method.callbacks else [])

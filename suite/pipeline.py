@@ -1,0 +1,114 @@
+"""The pipeline's parameters (params.yaml) and its first two stages: prepare data, train dense baselines.
+
+params.yaml chooses a profile (``smoke``, the CPU default, or ``paper``); each profile says how many seeds a
+baseline gets and which fixed settings every run of the pipeline shares (``set``, e.g. a shorter smoke run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES, load_run, read_yaml
+from .errors import ConfigError, SuiteError
+from .track import write_json
+
+PARAMS = "params.yaml"
+
+
+@dataclass
+class Params:
+    """The resolved parameters of one profile."""
+
+    profile: str = "smoke"
+    workers: int = 1
+    """Sweep workers per sweep stage (processes on this machine)."""
+    threads: int | None = None
+    """Torch threads per process (each sweep worker); None: torch's default, one per core. Small recurrent models
+    gain little from a second thread, and on a machine shared with other jobs threads that wait on each other at
+    every time step can be many times slower than one."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds of each dense baseline."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """Fixed settings of every run in the pipeline (on top of each preset's profile)."""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"params: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"params: workers must be a positive integer, got {self.workers!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"params: threads must be a positive integer or null, got {self.threads!r}")
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise ConfigError(
+                f"params: profiles.{self.profile}.seeds must be a list of integers, got {self.seeds!r}"
+            )
+        if not isinstance(self.set, dict):
+            raise ConfigError(f"params: profiles.{self.profile}.set must be a mapping, got {self.set!r}")
+
+
+def load_params(path: str | Path | None = None, profile: str | None = None) -> Params:
+    """Read params.yaml (``path``, default ./params.yaml; missing file: the defaults) for ``profile`` (default:
+    the file's ``profile``)."""
+    path = Path(path or PARAMS)
+    raw = read_yaml(path) if path.is_file() else {}
+    profile = profile or raw.get("profile", "smoke")
+    chosen = (raw.get("profiles") or {}).get(profile) or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"{path}: profiles.{profile} must be a mapping")
+    unknown = set(chosen) - {"seeds", "set"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: profiles.{profile} has unknown key(s) {', '.join(sorted(unknown))} (seeds, set)"
+        )
+    return Params(
+        profile=profile,
+        workers=raw.get("workers", 1),
+        threads=raw.get("threads"),
+        seeds=list(chosen.get("seeds", [0])),
+        set=dict(chosen.get("set") or {}),
+        figures=dict(raw.get("figures") or {}),
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    """Torch threads of this process and of the worker processes it starts."""
+    if threads is None:
+        return
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> dict:
+    """Load (and cache) a corpus and write what it is: origin, vocabulary and token counts."""
+    from .data import load_corpus
+
+    t0 = time.perf_counter()
+    corpus = load_corpus(dataset, data_dir)
+    info = {"dataset": dataset, **corpus.describe(), "seconds": time.perf_counter() - t0}
+    write_json(Path(out), info)
+    return info
+
+
+def baselines(preset: str | Path, params: Params, out: str | Path) -> dict:
+    """Train (or find) the dense runs of a task, one per seed, and list them."""
+    from .train import train
+
+    runs = []
+    for seed in params.seeds:
+        cfg = load_run(preset, "dense", seed=seed, sets={**params.set, "profile": params.profile})
+        rec = train(cfg, progress_bar=False)
+        if rec.status != "ok":
+            raise SuiteError(
+                f"dense baseline {rec.run_id} of {cfg.task} (seed {seed}) {rec.status}: {rec.reason}"
+            )
+        runs.append({"run_id": rec.run_id, "seed": seed, **rec.final, "wall_s": rec.timings.get("wall_s")})
+    info = {"task": cfg.task, "profile": params.profile, "runs": runs}
+    write_json(Path(out), info)
+    return info

@@ -1,0 +1,21 @@
+"""Optuna sweeps over methods and their settings: ``suite sweep sweeps/<name>.yaml [--workers N] [--storage URL]``.
+
+spec.py validates a sweep file; runner.py creates or resumes the study and runs its workers; storage.py is where
+the study lives and how workers share it; build.py holds the Optuna parts; objectives.py what a trial returns.
+"""
+
+from .runner import export, open_study, run_sweep, status, trial_rows, work
+from .spec import Objective, Param, SweepSpec, load_spec
+
+__all__ = [
+    "Objective",
+    "Param",
+    "SweepSpec",
+    "export",
+    "load_spec",
+    "open_study",
+    "run_sweep",
+    "status",
+    "trial_rows",
+    "work",
+]

@@ -1,0 +1,277 @@
+"""Running a sweep: create or resume the study, run trials in one or several worker processes, export them."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import ConfigError, SuiteError
+from ..track import Record, run_dir
+from ..train import train
+from . import storage as st
+from .build import FitPruning, make_pruner, make_sampler
+from .objectives import mean, objective_values
+from .spec import SweepSpec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def location(spec: SweepSpec, url: str | None = None) -> str:
+    """The study's storage: ``url`` if given, else the journal file under results/sweeps/<name>/."""
+    return url or str(st.journal_path(spec.set.get("results_dir", "results"), spec.name))
+
+
+def open_study(spec: SweepSpec, where: str, create: bool = True) -> optuna.Study:
+    """Create the study (first time: record the spec, queue a grid's points) or resume it. A study made from a
+    different spec (anything but n_trials changed) is refused rather than mixed."""
+    storage = st.open_storage(where, create=create)
+    sampler, pruner = make_sampler(spec), make_pruner(spec)
+    if not create:
+        try:
+            return optuna.load_study(
+                study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        except KeyError:
+            raise ConfigError(
+                f"no study {spec.study_name} in {st.describe(where)} yet; run the sweep first"
+            ) from None
+    lock = st.SlotLock(where, spec.study_name)
+    try:
+        with lock:
+            study = optuna.create_study(
+                study_name=spec.study_name,
+                storage=storage,
+                directions=spec.directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+            made_from = study.user_attrs.get("fingerprint")
+            if made_from is None:
+                study.set_user_attr("spec", spec.identity())
+                study.set_user_attr("fingerprint", spec.fingerprint())
+                if spec.sampler.name == "grid":
+                    for point in spec.grid()[: spec.n_trials]:
+                        study.enqueue_trial(point)
+            elif made_from != spec.fingerprint():
+                raise ConfigError(
+                    f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
+                    "may change when resuming); give the sweep a new name or delete its storage"
+                )
+            study.set_user_attr("n_trials", spec.n_trials)
+    finally:
+        lock.close()
+    return study
+
+
+class Objective:
+    """One trial: draw settings, train each seed's run (pruning on the first), return the objective means."""
+
+    def __init__(self, spec: SweepSpec, started) -> None:
+        self.spec, self.started = spec, started
+        self.number: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.number = trial.number
+        trial.set_user_attr(st.OWNER, st.owner())
+        self.started()  # the trial is RUNNING and owned: other workers may now count it
+        try:
+            return self.run(trial)
+        except SuiteError as e:
+            trial.set_user_attr(st.REASON, str(e))
+            raise
+
+    def run(self, trial: optuna.Trial) -> float | list[float]:
+        spec = self.spec
+        params = spec.suggest(trial)
+        records: list[Record] = []
+        epochs = []
+        for i, seed in enumerate(spec.seeds):
+            cfg = spec.run_config(params, seed, study=spec.study_name, trial=trial.number)
+            pruning = FitPruning(trial, spec.monitor) if spec.monitor and i == 0 else None
+            try:
+                rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
+            except optuna.TrialPruned:
+                pruned = Record.load(
+                    run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id) / "record.json"
+                )
+                self.note(
+                    trial, [*records, pruned], [*epochs, pruning.reports if pruning else len(pruned.epochs)]
+                )
+                raise
+            if pruning is not None and pruning.reports == 0:  # found finished: give the pruner its curve
+                for row in rec.epochs:
+                    if spec.monitor in row:
+                        trial.report(row[spec.monitor], step=row["epoch"] - 1)
+            records.append(rec)
+            epochs.append(len(rec.epochs))
+            if rec.status != "ok":
+                # A diverged run: pruned, so that the sampler learns the region is bad; the record says why.
+                self.note(trial, records, epochs)
+                trial.set_user_attr("reason", f"diverged: {rec.reason}")
+                raise optuna.TrialPruned(f"run {rec.run_id} diverged: {rec.reason}")
+        self.note(trial, records, epochs)
+        values = objective_values(spec, records)
+        return values[0] if len(values) == 1 else values
+
+    @staticmethod
+    def note(trial: optuna.Trial, records: list[Record], epochs: list[int]) -> None:
+        """What the trial's runs were, as user attributes (the dashboard and the trials table show them)."""
+        trial.set_user_attr("run_ids", [r.run_id for r in records])
+        trial.set_user_attr("epochs", int(sum(epochs)))
+        ok = [r for r in records if r.status == "ok"]
+        if ok:
+            trial.set_user_attr(ok[0].metric, mean([r.value for r in ok]))
+            trial.set_user_attr("achieved_cf", mean([r.accounting["cf"] for r in ok]))
+
+
+def work(spec: SweepSpec, where: str) -> None:
+    """One worker: while the budget allows, take a slot and run a trial (a queued retry first)."""
+    study = open_study(spec, where)
+    lock = st.SlotLock(where, spec.study_name)
+    try:
+        while True:
+            lock.acquire()
+            try:
+                st.fail_dead_trials(study)
+                p = st.progress(study)
+                if p.done + p.running >= spec.n_trials:
+                    break
+                study.sampler = make_sampler(spec, offset=p.total)
+                objective = Objective(spec, lock.release)
+                study.optimize(objective, n_trials=1, catch=(SuiteError,), gc_after_trial=True)
+            finally:
+                lock.release()
+            _echo(study, objective.number)
+    finally:
+        lock.close()
+
+
+def _echo(study: optuna.Study, number: int | None) -> None:
+    """One line for the trial this worker just finished."""
+    if number is None:
+        return
+    t = study.get_trials(deepcopy=False)[number]
+    if t.state.is_finished():
+        values = ", ".join(f"{v:.4g}" for v in t.values) if t.values else ""
+        why = t.user_attrs.get("reason") or t.user_attrs.get(st.REASON) or ""
+        print(
+            f"[{study.study_name}] trial {t.number} {t.state.name.lower()} {values} {t.params} {why}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_sweep(
+    spec: SweepSpec, url: str | None = None, workers: int = 1, argv: list[str] | None = None
+) -> optuna.Study:
+    """Run (or resume) a sweep to its n_trials. ``workers > 1`` spawns that many worker processes on this machine
+    (``argv``: the command that runs one worker), sharing the study through its storage."""
+    where = location(spec, url)
+    study = open_study(spec, where)
+    if workers <= 1:
+        work(spec, where)
+    else:
+        _spawn(workers, argv or [])
+    export(spec, study)
+    return study
+
+
+def _spawn(workers: int, argv: list[str]) -> None:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "suite.cli", *argv, "--as-worker"], env=env)
+        for _ in range(workers)
+    ]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise SuiteError(
+            f"{len(bad)} of {workers} workers failed (exit {bad[0]}); rerun the command to resume"
+        )
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial: state, objective values, settings, runs and what the runs reached."""
+    names = study.user_attrs.get("spec", {}).get("objectives") or []
+    names = [o["name"] for o in names] or [f"value_{i}" for i in range(len(study.directions))]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"study": study.study_name, "number": t.number, "state": t.state.name.lower()}
+        values = t.values or [None] * len(names)
+        row.update(objective=names[0], direction=study.directions[0].name.lower(), value=values[0])
+        row.update(zip(names, values))
+        row.update(t.params)
+        attrs = dict(t.user_attrs)
+        who = attrs.pop(st.OWNER, {})
+        row.update({k: (" ".join(v) if isinstance(v, list) else v) for k, v in attrs.items()})
+        row["host"], row["pid"] = who.get("host"), who.get("pid")
+        row["retry_of"] = t.system_attrs.get("failed_trial")
+        row["intermediate_steps"] = len(t.intermediate_values)
+        row["seconds"] = t.duration.total_seconds() if t.duration else None
+        rows.append(row)
+    return rows
+
+
+def export(spec: SweepSpec, study: optuna.Study) -> Path:
+    """Write results/sweeps/<name>/<study>.csv (the report collects these)."""
+    rows = trial_rows(study)
+    out = Path(spec.set.get("results_dir", "results")) / "sweeps" / spec.name / f"{spec.study_name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out)
+    return out
+
+
+def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
+    """The study's progress and its best trials, as text."""
+    where = location(spec, url)
+    study = open_study(spec, where, create=False)
+    p = st.progress(study)
+    lines = [
+        f"study {spec.study_name} ({st.describe(where)})",
+        f"  {p.done}/{spec.n_trials} trials done: {p.complete} complete, {p.pruned} pruned, {p.failed_reason} failed "
+        f"with a reason; {p.running} running, {p.waiting} queued; {p.failed_dead} failed without a reason "
+        "(a dead worker's, retried, or interrupted)",
+    ]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get(st.OWNER, {})
+        lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
+    names = [o.name for o in spec.objectives]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        if len(names) == 1:
+            sign = 1 if spec.objectives[0].direction == "minimize" else -1
+            best = sorted(complete, key=lambda t: sign * t.value)[:top]
+            lines.append(f"  best by {names[0]} ({spec.objectives[0].direction}):")
+        else:
+            best = sorted(study.best_trials, key=lambda t: t.values)
+            lines.append(f"  Pareto front of {', '.join(names)} ({len(best)} trials):")
+        for t in best:
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values) if not math.isnan(v))
+            extra = {k: t.user_attrs[k] for k in ("test_ppl", "achieved_cf", "run_ids") if k in t.user_attrs}
+            lines.append(f"    trial {t.number}: {values}  {t.params}  {extra}")
+    lines.append(f"  dashboard: optuna-dashboard {where if st.is_url(where) else Path(where)}")
+    return "\n".join(lines)

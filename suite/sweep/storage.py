@@ -1,0 +1,232 @@
+"""Where a study lives and how its workers share it.
+
+Storage: a journal file by default (JournalFileBackend: processes on one machine share it with no server), or
+any Optuna RDB URL (``--storage postgresql://...``) for workers on several machines.
+
+Slots: a worker starts a trial only while it holds the study's slot lock and fewer than n_trials trials are
+finished or running; the new trial is RUNNING and owned before the lock is released, so the workers together
+never start more than n_trials. The lock is an flock on a file beside a journal or SQLite file, and a
+PostgreSQL advisory lock for PostgreSQL; both are released by the system when their holder dies.
+
+Dead workers: every trial records its owner (host, pid, process start time). Under the lock a worker fails the
+RUNNING trials whose owner is gone from this host (RDB heartbeats catch owners on other hosts) and queues a
+retry of each with the same settings. The retry's runs find the records the dead worker finished (train()
+returns a finished run instead of redoing it), so finished work is neither lost nor redone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import psutil
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..errors import ConfigError
+
+HEARTBEAT_S = 30
+"""RDB storages: a running trial's worker writes a heartbeat this often ..."""
+GRACE_S = 120
+"""... and a trial without one for this long is failed and retried."""
+MAX_RETRY = 3
+"""A trial whose workers keep dying is retried at most this many times."""
+OWNER = "worker"
+REASON = "fail_reason"
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def journal_path(results_dir: str | Path, name: str) -> Path:
+    return Path(results_dir) / "sweeps" / name / "journal.log"
+
+
+def describe(location: str) -> str:
+    """The location for messages, without a password."""
+    if not is_url(location):
+        return f"journal {location}"
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(location).render_as_string(hide_password=True)
+    except Exception:
+        return location.split("://")[0] + "://..."
+
+
+def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """A journal file path or an RDB URL -> an Optuna storage (RDB with heartbeats and retries of stale trials)."""
+    if not is_url(location):
+        path = Path(location)
+        if not create and not path.is_file():
+            raise ConfigError(f"no study has been run yet: {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                location,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=retry,
+                engine_kwargs={"pool_pre_ping": True},
+            )
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"cannot open storage {describe(location)} ({first}); check the URL and server"
+            ) from None
+
+
+class SlotLock:
+    """The study's lock around "count the trials, then start one". ``release()`` may be called twice."""
+
+    def __init__(self, location: str, study_name: str) -> None:
+        self._fd: int | None = None
+        self._conn = None
+        self._key = zlib.crc32(study_name.encode()) & 0x7FFFFFFF
+        self._file: Path | None = None
+        self._held = False
+        if not is_url(location):
+            self._file = Path(f"{location}.slots.lock")
+        elif location.startswith("sqlite:///"):
+            self._file = Path(f"{location[len('sqlite:///') :]}.slots.lock")
+        elif location.startswith("postgresql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(location, poolclass=sqlalchemy.pool.NullPool)
+            self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            print(
+                f"note: {describe(location)} has no slot lock here; with several workers the study may end with "
+                "up to one trial per worker beyond n_trials",
+                file=sys.stderr,
+            )
+
+    def acquire(self) -> None:
+        if self._file is not None:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        elif self._conn is not None:
+            from sqlalchemy import text
+
+            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+        elif self._conn is not None:
+            from sqlalchemy import text
+
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SlotLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def owner() -> dict:
+    """This process, as recorded on the trials it runs."""
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
+
+
+def alive(who: dict) -> bool:
+    """Whether a trial's owner process still runs (on this host; a reused pid has another start time)."""
+    try:
+        return abs(psutil.Process(int(who["pid"])).create_time() - float(who["started"])) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
+        return False
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose owner died on this host (or that never got an owner: under the slot lock every
+    live worker has recorded itself) and queue a retry of each. Call it holding the slot lock."""
+    here = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get(OWNER)
+        if who and (who.get("host") != here or alive(who)):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        frozen = study.get_trials(deepcopy=True)[t.number]
+        if frozen.state == TrialState.FAIL:
+            retry(study, frozen)
+            failed.append(t.number)
+            print(
+                f"[{study.study_name}] trial {t.number}: its worker {who or '(unknown)'} is gone; retrying it",
+                file=sys.stderr,
+                flush=True,
+            )
+    with warnings.catch_warnings():  # RDB heartbeats (a no-op for storages without them)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+@dataclass
+class Progress:
+    """Trial counts. ``done`` is what n_trials counts: complete, pruned, and failed with a reason (a run that
+    cannot reach its CF, say); a trial failed without one (its worker died) is retried and not counted."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed_reason: int = 0
+    failed_dead: int = 0
+    running: int = 0
+    waiting: int = 0
+    total: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed_reason
+
+
+def progress(study: optuna.Study) -> Progress:
+    p = Progress()
+    for t in study.get_trials(deepcopy=False):
+        p.total += 1
+        if t.state == TrialState.COMPLETE:
+            p.complete += 1
+        elif t.state == TrialState.PRUNED:
+            p.pruned += 1
+        elif t.state == TrialState.FAIL:
+            if REASON in t.user_attrs:
+                p.failed_reason += 1
+            else:
+                p.failed_dead += 1
+        elif t.state == TrialState.RUNNING:
+            p.running += 1
+        elif t.state == TrialState.WAITING:
+            p.waiting += 1
+    return p

@@ -1,0 +1,230 @@
+"""Tables and paper figures from records, and the pipeline's parameters, stages and sweep specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sweep_fixtures import ROOT, one_thread, write_corpus
+
+from suite.cli import main
+from suite.compressors.registry import LSTM_TARGETS
+from suite.figures import make_figures, pareto
+from suite.pipeline import load_params
+from suite.report import runs_frame, summary
+from suite.sweep import load_spec
+from suite.track import Record, run_dir
+
+
+def fake_record(results: Path, method: str, factor: float, seed: int, ppl: float, **compress) -> Record:
+    """A finished run as train() records it, with made-up numbers (figures need shapes, not training)."""
+    compress = {
+        "factor": factor,
+        "targets": list(LSTM_TARGETS),
+        "init": "scratch",
+        "finetune_epochs": None,
+        **compress,
+    }
+    config = {
+        "task": "tiny",
+        "dataset": "ptb",
+        "model": {"hidden": 8},
+        "train": {"epochs": 3},
+        "method": method,
+        "compress": compress,
+        "seed": seed,
+        "profile": "smoke",
+        "study": None,
+    }
+    epochs = []
+    for e in range(1, 4):
+        row = {"epoch": e, "lr": 1.0, "val_ppl": ppl + 30 / e}
+        if "cmr" in compress:  # what a doped method logs while annealing
+            row.update(sparsity=0.3 * e, val_ppl_no_sparse=ppl + 60 / e + 20 * (compress["cmr"] == 0))
+        epochs.append(row)
+    stored = 1000 / factor
+    rec = Record(
+        run_id=f"{method}{factor:g}{seed}{abs(hash(str(compress))) % 10**6}",
+        task="tiny",
+        method=method,
+        seed=seed,
+        status="ok",
+        config=config,
+        final={"val_ppl": ppl + 1, "test_ppl": ppl},
+        epochs=epochs,
+        accounting={
+            "cf": factor * 0.98,
+            "cf_values": factor,
+            "model_cf": 1 + factor / 10,
+            "targeted_stored": stored,
+            "model_stored": stored + 500,
+        },
+    )
+    rec.save(run_dir(results, "tiny", method, rec.run_id) / "record.json")
+    return rec
+
+
+@pytest.fixture
+def results(tmp_path):
+    out = tmp_path / "results"
+    for seed, noise in ((0, 0.0), (1, 2.0)):
+        fake_record(out, "dense", 1, seed, 100 + noise)
+        for f in (2, 4, 8):
+            fake_record(out, "small_dense", f, seed, 110 + 5 * f + noise)
+            fake_record(out, "svd", f, seed, 105 + 4 * f + noise, init="trained", finetune_epochs=0)
+            for cmr in (0.0, 0.5):
+                fake_record(out, "doped_kp", f, seed, 104 + 2 * f - 4 * cmr + noise, cmr=cmr)
+        for f in (4, 16):
+            fake_record(
+                out,
+                "svd",
+                f,
+                seed,
+                150 + 10 * f,
+                targets=["decoder.weight"],
+                init="trained",
+                finetune_epochs=0,
+            )
+    sweeps = out / "sweeps" / "tiny-pareto"
+    sweeps.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "study": "tiny-pareto-smoke",
+            "number": [0, 1, 2],
+            "state": "complete",
+            "objective": "val_ppl",
+            "direction": "minimize",
+            "value": [120.0, 130.0, 125.0],
+            "val_ppl": [120.0, 130.0, 125.0],
+            "latency_ms": [0.3, 0.1, 0.5],
+            "factor": [2, 8, 4],
+            "epochs": 3,
+        }
+    ).to_csv(sweeps / "tiny-pareto-smoke.csv", index=False)
+    return out
+
+
+def test_summary_is_per_configuration_with_ci_over_seeds(results):
+    from suite.track import load_records
+
+    summ = summary(runs_frame(load_records(results)))
+    assert (summ["n"] == 2).all()  # two seeds each; configurations are not mixed
+    assert len(summ) == 1 + 3 + 3 + 6 + 2
+    row = summ[(summ["method"] == "small_dense") & (summ["factor"] == 4)].iloc[0]
+    assert row["mean"] == pytest.approx(131) and row["std"] == pytest.approx(np.sqrt(2))
+    assert row["ci95"] == pytest.approx(
+        12.706 * np.sqrt(2) / np.sqrt(2), rel=1e-3
+    )  # t(0.975, 1) * s / sqrt(n)
+    assert set(summ[summ["method"] == "doped_kp"]["cmr"]) == {0.0, 0.5}
+
+
+def test_report_writes_tables_and_metrics_and_figures_are_drawn(results, tmp_path, capsys):
+    tables, figures = tmp_path / "tables", tmp_path / "figures"
+    metrics = tmp_path / "metrics.json"
+    assert main(["report", "--results", str(results), "--out", str(tables), "--metrics", str(metrics)]) == 0
+    for name in ("runs", "summary", "epochs", "trials"):
+        assert len(pd.read_csv(tables / f"{name}.csv")) > 0
+    head = json.loads(metrics.read_text())
+    assert head["tiny"]["dense"]["metric"] == pytest.approx(101)
+    assert head["tiny"]["svd"]["cf4"] == pytest.approx(
+        122
+    )  # LSTM targets only: the decoder run is not mixed in
+    assert head["sweeps"]["tiny-pareto-smoke"]["best_val_ppl"] == 120.0
+
+    bench = tmp_path / "infer.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "device": "cpu",
+                "rows": [
+                    {"method": m, "factor": f, "speedup": f**0.5 / (2 if m == "svd" else 1)}
+                    for m in ("svd", "kp")
+                    for f in (2, 4, 8)
+                ],
+            }
+        )
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"figures": {"cmr_cf": 4, "bench": str(bench)}}))
+    capsys.readouterr()
+    assert main(["figures", "--tables", str(tables), "--out", str(figures), "--params", str(params)]) == 0
+    printed = capsys.readouterr().out
+    for name in (
+        "F1_metric_vs_cf",
+        "F2_cma",
+        "F3_metric_vs_cmr",
+        "F4_speedup_vs_cf",
+        "F5_pareto",
+        "F6_embedding_softmax",
+    ):
+        for ext in ("png", "pdf"):
+            assert (figures / f"{name}.{ext}").stat().st_size > 1000, (name, printed)
+    made = make_figures(tables, tmp_path / "no-bench", {"bench": str(tmp_path / "missing.json")})
+    assert made["F4"][0] == [] and "no inference benchmark" in made["F4"][1]
+
+
+def test_figures_without_data_are_skipped_with_a_note(tmp_path):
+    made = make_figures(tmp_path / "empty", tmp_path / "figs")
+    assert all(paths == [] and note for paths, note in made.values())
+    assert set(json.loads((tmp_path / "figs" / "index.json").read_text())) == {f"F{i}" for i in range(1, 7)}
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    pts = pd.DataFrame({"x": [1, 2, 3, 4, 2], "y": [5, 3, 4, 1, 6]})
+    assert pareto(pts, "x", "y")[["x", "y"]].values.tolist() == [[1, 5], [2, 3], [4, 1]]
+
+
+def test_pipeline_stages_params_and_specs_agree():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["prepare", "baselines", "sweeps", "report", "figures"]
+    for task, info in params["tasks"].items():
+        assert (ROOT / "tasks" / f"{task}.yaml").is_file() and info["dataset"] in params["datasets"]
+    for profile in ("smoke", "paper"):
+        p = load_params(ROOT / "params.yaml", profile)
+        for name, info in params["sweeps"].items():
+            spec = load_spec(ROOT / "sweeps" / f"{name}.yaml", profile, p.set)
+            assert Path(spec.task).stem == info["task"] and spec.n_trials >= 1
+    assert load_params(ROOT / "params.yaml").profile == "smoke"
+
+
+def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    corpus = write_corpus(tmp_path / "data" / "ptb")
+    for split in ("train", "valid", "test"):  # the PTB layout, tiny
+        (corpus / f"{split}.txt").rename(corpus / f"ptb.{split}.txt")
+    assert main(["prepare", "ptb", "--data-dir", str(tmp_path / "data"), "--out", "prepared/ptb.json"]) == 0
+    assert json.loads(Path("prepared/ptb.json").read_text())["vocab"] == 42  # 40 words, <eos> and <unk>
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "ptb",
+                "model": {"hidden": 8, "layers": 1},
+                "train": {"epochs": 1, "batch_size": 8, "bptt": 8, "eval_batch_size": 8},
+                "profiles": {"smoke": {"train_fraction": 0.5}},
+            }
+        )
+    )
+    Path("params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "profile": "smoke",
+                "threads": 1,
+                "profiles": {"smoke": {"seeds": [0, 1], "set": {"data_dir": str(tmp_path / "data")}}},
+            }
+        )
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test, as one_thread restores torch's
+    with one_thread():
+        assert (
+            main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines/tiny.json"]) == 0
+        )
+    runs = json.loads(Path("baselines/tiny.json").read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["test_ppl"] > 1 for r in runs)

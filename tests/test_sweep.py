@@ -1,0 +1,360 @@
+"""Sweeps: spec validation, shared studies (journal and PostgreSQL), killed workers, diverging and pruned trials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sweep_fixtures import (
+    Unavailable,
+    env,
+    one_thread,
+    start_postgres,
+    suite,
+    write_corpus,
+    write_preset,
+    write_spec,
+)
+
+from suite.cli import main
+from suite.sweep import load_spec, run_sweep
+from suite.sweep.storage import open_storage, progress
+from suite.track import Record
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A folder with the tiny corpus and preset; the tests run in it (relative paths land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUITE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    preset = write_preset(tmp_path, write_corpus(tmp_path / "corpus"))
+    with one_thread():
+        yield tmp_path, preset
+
+
+def load(spec_path: Path, storage: str | None = None) -> optuna.Study:
+    spec = load_spec(spec_path)
+    where = storage or str(Path(spec.set["results_dir"]) / "sweeps" / spec.name / "journal.log")
+    return optuna.load_study(study_name=spec.study_name, storage=open_storage(where, create=False))
+
+
+def record(folder: Path, run_id: str) -> Path:
+    (path,) = folder.glob(f"results/runs/*/*/{run_id}/record.json")
+    return path
+
+
+def check_exactly(study: optuna.Study, n: int, folder: Path) -> list:
+    """n trials done, all complete, with distinct settings, each with its finished record."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == n, [t.state for t in trials]
+    assert progress(study).done == n
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == n  # no trial ran twice
+    for t in done:
+        for run_id in t.user_attrs["run_ids"]:
+            assert Record.load(record(folder, run_id)).status == "ok"
+    return done
+
+
+# --- bad specs: one line, exit 2, nothing created -------------------------------------------------------------
+
+BAD = {
+    "unknown method": ({"methods": ["nope"]}, "unknown method 'nope'"),
+    "unknown task": ({"task": "no-such-task"}, "unknown task"),
+    "empty space": ({"space": {}}, "search space is empty"),
+    "cmr outside [0, 1)": ({"space": {"factor": [2], "cmr": [0.5, 1.0]}}, "space.cmr"),
+    "factor below 1": ({"space": {"factor": [0.5, 2]}}, "space.factor"),
+    "range the wrong way": ({"space": {"factor": {"low": 8, "high": 2}}}, "low must be < high"),
+    "test metric objective": ({"objectives": ["test_ppl"]}, "validation metric"),
+    "pruning a Pareto study": (
+        {"objectives": ["val_ppl", "stored"], "pruner": "median"},
+        "several objectives",
+    ),
+    "unknown sampler": ({"sampler": "annealing"}, "unknown sampler"),
+    "zero trials": ({"n_trials": 0}, "n_trials"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_spec_is_one_line_exit_2_and_creates_nothing(tiny, capsys, case):
+    folder, preset = tiny
+    fields, message = BAD[case]
+    spec = write_spec(folder, preset, **fields)
+    assert main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (folder / "results").exists()
+
+
+def test_malformed_yaml_and_missing_study(tiny, capsys):
+    folder, preset = tiny
+    bad = folder / "broken.yaml"
+    bad.write_text("task: tiny\nspace: [unclosed\n")
+    assert main(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not valid YAML" in err and "\n" not in err
+    spec = write_spec(folder, preset)
+    assert main(["sweep", str(spec), "--status"]) == 2
+    assert "no study has been run yet" in capsys.readouterr().err
+    assert not (folder / "results").exists()
+
+
+def test_method_settings_apply_only_to_methods_that_have_them(tiny):
+    from dataclasses import dataclass
+
+    from suite.compressors import REGISTRY, registry
+
+    @dataclass
+    class WithRate(registry.CompressorConfig):
+        cmr: float = 0.0
+
+    registry.register(
+        registry.Method("rated", WithRate, lambda m, c: None, "a method with a rate (test only)")
+    )
+    try:
+        folder, preset = tiny
+        path = write_spec(
+            folder, preset, methods=["small_dense", "rated"], space={"factor": [2, 4], "cmr": [0.0, 0.5]}
+        )
+        spec = load_spec(path, sets={"wandb": "disabled"})
+        assert [p.name for p in spec.params_for("small_dense")] == ["factor"]
+        assert sorted(p.name for p in spec.params_for("rated")) == ["cmr", "factor"]
+        grid_spec = load_spec(
+            write_spec(
+                folder,
+                preset,
+                name="g",
+                sampler="grid",
+                n_trials=None,
+                methods=["small_dense", "rated"],
+                space={"factor": [2, 4], "cmr": [0.0, 0.5]},
+            )
+        )
+        assert len(grid_spec.grid()) == 2 + 4 and grid_spec.n_trials == 6
+        assert spec.run_config({"method": "rated", "factor": 2, "cmr": 0.5}, 0).compress["cmr"] == 0.5
+        with pytest.raises(Exception, match="none of small_dense has a setting 'cmr'"):
+            load_spec(write_spec(folder, preset, name="h", space={"factor": [2], "cmr": [0.5]}))
+    finally:
+        REGISTRY.pop("rated")
+
+
+# --- shared studies ------------------------------------------------------------------------------------------
+
+
+def test_two_workers_share_a_journal_study(tiny):
+    folder, _ = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=6)  # trials long enough for both workers to join
+    spec = write_spec(folder, preset, n_trials=5)
+    out = suite(folder, "sweep", str(spec), "--workers", "2", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = load(spec)
+    done = check_exactly(study, 5, folder)
+    assert len(study.trials) == 5  # nothing failed, nothing ran beyond the budget
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
+    assert "5/5 trials done" in out.stdout
+    assert len(run_sweep(load_spec(spec)).trials) == 5  # resuming a finished study does nothing
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    try:
+        url, stop = start_postgres()
+    except Unavailable as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL test: {e}")
+        pytest.skip(f"no PostgreSQL server here: {e}")
+    yield url
+    stop()
+
+
+def test_two_workers_share_a_postgres_study(tiny, postgres_url):
+    folder, _ = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=6)
+    spec = write_spec(folder, preset, name="pg-sweep", n_trials=4)
+    out = suite(folder, "sweep", str(spec), "--workers", "2", "--storage", postgres_url, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = load(spec, postgres_url)
+    done = check_exactly(study, 4, folder)
+    assert len(study.trials) == 4
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
+    assert not (folder / "results" / "sweeps" / "pg-sweep" / "journal.log").exists()
+
+
+def test_killed_worker_trial_is_retried_and_finished_trials_are_kept(tiny):
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=20)  # trials of a few seconds: time to kill one
+    spec = write_spec(folder, preset, n_trials=4)
+    cmd = [sys.executable, "-m", "suite.cli", "sweep", str(spec)]
+    worker = subprocess.Popen(
+        cmd, cwd=folder, env=env(folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    runs = folder / "results" / "runs" / "tiny" / "small_dense"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it once two trials are done and a third is training
+        time.sleep(0.2)
+        if worker.poll() is not None:
+            pytest.fail(f"the worker ended before it could be killed: {worker.stderr.read()[-2000:]}")
+        if not (folder / "results" / "sweeps").exists():
+            continue
+        p = progress(load(spec))
+        if p.complete >= 2 and p.running == 1 and list(runs.glob(f".*.tmp{worker.pid}")):
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    before = {t.number: t for t in load(spec).get_trials(states=(TrialState.COMPLETE,))}
+    killed = [t.number for t in load(spec).get_trials(states=(TrialState.RUNNING,))]
+    assert len(before) >= 2 and len(killed) == 1
+    digests = {
+        rid: hashlib.sha256(record(folder, rid).read_bytes()).hexdigest()
+        for t in before.values()
+        for rid in t.user_attrs["run_ids"]
+    }
+
+    out = suite(folder, "sweep", str(spec), timeout=600)  # the same command again
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "is gone; retrying it" in out.stderr
+    study = load(spec)
+    check_exactly(study, 4, folder)
+    lost = study.trials[killed[0]]
+    assert lost.state == TrialState.FAIL and "fail_reason" not in lost.user_attrs
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0]]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    for number, t in before.items():  # finished trials are intact, their runs not redone
+        assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].values == t.values
+    for rid, digest in digests.items():
+        assert hashlib.sha256(record(folder, rid).read_bytes()).hexdigest() == digest
+
+
+# --- diverging and pruned trials -----------------------------------------------------------------------------
+
+
+def test_diverging_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(tiny):
+    folder, preset = tiny
+    spec_path = write_spec(
+        folder,
+        preset,
+        sampler="grid",
+        n_trials=None,
+        space={"factor": [2], "train.lr": [1e12, 1.0]},
+        set={"results_dir": "results", "train.clip": 1e30},
+    )
+    study = run_sweep(load_spec(spec_path))
+    first, second = study.trials
+    assert first.state == TrialState.PRUNED and first.user_attrs["reason"].startswith("diverged: ")
+    rec = Record.load(record(folder, first.user_attrs["run_ids"][0]))
+    assert rec.status == "failed" and rec.reason and "became" in rec.reason
+    assert second.state == TrialState.COMPLETE and second.value < 100
+    assert progress(study).done == 2
+
+
+def test_pruner_stops_a_bad_trial_early_and_reused_runs_report_their_curves(tiny):
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    fields = dict(
+        sampler="grid",
+        n_trials=None,
+        space={"factor": [2], "train.lr": [1.0, 1e-4]},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+    )
+    study = run_sweep(load_spec(write_spec(folder, preset, **fields)))
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 3
+    assert bad.state == TrialState.PRUNED and bad.user_attrs["epochs"] == 1
+    assert Record.load(record(folder, bad.user_attrs["run_ids"][0])).status == "pruned"
+    # A second study over the same runs: the finished one is found, not retrained, and its curve is reported.
+    again = run_sweep(load_spec(write_spec(folder, preset, name="again", **fields)))
+    assert (
+        again.trials[0].state == TrialState.COMPLETE
+        and again.trials[0].intermediate_values == good.intermediate_values
+    )
+
+
+def test_pareto_study_status_and_dashboard(tiny, capsys):
+    folder, preset = tiny
+    spec = write_spec(
+        folder, preset, objectives=["val_ppl", "stored", "latency_ms"], sampler="nsgaii", n_trials=3
+    )
+    assert main(["sweep", str(spec)]) == 0
+    study = load(spec)
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 3 for t in study.trials)
+    assert main(["sweep", str(spec), "--status"]) == 0
+    text = capsys.readouterr().out
+    assert "3/3 trials done" in text and "Pareto front of val_ppl, stored, latency_ms" in text
+    table = (folder / "results" / "sweeps" / "tiny-sweep" / "tiny-sweep-paper.csv").read_text().splitlines()
+    assert len(table) == 4 and "latency_ms" in table[0]
+
+    # optuna-dashboard opens the journal file: its API lists the study and its trials
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(str(folder / "results" / "sweeps" / "tiny-sweep" / "journal.log"))
+
+    def get(path: str) -> dict:
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+        assert status[0].startswith("200"), (status, body[:200])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["tiny-sweep-paper"]
+    assert len(get(f"/api/studies/{studies[0]['study_id']}")["trials"]) == 3
+
+
+def test_each_trial_is_its_own_wandb_run_finished_before_the_next(tiny, monkeypatch):
+    import wandb
+
+    folder, preset = tiny
+    monkeypatch.delenv("WANDB_MODE")
+    calls: list[tuple] = []
+    real_init = wandb.init
+
+    def init(**kw):  # the real wandb.init, made cheap: disabled mode, every call recorded
+        calls.append(("init", kw))
+        run = real_init(**{**kw, "mode": "disabled"})
+        log, finish = run.log, run.finish
+        monkeypatch.setattr(
+            run, "log", lambda data, *a, **k: (calls.append(("log", dict(data))), log(data, *a, **k))
+        )
+        monkeypatch.setattr(run, "finish", lambda *a, **k: (calls.append(("finish", k)), finish(*a, **k)))
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    spec = write_spec(folder, preset, n_trials=2, set={"results_dir": "results", "wandb": "offline"})
+    study = run_sweep(load_spec(spec))
+    assert [c[0] for c in calls if c[0] != "log"] == ["init", "finish", "init", "finish"]
+    for kw in (c[1] for c in calls if c[0] == "init"):
+        assert kw["group"] == study.study_name and kw["job_type"] == "small_dense"
+        assert study.study_name in kw["tags"] and "tiny" in kw["tags"]
+        for key in ("method", "factor", "seed", "trial", "achieved_cf", "compress.factor", "train.lr"):
+            assert key in kw["config"], key
+    logged = set().union(*(c[1] for c in calls if c[0] == "log"))
+    assert {"val_ppl", "train_loss", "epoch/lr", "epoch/train_ppl"} <= logged
+    assert wandb.run is None
+
+
+def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
+    folder, preset = tiny
+    spec = write_spec(folder, preset, n_trials=1)
+    assert main(["sweep", str(spec)]) == 0
+    write_spec(folder, preset, n_trials=2)  # only the budget changes: the study goes on
+    assert main(["sweep", str(spec)]) == 0
+    assert [t.state for t in load(spec).trials] == [TrialState.COMPLETE] * 2
+    write_spec(folder, preset, n_trials=2, space={"factor": {"low": 1.5, "high": 3.0}})
+    capsys.readouterr()
+    assert main(["sweep", str(spec)]) == 2
+    assert "made from a different spec" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
+    assert len(load_spec(spec, "smoke").study_name) and len(load(spec).trials) == 2

@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The pipeline (dvc.yaml) at the profile of params.yaml (smoke: CPU-sized); SUITE_DATA_DIR names the data.
 run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(VENV)/bin/suite report
 	@echo "tables:  results/tables/*.csv (summary.csv: mean, std, 95% CI over seeds), metrics: results/metrics.json"
 	@echo "figures: results/figures/*.png and *.pdf (index.json says which were skipped and why)"
 

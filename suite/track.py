@@ -169,8 +169,10 @@ def wandb_logger(
     """A Lightning WandbLogger (offline unless ``mode == 'online'``), or None when disabled or not installed."""
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return None
+    os.environ.setdefault("WANDB_SILENT", "true")  # read when wandb is imported
+    os.environ.setdefault("WANDB_CONSOLE", "off")
     try:
-        import wandb  # noqa: F401
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:
         print(
@@ -178,25 +180,18 @@ def wandb_logger(
             file=sys.stderr,
         )
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    return WandbLogger(
+    run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "compression-suite"),
-        save_dir=str(save_dir),
+        dir=str(save_dir),
         name=name,
         group=group,
         job_type=job_type,
         tags=tags,
         config=flatten(config),
-        offline=mode != "online",
-        settings=_wandb_settings(),
+        mode="online" if mode == "online" else "offline",
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
     )
-
-
-def _wandb_settings():
-    import wandb
-
-    return wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True)
+    return WandbLogger(experiment=run)
 
 
 def close_wandb(logger, summary: dict | None = None, exit_code: int = 0) -> None:

@@ -1,9 +1,11 @@
-"""Tables from records: one pandas frame of all runs, aggregated over seeds per (task, method, CF)."""
+"""Tables from records: one pandas frame of all runs, aggregated over seeds per configuration."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .compressors import registry
 from .compressors.registry import LSTM_TARGETS
+from .errors import ConfigError
 from .track import Record, load_records, write_json
 
 
@@ -139,8 +143,40 @@ def table(results_dir: str | Path = "results") -> pd.DataFrame:
     return summary(runs_frame(load_records(results_dir)))
 
 
+def _floor2(x: float) -> str:
+    """Two decimals, rounded down: a CF is never shown above what was achieved."""
+    return f"{math.floor(x * 100 + 1e-9) / 100:.2f}" if np.isfinite(x) else "-"
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    try:
+        config = registry.get(method).config
+    except ConfigError:  # a method of an old record that is no longer registered
+        return {}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _cell(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _cell(f.default_factory())
+    return out
+
+
+def settings_text(row: pd.Series) -> str:
+    """The method settings of a row that differ from the method's defaults (``cmr=0.5 init=trained``)."""
+    defaults = _defaults(row["method"])
+    diffs = []
+    for key, default in defaults.items():
+        value = row.get(key)
+        if key == "factor" or value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if value != default:
+            diffs.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(diffs) or "-"
+
+
 def format_table(df: pd.DataFrame) -> str:
-    """Readable text: metric as mean +- std, CFs to two decimals."""
+    """Readable text: metric as mean +- std, CFs to two decimals rounded down, non-default settings."""
     if df.empty:
         return "no finished runs under results/runs yet (run `suite train ...` first)"
     show = pd.DataFrame(
@@ -148,10 +184,11 @@ def format_table(df: pd.DataFrame) -> str:
             "task": df["task"],
             "profile": df["profile"],
             "method": df["method"],
-            "CF asked": df["factor"].map(lambda x: f"{x:g}"),
-            "CF": df["cf"].map(lambda x: f"{x:.2f}"),
-            "CF values": df["cf_values"].map(lambda x: f"{x:.2f}"),
-            "model CF": df["model_cf"].map(lambda x: f"{x:.2f}"),
+            "settings": [settings_text(row) for _, row in df.iterrows()],
+            "CF asked": df["factor"].map(lambda x: f"{x:.3g}"),
+            "CF": df["cf"].map(_floor2),
+            "CF values": df["cf_values"].map(_floor2),
+            "model CF": df["model_cf"].map(_floor2),
             "metric": df["metric"],
             "mean +- std": [
                 f"{m:.2f} +- {s:.2f}" if np.isfinite(s) else f"{m:.2f}" for m, s in zip(df["mean"], df["std"])

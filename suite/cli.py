@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import SuiteError
+from .errors import ConfigError, SuiteError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +72,10 @@ def cmd_figures(args) -> int:
     from .figures import make_figures
     from .pipeline import load_params
 
+    if not (Path(args.tables) / "summary.csv").is_file():
+        raise ConfigError(
+            f"no tables in {args.tables}; make them first with `suite report --out {args.tables}`"
+        )
     made = make_figures(args.tables, args.out, load_params(args.params).figures)
     for name, (paths, note) in made.items():
         print(f"{name}: {', '.join(str(p) for p in paths) if paths else 'skipped: ' + note}")

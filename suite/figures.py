@@ -27,6 +27,9 @@ DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 Made = tuple[list[Path], str]  # files written, or none and why
 
 
+SPARSITY, WITHOUT_D = "d_sparsity", "val_ppl_without_d"  # the CMA columns of doped runs
+
+
 def _read(tables: Path, name: str) -> pd.DataFrame:
     path = tables / f"{name}.csv"
     if not path.is_file() or path.stat().st_size < 2:
@@ -111,6 +114,7 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
                 best["cf"], best["mean"], yerr=err, marker="o", capsize=3, label=method, color=color(method)
             )
         _log(ax)
+        _log(ax, "y")  # perplexities of weak and strong runs on one readable axis
         ax.set_title(f"{task}: {rows['metric'].iloc[0]} vs compression")
         ax.set_xlabel("achieved CF of the LSTM matrices (x; log)")
         ax.set_ylabel(_metric_label(rows["metric"].iloc[0]))
@@ -121,12 +125,11 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
 
 
 def f2_cma(epochs: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
-    sparsity = [c for c in epochs.columns if "sparsity" in c]
-    if epochs.empty or not sparsity or epochs[sparsity[0]].isna().all():
-        return [], "no per-epoch sparsity in any run (doped methods log it while annealing)"
-    rows = _main_setup(epochs[epochs[sparsity[0]].notna()])
+    if epochs.empty or SPARSITY not in epochs or epochs[SPARSITY].isna().all():
+        return [], "no per-epoch sparsity of D in any run (doped methods log it while annealing)"
+    rows = _main_setup(epochs[epochs[SPARSITY].notna()])
     rows = rows.assign(cmr=rows["cmr"].fillna(0.0) if "cmr" in rows else 0.0)
-    without = [c for c in rows.columns if c.startswith("val_ppl_") and rows[c].notna().any()]
+    without = [c for c in (WITHOUT_D,) if c in rows and rows[c].notna().any()]
     methods = sorted(rows["method"].unique())
     fig, grid = plt.subplots(
         2,
@@ -149,13 +152,13 @@ def f2_cma(epochs: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
                 top.plot(
                     c["epoch"], c[w], ls=":", marker=".", color=line.get_color(), label=f"{name}: D removed"
                 )
-            bottom.plot(c["epoch"], c[sparsity[0]], color=line.get_color(), marker="o", label=name)
+            bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), marker="o", label=name)
         top.set_title(f"{method} at CF {factor:g}: co-matrix adaptation")
         top.set_ylabel("validation perplexity")
         top.grid(alpha=0.3)
         top.legend(fontsize=8)
         bottom.set_xlabel("epoch")
-        bottom.set_ylabel(f"{sparsity[0]} of D\n(fraction of zeros)")
+        bottom.set_ylabel("sparsity of D\n(fraction of zeros)")
         bottom.xaxis.get_major_locator().set_params(integer=True)
         bottom.grid(alpha=0.3)
     fig.suptitle(
@@ -255,6 +258,7 @@ def f5_pareto(runs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         ax.step(front[x], front["y"], where="post", color="black", lw=1)
         ax.scatter(front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
         _log(ax)
+        _log(ax, "y")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")

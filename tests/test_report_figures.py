@@ -44,7 +44,7 @@ def fake_record(results: Path, method: str, factor: float, seed: int, ppl: float
     for e in range(1, 4):
         row = {"epoch": e, "lr": 1.0, "val_ppl": ppl + 30 / e}
         if "cmr" in compress:  # what a doped method logs while annealing
-            row.update(sparsity=0.3 * e, val_ppl_no_sparse=ppl + 60 / e + 20 * (compress["cmr"] == 0))
+            row.update(d_sparsity=0.3 * e, val_ppl_without_d=ppl + 60 / e + 20 * (compress["cmr"] == 0))
         epochs.append(row)
     stored = 1000 / factor
     rec = Record(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .compressors import account, registry
+from .compressors.accounting import format_cf
 from .compressors.doping import finish_annealing
 from .config import load_run
 from .errors import ConfigError
@@ -304,7 +305,7 @@ def format_infer(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"{r['method']:<12}{r['factor']:>6g}{r['cf']:>10.2f}{r['median_us']:>12.1f}"
+            f"{r['method']:<12}{r['factor']:>6g}{format_cf(r['cf']):>10}{r['median_us']:>12.1f}"
             f"{r['speedup_vs_dense']:>9.2f}x{r['cold_us']:>10.1f}{r['cold_speedup_vs_dense']:>7.2f}x"
         )
     return "\n".join(lines)

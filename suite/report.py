@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from .compressors import registry
+from .compressors.accounting import format_cf
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .track import Record, load_records, write_json
@@ -143,11 +144,6 @@ def table(results_dir: str | Path = "results") -> pd.DataFrame:
     return summary(runs_frame(load_records(results_dir)))
 
 
-def _floor2(x: float) -> str:
-    """Two decimals, rounded down: a CF is never shown above what was achieved."""
-    return f"{math.floor(x * 100 + 1e-9) / 100:.2f}" if np.isfinite(x) else "-"
-
-
 def _defaults(method: str) -> dict[str, Any]:
     try:
         config = registry.get(method).config
@@ -186,9 +182,9 @@ def format_table(df: pd.DataFrame) -> str:
             "method": df["method"],
             "settings": [settings_text(row) for _, row in df.iterrows()],
             "CF asked": df["factor"].map(lambda x: f"{x:.3g}"),
-            "CF": df["cf"].map(_floor2),
-            "CF values": df["cf_values"].map(_floor2),
-            "model CF": df["model_cf"].map(_floor2),
+            "CF": df["cf"].map(format_cf),
+            "CF values": df["cf_values"].map(format_cf),
+            "model CF": df["model_cf"].map(format_cf),
             "metric": df["metric"],
             "mean +- std": [
                 f"{m:.2f} +- {s:.2f}" if np.isfinite(s) else f"{m:.2f}" for m, s in zip(df["mean"], df["std"])

@@ -90,3 +90,9 @@ def test_lowrank_full_rank_equals_dense():
     p = LowRank((12, 5), rank=5, init="trained")
     u, v = p.right_inverse(w)
     assert torch.allclose(p(u, v), w, atol=1e-5)
+
+
+def test_a_cf_is_displayed_rounded_down():
+    from suite.compressors.accounting import format_cf
+
+    assert format_cf(3.999) == "3.99" and format_cf(4.0) == "4.00" and format_cf(None) == "-"

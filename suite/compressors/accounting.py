@@ -9,6 +9,7 @@ every other untouched parameter enter the whole-model CF as stored dense values.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
@@ -45,6 +46,13 @@ class Storage:
             self.sparse_values + other.sparse_values,
             self.indices + other.indices,
         )
+
+
+def format_cf(cf: float | None) -> str:
+    """A CF with two decimals, rounded down: a table never shows more compression than was achieved."""
+    if cf is None or not math.isfinite(cf):
+        return "-"
+    return f"{math.floor(cf * 100 + 1e-9) / 100:.2f}"
 
 
 def csr_storage(rows: int, nnz: int) -> Storage:

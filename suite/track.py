@@ -194,12 +194,14 @@ def wandb_logger(
     return WandbLogger(experiment=run)
 
 
-def close_wandb(logger, summary: dict | None = None, exit_code: int = 0) -> None:
-    """Write the summary and finish the W&B run; safe to call when there is none."""
+def close_wandb(logger, summary: dict | None = None, exit_code: int = 0, config: dict | None = None) -> None:
+    """Write the summary (and config values known only at the end), finish the W&B run; safe with none."""
     if logger is None:
         return
     try:
         run = logger.experiment
+        if config:
+            run.config.update(config, allow_val_change=True)
         if summary:
             run.summary.update(flatten(summary))
         run.finish(exit_code=exit_code)

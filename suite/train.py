@@ -257,7 +257,8 @@ def _run(
             else None,
         }
     summary = {"final": record.final, "cf": record.accounting["cf"], "status": record.status}
-    close_wandb(wandb, summary, exit_code)  # the final accounting: a doped D is annealed only by now
+    final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
+    close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
     record.save(staging / "record.json")
     if final_dir.exists():
         shutil.rmtree(final_dir)

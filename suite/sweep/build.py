@@ -13,6 +13,34 @@ if TYPE_CHECKING:
     from .spec import SweepSpec
 
 
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.RandomSampler,  # the grid's points are queued as trials
+    "nsgaii": optuna.samplers.NSGAIISampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+}
+
+
+def _construct(kind: str, classes: dict, name: str, given: dict, **kwargs):
+    """``classes[name](**kwargs)``; an unknown name or options the class refuses are a ConfigError."""
+    if name not in classes:
+        raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(classes)}")
+    try:
+        return classes[name](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{kind} {name}: bad options {given} ({e})") from None
+
+
 def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded with seed + ``offset``. Workers make a sampler for each trial with the number of
     trials so far as the offset: two workers, or a resumed worker, never replay one random sequence, and a sweep
@@ -20,39 +48,13 @@ def make_sampler(spec: SweepSpec, offset: int = 0) -> optuna.samplers.BaseSample
     options = dict(spec.sampler.options)
     seed = options.pop("seed", 0)
     seed = None if seed is None else int(seed) + offset
-    classes = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "grid": optuna.samplers.RandomSampler,
-        "nsgaii": optuna.samplers.NSGAIISampler,
-        "qmc": optuna.samplers.QMCSampler,
-        "gp": optuna.samplers.GPSampler,
-    }
-    if spec.sampler.name not in classes:
-        raise ConfigError(f"unknown sampler {spec.sampler.name!r}; known: {', '.join(classes)}")
     if spec.sampler.name == "grid" and options:
         raise ConfigError(f"sampler grid takes no options besides seed, got {', '.join(options)}")
-    try:
-        return classes[spec.sampler.name](seed=seed, **options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"sampler {spec.sampler.name}: bad options {spec.sampler.options} ({e})") from None
+    return _construct("sampler", SAMPLERS, spec.sampler.name, spec.sampler.options, seed=seed, **options)
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    classes = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "threshold": optuna.pruners.ThresholdPruner,
-    }
-    if spec.pruner.name not in classes:
-        raise ConfigError(f"unknown pruner {spec.pruner.name!r}; known: {', '.join(classes)}")
-    try:
-        return classes[spec.pruner.name](**spec.pruner.options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"pruner {spec.pruner.name}: bad options {spec.pruner.options} ({e})") from None
+    return _construct("pruner", PRUNERS, spec.pruner.name, spec.pruner.options, **spec.pruner.options)
 
 
 class FitPruning(PyTorchLightningPruningCallback):

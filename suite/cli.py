@@ -25,8 +25,10 @@ def _floats(text: str) -> list[float]:
 
 def cmd_train(args) -> int:
     from .config import load_run, parse_sets
+    from .pipeline import use_threads
     from .train import find, train
 
+    use_threads(args.threads)
     cfg = load_run(args.preset, args.method, args.factor, args.seed, parse_sets(args.set))
     if not args.force and (rec := find(cfg)) is not None:
         print(f"found finished run {rec.run_id}; use --force to redo it", file=sys.stderr)
@@ -148,14 +150,12 @@ BENCH_DEFAULTS = {
 
 def cmd_bench(args) -> int:
     from .bench import bench_infer, bench_train, format_infer, format_rows
+    from .pipeline import use_threads
 
     methods = (args.methods or BENCH_DEFAULTS[args.kind][0]).split(",")
     factors = args.factors or BENCH_DEFAULTS[args.kind][1]
     out = Path(args.results) / "bench" / f"{args.kind}.json"
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.kind == "train":
         res = bench_train(args.preset, methods, factors, steps=args.steps, device=args.device, out=out)
         print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
     )
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("methods", help="list the registered compressors")

@@ -79,6 +79,8 @@ def use_threads(threads: int | None) -> None:
     """Torch threads of this process and of the worker processes it starts."""
     if threads is None:
         return
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)

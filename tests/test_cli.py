@@ -52,6 +52,15 @@ def test_factor_below_one(capsys, tiny_preset, results):
     )
 
 
+def test_threads_below_one(capsys, tiny_preset, results):
+    fails_cleanly(
+        capsys,
+        results,
+        ["train", str(tiny_preset), "--threads", "0", "--set", f"results_dir={results}"],
+        "threads must be at least 1",
+    )
+
+
 def test_missing_preset_and_malformed_yaml(capsys, tmp_path, results):
     fails_cleanly(capsys, results, ["train", str(tmp_path / "none.yaml")], "no such file")
     bad = tmp_path / "bad.yaml"

@@ -64,8 +64,8 @@ def cmd_report(args) -> int:
     if args.out is None:
         print(format_table(table(args.results)))
         return 0
-    written = write_tables(args.results, args.out, args.metrics)
-    print(format_table(table(args.results)))
+    written, summ = write_tables(args.results, args.out, args.metrics)
+    print(format_table(summ))
     print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 

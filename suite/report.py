@@ -73,10 +73,11 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def epochs_frame(records: list[Record]) -> pd.DataFrame:
+def epochs_frame(records: list[Record], base: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per epoch of every run: the run's identity and settings, then whatever the epoch logged
-    (lr, losses, perplexities, and diagnostics such as the sparsity of a doped matrix)."""
-    base = runs_frame(records)
+    (lr, losses, perplexities, and diagnostics such as the sparsity of a doped matrix). ``base``: the runs_frame
+    of ``records`` when the caller has it."""
+    base = runs_frame(records) if base is None else base
     rows = []
     for r, (_, run) in zip(records, base.iterrows()):
         ident = {k: run[k] for k in base.columns if k not in ("value", "epochs", "wall_s", "tokens_per_s")}
@@ -209,9 +210,8 @@ def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> di
     default = ",".join(LSTM_TARGETS)
     if not summ.empty:
         lstm = summ[summ["targets"].fillna(default) == default] if "targets" in summ else summ
-        lstm = lstm[
-            lstm["factor"] == lstm["factor"].round()
-        ]  # searched CFs (2.0006...) would each add a column
+        # Searched CFs (2.0006...) would each add a column.
+        lstm = lstm[lstm["factor"] == lstm["factor"].round()]
         for (task, method, factor), rows in lstm.groupby(["task", "method", "factor"]):
             key = "metric" if method == "dense" else f"cf{factor:g}"
             out.setdefault(task, {}).setdefault(method, {})[key] = round(float(rows["mean"].min()), 4)
@@ -230,15 +230,16 @@ def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> di
 
 def write_tables(
     results_dir: str | Path = "results", out: str | Path = "results/tables", metrics: str | Path | None = None
-) -> list[Path]:
-    """runs.csv, summary.csv (mean, std, 95% CI over seeds), epochs.csv and trials.csv; optionally metrics JSON."""
+) -> tuple[list[Path], pd.DataFrame]:
+    """runs.csv, summary.csv (mean, std, 95% CI over seeds), epochs.csv and trials.csv; optionally metrics JSON.
+    Returns the files written and the summary (what ``table`` returns)."""
     records = load_records(results_dir, status=None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_frame(records)
     summ = summary(runs)
     trials = trials_frame(results_dir)
-    tables = {"runs": runs, "summary": summ, "epochs": epochs_frame(records), "trials": trials}
+    tables = {"runs": runs, "summary": summ, "epochs": epochs_frame(records, runs), "trials": trials}
     written = []
     for name, df in tables.items():
         path = out / f"{name}.csv"
@@ -247,4 +248,4 @@ def write_tables(
     if metrics is not None:
         write_json(Path(metrics), headline(runs, summ, trials))
         written.append(Path(metrics))
-    return written
+    return written, summ

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
+import psutil
 import torch
 from torch import nn
 
@@ -67,19 +68,9 @@ def _remove_stale_staging(final_dir: Path) -> None:
     """Remove staging folders of this run left by processes that no longer exist (killed runs)."""
     for folder in final_dir.parent.glob(f".{final_dir.name}.tmp*"):
         pid = folder.name.rpartition(".tmp")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid)):
             continue  # another live process is building this very run
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def find(cfg: RunConfig) -> Record | None:
@@ -152,7 +143,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
         lr_at = lambda e: final_lr  # noqa: E731
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model, reference = build_model(model_cfg, cfg.method, mcfg, state)
-    model_cfg = getattr(model, "config", model_cfg)
+    model_cfg = model.config
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
     return _Setup(t_start, corpus, model, model_cfg, reference, accounting, epochs, lr_at)
 

@@ -15,50 +15,22 @@ def fails_cleanly(capsys, results, argv, match):
     return err
 
 
-def test_unknown_method(capsys, tiny_preset, results):
-    fails_cleanly(
-        capsys,
-        results,
-        ["train", str(tiny_preset), "--method", "nope", "--set", f"results_dir={results}"],
-        "unknown method 'nope'",
-    )
-
-
-def test_impossible_compression_factor(capsys, tiny_preset, results):
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--method", "nope"], ["unknown method 'nope'"]),
+        (["--method", "svd", "--factor", "100000"], ["cannot reach CF 100000", "smaller --factor"]),
+        (["--method", "svd", "--factor", "0.5"], [">= 1"]),
+        (["--threads", "0"], ["threads must be at least 1"]),
+    ],
+    ids=["unknown-method", "impossible-cf", "factor-below-one", "threads-below-one"],
+)
+def test_bad_train_arguments(capsys, tiny_preset, results, args, needles):
     err = fails_cleanly(
-        capsys,
-        results,
-        [
-            "train",
-            str(tiny_preset),
-            "--method",
-            "svd",
-            "--factor",
-            "100000",
-            "--set",
-            f"results_dir={results}",
-        ],
-        "cannot reach CF 100000",
+        capsys, results, ["train", str(tiny_preset), *args, "--set", f"results_dir={results}"], needles[0]
     )
-    assert "smaller --factor" in err
-
-
-def test_factor_below_one(capsys, tiny_preset, results):
-    fails_cleanly(
-        capsys,
-        results,
-        ["train", str(tiny_preset), "--method", "svd", "--factor", "0.5", "--set", f"results_dir={results}"],
-        ">= 1",
-    )
-
-
-def test_threads_below_one(capsys, tiny_preset, results):
-    fails_cleanly(
-        capsys,
-        results,
-        ["train", str(tiny_preset), "--threads", "0", "--set", f"results_dir={results}"],
-        "threads must be at least 1",
-    )
+    for needle in needles[1:]:
+        assert needle in err, err
 
 
 def test_missing_preset_and_malformed_yaml(capsys, tmp_path, results):

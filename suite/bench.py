@@ -14,18 +14,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from . import tasks
 from .compressors import account, registry
 from .compressors.accounting import format_cf
-from .compressors.doping import finish_annealing
 from .config import load_run
+from .context import DataContext
 from .errors import ConfigError
-from .models.lm import build_lm, detach
+from .models.lm import detach
 from .track import provenance, write_json
 
 
 def _train_step(model, opt, x, y, hidden, clip):
-    logits, hidden = model(x, hidden)  # (T, B, V)
+    with parametrize.cached():  # each compressed weight evaluated once per forward, as the tasks do
+        logits, hidden = model(x, hidden)  # (T, B, V)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum") / x.size(1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -45,19 +48,27 @@ def bench_train(
     out: str | Path | None = "results/bench/train.json",
     echo: bool = True,
 ) -> dict:
-    """Median training-step time (forward, backward, clip, SGD) of each method vs dense, same shapes."""
+    """Median training-step time (forward, backward, clip, SGD) of each method vs dense, same shapes (a
+    language-model preset: the step is truncated BPTT)."""
     cfg = load_run(preset, "dense")
+    if cfg.family != "lm":
+        raise ConfigError(f"bench train times language-model steps; {preset} is a {cfg.family} task")
+    build = tasks.get("lm").build_model
     model_cfg = {**cfg.model, "vocab": vocab}
     entries: list[tuple[str, float, torch.nn.Module]] = []
     torch.manual_seed(0)
-    entries.append(("dense", 1.0, build_lm(model_cfg)))
+    entries.append(("dense", 1.0, build(model_cfg)))
     for name in methods:
         for factor in factors:
             method = registry.get(name)
+            if method.needs:
+                raise ConfigError(
+                    f"bench train builds models without data; {name} needs {sorted(method.needs)}"
+                )
             mcfg = registry.make_config(name, {"factor": factor})
-            mc = method.resize(model_cfg, mcfg, build_lm) if method.resize else model_cfg
-            model = build_lm(mc)
-            method.apply(model, mcfg)
+            mc = method.resize(model_cfg, mcfg, build) if method.resize else model_cfg
+            model = build(mc)
+            method.apply(model, mcfg, DataContext())
             entries.append((name, factor, model))
     T, B = cfg.train.bptt, cfg.train.batch_size
     x = torch.randint(vocab, (T, B), device=device)
@@ -175,16 +186,28 @@ def compressed_lstm(base: nn.LSTM, name: str, factor: float) -> tuple[nn.LSTM, d
     allows (so a sparse part keeps the magnitude pattern of a trained residual), annealed to its final
     sparsity; returns it with its accounting."""
     method = registry.get(name)
-    if method.resize is not None or name == "dense":
-        raise ConfigError(f"bench infer times weight-level methods; {name} is not one")
+    if not deployable(name):
+        raise ConfigError(f"bench infer times weight-level methods that need no data; {name} is not one")
     try:
         cfg = registry.make_config(name, {"factor": factor, "init": "trained"})
     except ConfigError:
         cfg = registry.make_config(name, {"factor": factor})
     lstm = copy.deepcopy(base)
-    method.apply(lstm, cfg)
-    finish_annealing(lstm)
+    method.apply(lstm, cfg, DataContext())
+    if method.finalize is not None:
+        method.finalize(lstm, cfg)  # the deployed state (final sparsity, quantized factors)
     return lstm.eval(), account(lstm, cfg.targets, method=name).to_dict()
+
+
+def deployable(name: str) -> bool:
+    """Whether a method compresses weights in place without data, so that a bare LSTM can be deployed with it."""
+    method = registry.get(name)
+    return name != "dense" and method.resize is None and not method.needs
+
+
+def infer_methods() -> list[str]:
+    """Every registered method ``bench infer`` can time (the default of ``--methods``)."""
+    return [m for m in registry.available() if deployable(m)]
 
 
 def bench_infer(

@@ -24,6 +24,7 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_train(args) -> int:
+    from .compressors.accounting import format_cf
     from .config import load_run, parse_sets
     from .pipeline import use_threads
     from .train import find, train
@@ -39,10 +40,13 @@ def cmd_train(args) -> int:
         print(f"run {rec.run_id} {rec.status}: {rec.reason} (record: {path})", file=sys.stderr)
         return 1
     acc = rec.accounting
+    base = rec.timings.get("baseline_s")
     print(
-        f"{rec.task} {rec.method} seed {rec.seed}: test ppl {rec.final['test_ppl']:.2f}, val ppl "
-        f"{rec.final['val_ppl']:.2f}, CF {acc['cf']:.2f} (values only {acc['cf_values']:.2f}, whole model "
-        f"{acc['model_cf']:.2f}), {rec.timings['wall_s']:.0f} s -> {path}"
+        f"{rec.task} {rec.method} seed {rec.seed}: test {rec.metric} {rec.test:.2f}, val {rec.metric} "
+        f"{rec.val:.2f}, CF {format_cf(acc['cf'])} (values only {format_cf(acc['cf_values'])}, whole model "
+        f"{format_cf(acc['model_cf'])}), {rec.timings['wall_s']:.0f} s"
+        + (f" (+ {base:.0f} s training its dense baseline)" if base else "")
+        + f" -> {path}"
     )
     return 0
 
@@ -59,13 +63,14 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_table, table, write_tables
+    from .report import format_table, load, runs_frame, selected, summary, write_tables
 
     if args.out is None:
-        print(format_table(table(args.results)))
+        records, left_out = load(args.results, args.stale)
+        print(format_table(selected(summary(runs_frame(records))), left_out))
         return 0
-    written, summ = write_tables(args.results, args.out, args.metrics)
-    print(format_table(summ))
+    written, chosen, left_out = write_tables(args.results, args.out, args.metrics, args.stale)
+    print(format_table(chosen, left_out))
     print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 
@@ -142,18 +147,21 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-BENCH_DEFAULTS = {
-    "train": ("svd,small_dense", [4.0, 8.0]),
-    "infer": ("kp,lmf,hmd,doped_kp,doped_lmf,doped_hmd", [10.0, 25.0]),
-}
+BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0]}
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_infer, bench_train, format_infer, format_rows
+    from .bench import bench_infer, bench_train, format_infer, format_rows, infer_methods
+    from .compressors import registry
     from .pipeline import use_threads
 
-    methods = (args.methods or BENCH_DEFAULTS[args.kind][0]).split(",")
-    factors = args.factors or BENCH_DEFAULTS[args.kind][1]
+    if args.methods:
+        methods = args.methods.split(",")
+    elif args.kind == "infer":
+        methods = infer_methods()
+    else:  # every method that builds without data (the compressed weights, or a resized model)
+        methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
+    factors = args.factors or BENCH_FACTORS[args.kind]
     out = Path(args.results) / "bench" / f"{args.kind}.json"
     use_threads(args.threads)
     if args.kind == "train":
@@ -198,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results")
     r.add_argument("--out", default=None, help="folder for runs.csv, summary.csv, epochs.csv, trials.csv")
     r.add_argument("--metrics", default=None, help="also write headline metrics as JSON (DVC metrics)")
+    r.add_argument("--stale", action="store_true", help="also show runs of older code, marked stale")
     r.set_defaults(func=cmd_report)
 
     f = sub.add_parser("figures", help="paper figures (PNG and PDF) from the tables of `suite report --out`")
@@ -243,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     bl.set_defaults(func=cmd_baselines)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
-    b.add_argument("kind", choices=sorted(BENCH_DEFAULTS), help="train: training step; infer: batch-1 step")
-    b.add_argument("--methods", help="comma-separated (train: svd,small_dense; infer: kp,lmf,hmd, doped_*)")
+    b.add_argument("kind", choices=sorted(BENCH_FACTORS), help="train: training step; infer: batch-1 step")
+    b.add_argument(
+        "--methods", help="comma-separated (default: every registered method the benchmark can time)"
+    )
     b.add_argument("--factors", type=_floats, help="comma-separated CFs (train: 4,8; infer: 10,25)")
     b.add_argument("--preset", default="tasks/ptb-small.yaml", help="train: the task whose shapes are used")
     b.add_argument("--steps", type=int, default=30, help="train: timed steps")

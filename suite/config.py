@@ -11,61 +11,24 @@ from typing import Any
 
 import yaml
 
+from . import tasks
 from .compressors import registry
 from .errors import ConfigError
+from .tasks.base import TrainSettings, make_settings
+from .version import code_version
 
 PROFILES = ("paper", "smoke")
-FAMILIES = ("lm",)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation of a language model (Zaremba et al. 2014): SGD, step decay, clipped gradient norm."""
-
-    epochs: int = 13
-    batch_size: int = 20
-    bptt: int = 20
-    lr: float = 1.0
-    lr_decay: float = 2.0
-    """The learning rate is divided by this every epoch after ``decay_after``."""
-    decay_after: int = 4
-    """Epochs 1..decay_after run at ``lr``; epoch e > decay_after at lr / lr_decay ** (e - decay_after)."""
-    clip: float = 5.0
-    """Max global gradient norm of the loss summed over the bptt steps and averaged over the batch."""
-    eval_batch_size: int = 10
-    train_fraction: float = 1.0
-    """Train on this leading fraction of the training stream (smoke profiles)."""
-    eval_fraction: float = 1.0
-    """Validate and test on this leading fraction of valid/test."""
-    max_vocab: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "bptt", "eval_batch_size"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < (0 if name == "epochs" else 1)
-            ):
-                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "lr_decay", "clip"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"train.{name} must be a number > 0, got {value!r}")
-        for name in ("train_fraction", "eval_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ConfigError(f"train.{name} must be in (0, 1], got {value!r}")
 
 
 @dataclass
 class RunConfig:
-    """Everything one run needs. ``identity()`` (what the run-id hashes) leaves out where things live."""
+    """Everything one run needs. ``identity()`` (what the run-id hashes) leaves out where things live and adds
+    the version of the code that decides the run's result (``suite.version``)."""
 
     task: str
     dataset: str | dict
     model: dict
-    train: TrainConfig
+    train: TrainSettings
     method: str = "dense"
     compress: dict = field(default_factory=dict)
     seed: int = 0
@@ -78,30 +41,39 @@ class RunConfig:
     study: str | None = None
     """Sweep study this run belongs to (W&B group); None: the task."""
     trial: int | None = None
+    seeds: list[int] | None = None
+    """The seeds this run's configuration is asked for (a sweep's or the pipeline's); tables say when fewer
+    finished. Not part of the identity."""
     checkpoint: bool = False
     """Save the trained weights (model.pt) beside the record; dense runs always do (trained inits need them)."""
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ConfigError(f"unknown task family {self.family!r}; known: {', '.join(FAMILIES)}")
+        family = tasks.get(self.family)
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if self.wandb not in ("offline", "online", "disabled"):
             raise ConfigError(f"wandb must be offline, online or disabled, got {self.wandb!r}")
-        for key in ("hidden", "layers"):
-            if not isinstance(self.model.get(key), int) or self.model[key] < 1:
-                raise ConfigError(f"model.{key} must be a positive integer, got {self.model.get(key)!r}")
-        dropout = self.model.get("dropout", 0.0)
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(self.train, dict):
+            self.train = make_settings(family.train_settings, self.train, "train")
+        elif not isinstance(self.train, family.train_settings):
+            raise ConfigError(
+                f"train settings of family {self.family} must be {family.train_settings.__name__}"
+            )
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"model must be a mapping of settings, got {self.model!r}")
+        self.model = family.check_model(self.model)
         # Validate the method and fill in its defaults, so equal configs hash equally.
         self.compress = registry.make_config(self.method, self.compress).to_dict()
 
     @property
     def method_config(self) -> registry.CompressorConfig:
         return registry.make_config(self.method, self.compress)
+
+    @property
+    def code_version(self) -> str:
+        return code_version(self.family, self.method)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -113,6 +85,7 @@ class RunConfig:
             "method": self.method,
             "compress": self.compress,
             "seed": self.seed,
+            "code": self.code_version,
         }
 
     @property
@@ -123,12 +96,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["run_id"] = self.run_id
+        d["code_version"] = self.code_version
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = {k: v for k, v in d.items() if k != "run_id"}
-        d["train"] = TrainConfig(**d["train"])
+        d = {k: v for k, v in d.items() if k not in ("run_id", "code_version")}
         return cls(**d)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -166,8 +139,18 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-_TOP = {"seed", "profile", "data_dir", "results_dir", "wandb", "study", "trial", "method", "checkpoint"}
-_TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
+_TOP = {
+    "seed",
+    "profile",
+    "data_dir",
+    "results_dir",
+    "wandb",
+    "study",
+    "trial",
+    "method",
+    "checkpoint",
+    "seeds",
+}
 
 
 def load_run(
@@ -181,9 +164,17 @@ def load_run(
 
     Bare override keys go to the first place that has them: top level (seed, profile, ...), the method's
     settings (factor, cmr, ...), train, model. Dotted keys (``train.epochs``, ``model.hidden``) are explicit.
+    A profile (``profiles: smoke: {...}`` in the preset) overlays train settings (bare keys) and model
+    settings (``model.<key>``); explicit overrides win over it.
     """
     spec = read_yaml(preset)
     name = spec.get("name") or Path(preset).stem
+    family_name = spec.get("family", "lm")
+    if not isinstance(family_name, str):
+        raise ConfigError(f"{preset}: family must be a name ({', '.join(tasks.available())})")
+    family = tasks.get(family_name)
+    train_keys = {f.name for f in dataclasses.fields(family.train_settings)}
+    model_keys = {f.name for f in dataclasses.fields(family.model_settings)}
     sets = dict(sets or {})
     top: dict[str, Any] = {}
     method = sets.pop("method", method)
@@ -192,9 +183,13 @@ def load_run(
     compress: dict[str, Any] = dict(spec.get("compress") or {})
     if factor is not None:
         compress["factor"] = factor
+    for section in ("model", "train"):
+        if not isinstance(spec.get(section) or {}, dict):
+            raise ConfigError(f"{preset}: {section} must be a mapping of settings")
     model = dict(spec.get("model") or {})
     train = dict(spec.get("train") or {})
     method_keys = set(registry.config_fields(method))
+    explicit: set[str] = set()
     for key, value in sets.items():
         section, _, sub = key.partition(".")
         if sub:
@@ -204,18 +199,21 @@ def load_run(
                     f"unknown override {key!r}; dotted keys start with train., model. or compress."
                 )
             target[sub] = value
+            explicit.add(key)
         elif key in _TOP:
             top[key] = value
         elif key in method_keys:
             compress[key] = value
-        elif key in _TRAIN:
+        elif key in train_keys:
             train[key] = value
-        elif key in model:
+            explicit.add(f"train.{key}")
+        elif key in model_keys:
             model[key] = value
+            explicit.add(f"model.{key}")
         else:
             raise ConfigError(
-                f"unknown override {key!r}; use one of {', '.join(sorted(_TOP | method_keys | _TRAIN))} "
-                "or a dotted key (model.hidden=...)"
+                f"unknown override {key!r}; use one of {', '.join(sorted(_TOP | method_keys | train_keys))}, "
+                f"a model setting ({', '.join(sorted(model_keys))}) or a dotted key (model.hidden=...)"
             )
     if seed is not None:
         top["seed"] = seed
@@ -226,20 +224,25 @@ def load_run(
     if profile != "paper":
         if profile not in profiles:
             raise ConfigError(f"{preset} has no {profile!r} profile; add one under profiles:")
-        overlay = {k: v for k, v in profiles[profile].items() if f"train.{k}" not in sets and k not in sets}
-        train = {**train, **overlay}
-    unknown = set(train) - _TRAIN
-    if unknown:
-        raise ConfigError(f"{preset}: unknown train setting(s) {', '.join(sorted(unknown))}")
+        overlay = profiles[profile]
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"{preset}: profiles.{profile} must be a mapping of settings")
+        for key, value in overlay.items():
+            section, _, sub = key.partition(".")
+            target, full = (model, key) if section == "model" and sub else (train, f"train.{key}")
+            if full not in explicit:
+                target[sub if target is model else key] = value
     if "dataset" not in spec:
-        raise ConfigError(f"{preset} must name a dataset (ptb, wikitext2 or {{path: <folder>}})")
+        raise ConfigError(
+            f"{preset} must name a dataset ({', '.join(family.datasets)} or {{path: <folder>}})"
+        )
     try:
         return RunConfig(
             task=name,
-            family=spec.get("family", "lm"),
+            family=family_name,
             dataset=spec["dataset"],
             model=model,
-            train=TrainConfig(**train),
+            train=make_settings(family.train_settings, train, "train"),
             method=method,
             compress=compress,
             **{**top, "profile": profile},

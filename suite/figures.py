@@ -1,6 +1,9 @@
 """Paper figures (PNG and PDF) from the tables of ``suite report --out``; a figure without data is skipped with
 a note, never drawn empty.
 
+Every figure shows, per method and CF, the setting chosen on the validation metric and its test metric, one
+panel per task and setup (profile and training budget: never mixed in one panel, curve or front).
+
 F1 metric vs CF per method and task. F2 co-matrix adaptation: val metric and sparsity of D per epoch, with and
 without CMR. F3 metric vs CMR rate at a fixed CF. F4 batch-1 inference speed-up vs CF. F5 Pareto fronts of the
 metric vs stored size (and latency). F6 embedding/softmax compression without fine-tuning.
@@ -21,13 +24,13 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .compressors.registry import LSTM_TARGETS  # noqa: E402
+from .errors import SuiteError  # noqa: E402
+from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
 
-DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 Made = tuple[list[Path], str]  # files written, or none and why
 
 
-SPARSITY, WITHOUT_D = "d_sparsity", "val_ppl_without_d"  # the CMA columns of doped runs
+SPARSITY = "d_sparsity"  # the CMA column of doped runs (with val_<metric>_without_d)
 
 
 def _read(tables: Path, name: str) -> pd.DataFrame:
@@ -72,64 +75,144 @@ def color(method: str):
     return plt.get_cmap("tab10")(index % 10)
 
 
-def _metric_label(metric: str) -> str:
-    split, _, name = metric.partition("_")
-    name = {"ppl": "perplexity", "bleu": "BLEU", "wer": "word error rate"}.get(name, name)
-    better = "lower" if metric.endswith(("ppl", "wer", "loss")) else "higher"
+def _metric_label(metric: str, direction: str | None = None, split: str = "test") -> str:
+    name = {"ppl": "perplexity", "bleu": "BLEU", "wer": "word error rate"}.get(metric, metric)
+    if direction is None:
+        direction = "maximize" if metric in ("bleu", "acc", "accuracy") else "minimize"
+    better = "lower" if direction == "minimize" else "higher"
     return f"{split} {name} ({better} is better)"
 
 
-def _main_setup(df: pd.DataFrame) -> pd.DataFrame:
-    """Per task, the runs of its most common data/model/training setup (one figure compares like with like)."""
-    if df.empty or "setup_id" not in df:
-        return df
-    keep = df.groupby("task")["setup_id"].agg(lambda s: s.value_counts().index[0])
-    return df[df["setup_id"] == df["task"].map(keep)]
+class MixedBudgets(SuiteError):
+    """Rows of different profiles or training budgets were about to share a curve, a front or a panel."""
+
+
+def one_setup(rows: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``rows`` if they share one setup (task, data, model, profile, training budget), else MixedBudgets."""
+    if "setup_id" in rows and rows["setup_id"].nunique() > 1:
+        kinds = rows.drop_duplicates("setup_id")
+        desc = "; ".join(f"{r.task} {r.profile} {r.budget}" for r in kinds.itertuples())
+        raise MixedBudgets(f"{what} would mix profiles or training budgets ({desc}); draw one per setup")
+    return rows
+
+
+def _setups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per task and setup: one panel each, so budgets and profiles never share one."""
+    out = []
+    for (task, _), rows in df.groupby(["task", "setup_id"], sort=True):
+        first = rows.iloc[0]
+        out.append((f"{task} ({first['profile']}, {first['budget']})", rows))
+    return out
 
 
 def _targets(df: pd.DataFrame) -> pd.Series:
     return df["targets"].fillna(DEFAULT_TARGETS) if "targets" in df else pd.Series(DEFAULT_TARGETS, df.index)
 
 
-def _dense_line(ax, summ: pd.DataFrame) -> None:
-    dense = summ[summ["method"] == "dense"]
+def _dense_line(ax, rows: pd.DataFrame) -> None:
+    dense = rows[rows["method"] == "dense"]
     if len(dense):
-        ax.axhline(dense["mean"].iloc[0], color="black", ls="--", lw=1, label="dense (CF 1)")
+        best = best_by_val(dense, ["setup_id"])
+        ax.axhline(best["test_mean"].iloc[0], color="black", ls="--", lw=1, label="dense (CF 1)")
+
+
+def _errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str) -> None:
+    """Test metric of chosen settings with its 95% CI; a mean over fewer seeds than asked is drawn hollow."""
+    err = pts["test_ci95"].where(np.isfinite(pts["test_ci95"]), 0)
+    line = ax.errorbar(
+        pts[x], pts["test_mean"], yerr=err, marker="o", capsize=3, label=label, color=color(method)
+    )
+    partial = pts[pts["partial"].astype(bool)] if "partial" in pts else pts.iloc[:0]
+    if len(partial):
+        ax.scatter(
+            partial[x],
+            partial["test_mean"],
+            s=90,
+            facecolors="white",
+            edgecolors=line[0].get_color(),
+            zorder=3,
+        )
 
 
 def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
-    summ = _main_setup(summ)
     if summ.empty or not (summ["method"] != "dense").any():
         return [], "no compressed runs"
     summ = summ[_targets(summ) == DEFAULT_TARGETS]
-    tasks = sorted(summ["task"].unique())
-    fig, axes = _panels(len(tasks))
-    for ax, task in zip(axes, tasks):
-        rows = summ[summ["task"] == task]
+    panels = _setups(summ)
+    fig, axes = _panels(len(panels))
+    partial, plotted = False, []
+    for ax, (title, rows) in zip(axes, panels):
+        rows = one_setup(rows, "F1")
+        metric, direction = rows["metric"].iloc[0], rows["direction"].iloc[0]
         _dense_line(ax, rows)
-        for method, m in rows[rows["method"] != "dense"].groupby("method"):
-            best = m.loc[m.groupby("factor")["mean"].idxmin()].sort_values("cf")  # best setting per asked CF
-            err = best["ci95"].where(np.isfinite(best["ci95"]), 0)
-            ax.errorbar(
-                best["cf"], best["mean"], yerr=err, marker="o", capsize=3, label=method, color=color(method)
-            )
+        chosen = best_by_val(rows[rows["method"] != "dense"], ["method", "factor"])  # setting chosen on val
+        plotted.append(chosen.assign(panel=title))
+        for method, best in chosen.groupby("method"):
+            _errorbar(ax, best.sort_values("cf"), "cf", method, method)
+        partial |= bool(chosen["partial"].any()) if "partial" in chosen else False
         _log(ax)
-        _log(ax, "y")  # perplexities of weak and strong runs on one readable axis
-        ax.set_title(f"{task}: {rows['metric'].iloc[0]} vs compression")
-        ax.set_xlabel("achieved CF of the LSTM matrices (x; log)")
-        ax.set_ylabel(_metric_label(rows["metric"].iloc[0]))
+        if direction == "minimize" and metric == "ppl":
+            _log(ax, "y")  # perplexities of weak and strong runs on one readable axis
+        ax.set_title(title)
+        ax.set_xlabel("achieved CF of the recurrent matrices (x; log)")
+        ax.set_ylabel(_metric_label(metric, direction))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("F1  metric vs compression factor (mean and 95% CI over seeds; best setting per CF)", y=1.02)
-    return _save(fig, out, "F1_metric_vs_cf"), ""
+    note = "; hollow: fewer seeds than asked" if partial else ""
+    fig.suptitle(
+        "F1  test metric vs compression factor (mean and 95% CI over seeds; per method and CF the setting "
+        f"chosen on validation{note})",
+        y=1.02,
+    )
+    paths = _save(fig, out, "F1_metric_vs_cf")
+    return [*paths, _points(plotted, out / "F1_metric_vs_cf.csv")], ""
 
 
-def f2_cma(epochs: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
-    if epochs.empty or SPARSITY not in epochs or epochs[SPARSITY].isna().all():
+POINT_COLUMNS = (
+    "panel",
+    "task",
+    "profile",
+    "budget",
+    "method",
+    "factor",
+    "targets",
+    "cmr",
+    "lr",
+    "cf",
+    "val_mean",
+    "test_mean",
+    "test_ci95",
+    "n_ok",
+    "n_asked",
+    "partial",
+    "config_id",
+)
+
+
+def _points(frames: list[pd.DataFrame], path: Path) -> Path:
+    """The plotted points beside the figure: which configuration each is, its val and test metric."""
+    table = pd.concat(frames, ignore_index=True)
+    table[[c for c in POINT_COLUMNS if c in table]].to_csv(path, index=False)
+    return path
+
+
+def _chosen_per_cmr(summ: pd.DataFrame) -> pd.DataFrame:
+    """Per task, setup, method, CF and CMR rate, the configuration chosen on val (its learning rate)."""
+    return best_by_val(summ[summ["cmr"].notna()], ["task", "setup_id", "method", "factor", "cmr"])
+
+
+def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
+    if epochs.empty or SPARSITY not in epochs or epochs[SPARSITY].isna().all() or "cmr" not in summ:
         return [], "no per-epoch sparsity of D in any run (doped methods log it while annealing)"
-    rows = _main_setup(epochs[epochs[SPARSITY].notna()])
-    rows = rows.assign(cmr=rows["cmr"].fillna(0.0) if "cmr" in rows else 0.0)
-    without = [c for c in (WITHOUT_D,) if c in rows and rows[c].notna().any()]
+    chosen = _chosen_per_cmr(summ)
+    rows = epochs[epochs[SPARSITY].notna() & epochs["config_id"].isin(chosen["config_id"])]
+    if rows.empty:
+        return [], "no finished doped runs"
+    task, setup = rows[["task", "setup_id"]].value_counts().index[0]  # the setup with the most doped epochs
+    rows = one_setup(rows[(rows["task"] == task) & (rows["setup_id"] == setup)], "F2")
+    metric = rows["metric"].iloc[0]
+    val, without = f"val_{metric}", f"val_{metric}_without_d"
+    rows = rows.assign(cmr=rows["cmr"].fillna(0.0))
     methods = sorted(rows["method"].unique())
     fig, grid = plt.subplots(
         2,
@@ -147,22 +230,29 @@ def f2_cma(epochs: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
         curves = m.groupby(["cmr", "epoch"]).mean(numeric_only=True).reset_index()  # mean over seeds
         for cmr, c in curves.groupby("cmr"):
             name = f"CMR p={cmr:g}" if cmr > 0 else "no CMR"
-            line = top.plot(c["epoch"], c["val_ppl"], marker="o", label=f"{name}: with D")[0]
-            for w in without:
+            line = top.plot(c["epoch"], c[val], marker="o", label=f"{name}: with D")[0]
+            if without in c and c[without].notna().any():
                 top.plot(
-                    c["epoch"], c[w], ls=":", marker=".", color=line.get_color(), label=f"{name}: D removed"
+                    c["epoch"],
+                    c[without],
+                    ls=":",
+                    marker=".",
+                    color=line.get_color(),
+                    label=f"{name}: D removed",
                 )
             bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), marker="o", label=name)
         top.set_title(f"{method} at CF {factor:g}: co-matrix adaptation")
-        top.set_ylabel("validation perplexity")
+        top.set_ylabel(_metric_label(metric, m["direction"].iloc[0], "validation"))
         top.grid(alpha=0.3)
         top.legend(fontsize=8)
         bottom.set_xlabel("epoch")
         bottom.set_ylabel("sparsity of D\n(fraction of zeros)")
         bottom.xaxis.get_major_locator().set_params(integer=True)
         bottom.grid(alpha=0.3)
+    first = rows.iloc[0]
     fig.suptitle(
-        "F2  CMA while annealing: validation perplexity with and without D, sparsity of D (mean over seeds)",
+        f"F2  CMA while annealing, {task} ({first['profile']}, {first['budget']}): validation metric with and "
+        "without D, sparsity of D (mean over seeds; per CMR rate the learning rate chosen on validation)",
         y=1.0,
     )
     fig.tight_layout()
@@ -172,31 +262,24 @@ def f2_cma(epochs: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
 def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
     if summ.empty or "cmr" not in summ or summ["cmr"].notna().sum() == 0:
         return [], "no runs with a CMR rate (doped methods)"
-    rows = _main_setup(summ[summ["cmr"].notna()])
+    rows = _chosen_per_cmr(summ)
     if cf is None:
         cf = rows.groupby("factor")["cmr"].nunique().idxmax()
     rows = rows[np.isclose(rows["factor"], cf)]
     if rows.empty:
         return [], f"no runs with a CMR rate at CF {cf:g}"
-    fig, axes = _panels(1)
-    ax = axes[0]
-    for (task, method), m in rows.groupby(["task", "method"]):
-        m = m.sort_values("cmr")
-        err = m["ci95"].where(np.isfinite(m["ci95"]), 0)
-        ax.errorbar(
-            m["cmr"],
-            m["mean"],
-            yerr=err,
-            marker="o",
-            capsize=3,
-            label=f"{method} ({task})",
-            color=color(method),
-        )
-    ax.set_xlabel("co-matrix dropout rate p (CMR)")
-    ax.set_ylabel(_metric_label(rows["metric"].iloc[0]))
-    ax.set_title(f"F3  metric vs CMR rate at CF {cf:g}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = _setups(rows)
+    fig, axes = _panels(len(panels))
+    for ax, (title, m_rows) in zip(axes, panels):
+        m_rows = one_setup(m_rows, "F3")
+        for method, m in m_rows.groupby("method"):
+            _errorbar(ax, m.sort_values("cmr"), "cmr", method, method)
+        ax.set_xlabel("co-matrix dropout rate p (CMR)")
+        ax.set_ylabel(_metric_label(m_rows["metric"].iloc[0], m_rows["direction"].iloc[0]))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"F3  test metric vs CMR rate at CF {cf:g} (learning rate chosen on validation)", y=1.02)
     return _save(fig, out, "F3_metric_vs_cmr"), ""
 
 
@@ -225,46 +308,83 @@ def f4_speedup(bench: Path, out: Path) -> Made:
     return _save(fig, out, "F4_speedup_vs_cf"), ""
 
 
-def pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """The points not dominated in (x, y), both minimized, sorted by x."""
-    pts = points.dropna(subset=[x, y]).sort_values([x, y])
-    return pts[pts[y] < pts[y].cummin().shift(fill_value=np.inf)]
+def pareto(points: pd.DataFrame, x: str, y: str, direction: str = "minimize") -> pd.DataFrame:
+    """The points not dominated in (x minimized, y in ``direction``), sorted by x."""
+    pts = points.dropna(subset=[x, y])
+    key = pts[y] if direction == "minimize" else -pts[y]
+    pts = pts.assign(_k=key).sort_values([x, "_k"])
+    return pts[pts["_k"] < pts["_k"].cummin().shift(fill_value=np.inf)].drop(columns="_k")
 
 
-def f5_pareto(runs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
-    runs = _main_setup(runs[(runs["status"] == "ok")] if not runs.empty else runs)
-    if runs.empty or runs["targeted_stored"].isna().all():
+def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
+    """Fronts of the validation metric (what a choice may use) against stored size, one per setup, over
+    configurations (means over seeds); the front's test metric is listed in pareto.csv beside the figure."""
+    if summ.empty or "targeted_stored" not in summ or summ["targeted_stored"].isna().all():
         return [], "no finished runs"
-    runs = runs[_targets(runs) == DEFAULT_TARGETS]
+    summ = summ[(_targets(summ) == DEFAULT_TARGETS) & summ["val_mean"].notna()]
     latency = pd.DataFrame()
     if "latency_ms" in trials:
         latency = trials[(trials["state"] == "complete") & trials["latency_ms"].notna()]
-    panels = [(task, "targeted_stored") for task in sorted(runs["task"].unique())]
-    panels += [(study, "latency_ms") for study in sorted(latency["study"].unique())] if len(latency) else []
+    panels = [(title, rows, "targeted_stored") for title, rows in _setups(summ)]
+    panels += (
+        [
+            (study, latency[latency["study"] == study], "latency_ms")
+            for study in sorted(latency["study"].unique())
+        ]
+        if len(latency)
+        else []
+    )
     fig, axes = _panels(len(panels))
-    for ax, (name, x) in zip(axes, panels):
+    fronts = []
+    for ax, (name, pts, x) in zip(axes, panels):
         if x == "targeted_stored":
-            pts = runs[runs["task"] == name].rename(columns={"value": "y"})
-            ax.set_xlabel("stored values, LSTM matrices (indices counted; log)")
-            ylabel = _metric_label(pts["metric"].iloc[0])
+            pts = one_setup(pts, "F5").rename(columns={"val_mean": "y"})
+            direction, metric = pts["direction"].iloc[0], pts["metric"].iloc[0]
+            ax.set_xlabel("stored values, recurrent matrices (indices counted; log)")
         else:
-            pts = latency[latency["study"] == name].rename(columns={"value": "y"})
-            pts = pts.assign(method=pts["method"] if "method" in pts else "trial")
-            ax.set_xlabel("batch-1 latency, LSTM matrices (ms; log)")
-            ylabel = _metric_label(pts["objective"].iloc[0])
+            pts = pts.rename(columns={"value": "y"}).assign(
+                method=pts["method"] if "method" in pts else "trial"
+            )
+            direction, metric = pts["direction"].iloc[0], pts["objective"].iloc[0].removeprefix("val_")
+            ax.set_xlabel("batch-1 latency, recurrent matrices (ms; log)")
         for method, m in pts.groupby("method"):
             ax.scatter(m[x], m["y"], label=method, alpha=0.8, color=color(method))
-        front = pareto(pts, x, "y")
+        front = pareto(pts, x, "y", direction)
+        fronts.append(front.assign(panel=name, x=x))
         ax.step(front[x], front["y"], where="post", color="black", lw=1)
-        ax.scatter(front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front")
+        ax.scatter(
+            front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front (val)"
+        )
         _log(ax)
-        _log(ax, "y")
-        ax.set_ylabel(ylabel)
+        if metric == "ppl":
+            _log(ax, "y")
+        ax.set_ylabel(_metric_label(metric, direction, "validation"))
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("F5  Pareto fronts: metric vs stored size (and latency)", y=1.02)
-    return _save(fig, out, "F5_pareto"), ""
+    fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)", y=1.02)
+    paths = _save(fig, out, "F5_pareto")
+    table = pd.concat(fronts, ignore_index=True).rename(columns={"y": "val"})
+    keep = [
+        c
+        for c in (
+            "panel",
+            "method",
+            "factor",
+            "cmr",
+            "lr",
+            "x",
+            "targeted_stored",
+            "latency_ms",
+            "val",
+            "test_mean",
+            "test_ci95",
+            "n_ok",
+        )
+        if c in table
+    ]
+    table[keep].to_csv(out / "F5_pareto.csv", index=False)
+    return [*paths, out / "F5_pareto.csv"], ""
 
 
 def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
@@ -272,24 +392,25 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
         return [], "no runs"
     targets = _targets(summ)
     no_ft = summ["finetune_epochs"].fillna(-1).eq(0) if "finetune_epochs" in summ else False
-    rows = _main_setup(summ[(targets != DEFAULT_TARGETS) & no_ft])
+    rows = summ[(targets != DEFAULT_TARGETS) & no_ft]
     if rows.empty:
         return [], "no runs compressing embedding or softmax without fine-tuning"
-    dense = _main_setup(summ[summ["method"] == "dense"])
-    names = sorted(rows["targets"].unique())
-    fig, axes = _panels(len(names))
-    for ax, target in zip(axes, names):
-        sel = rows[rows["targets"] == target]
-        _dense_line(ax, dense[dense["task"].isin(sel["task"])])
-        for method, m in sel.groupby("method"):
-            m = m.sort_values("cf")
-            ax.plot(m["cf"], m["mean"], marker="o", label=method, color=color(method))
+    panels = []
+    for (task, setup, target), sel in rows.groupby(["task", "setup_id", "targets"], sort=True):
+        panels.append((task, setup, target, sel))
+    fig, axes = _panels(len(panels))
+    for ax, (task, setup, target, sel) in zip(axes, panels):
+        sel = one_setup(sel, "F6")
+        _dense_line(ax, summ[(summ["setup_id"] == setup) & (summ["method"] == "dense")])
+        for method, m in best_by_val(sel, ["method", "factor"]).groupby("method"):
+            _errorbar(ax, m.sort_values("cf"), "cf", method, method)
         _log(ax, "x")
-        if sel["mean"].max() > 3 * sel["mean"].min():  # perplexity can explode without fine-tuning
+        if sel["test_mean"].max() > 3 * sel["test_mean"].min():  # perplexity can explode without fine-tuning
             _log(ax, "y")
+        first = sel.iloc[0]
         ax.set_xlabel(f"achieved CF of {target} (x; log)")
-        ax.set_ylabel(_metric_label(sel["metric"].iloc[0]))
-        ax.set_title(f"{', '.join(sorted(sel['task'].unique()))}: {target}, no fine-tuning")
+        ax.set_ylabel(_metric_label(first["metric"], first["direction"]))
+        ax.set_title(f"{task} ({first['profile']}, {first['budget']}): {target}, no fine-tuning")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("F6  embedding / softmax compression without fine-tuning", y=1.02)
@@ -301,13 +422,13 @@ def make_figures(
 ) -> dict[str, Made]:
     """Draw every figure that has data; ``options``: ``cmr_cf`` (F3's CF), ``bench`` (F4's benchmark JSON)."""
     tables, out, options = Path(tables), Path(out), options or {}
-    runs, summ, epochs, trials = (_read(tables, n) for n in ("runs", "summary", "epochs", "trials"))
+    summ, epochs, trials = (_read(tables, n) for n in ("summary", "epochs", "trials"))
     makers: dict[str, Callable[[], Made]] = {
         "F1": lambda: f1_metric_vs_cf(summ, out),
-        "F2": lambda: f2_cma(epochs, out, options.get("cmr_cf")),
+        "F2": lambda: f2_cma(epochs, summ, out, options.get("cmr_cf")),
         "F3": lambda: f3_metric_vs_cmr(summ, out, options.get("cmr_cf")),
         "F4": lambda: f4_speedup(Path(options.get("bench", "results/bench/infer.json")), out),
-        "F5": lambda: f5_pareto(runs, trials, out),
+        "F5": lambda: f5_pareto(summ, trials, out),
         "F6": lambda: f6_embedding_softmax(summ, out),
     }
     made = {name: make() for name, make in makers.items()}

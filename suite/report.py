@@ -1,4 +1,17 @@
-"""Tables from records: one pandas frame of all runs, aggregated over seeds per configuration."""
+"""Tables from records: one pandas frame of all runs, aggregated over seeds per configuration, and the setting
+each method gets at each CF, chosen on the validation metric.
+
+The rules every table and figure follows (DESIGN.md, "Selection and identity"):
+- Choices (the best setting per method and CF, Pareto points, headline values) are made on the validation
+  metric, in the direction of the task's metric; the test metric is reported for what was chosen.
+- A configuration is its task, data, model, training, method settings, profile and code version: different
+  budgets or profiles never share a row, and the setting chosen for a method is chosen among runs of one
+  ``setup`` (the same data, model, profile and training budget; only the learning rate may differ).
+- Records of older code (their ``code_version`` is not the current one) are left out, and the report says how
+  many; ``stale=True`` shows them in rows of their own, marked.
+- A configuration says how many seeds were asked (n_asked), finished (n_ok), failed and were pruned; a mean
+  over fewer seeds than asked is marked ``partial``.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +32,11 @@ from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .track import Record, load_records, write_json
 
+DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 
-def _config_id(config: dict, keys: tuple[str, ...]) -> str:
-    blob = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _cell(value: Any) -> Any:
@@ -30,33 +44,77 @@ def _cell(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def runs_frame(records: list[Record]) -> pd.DataFrame:
-    """One row per run: identity, every method setting (factor, targets, cmr, ...), metrics, accounting, timings.
+def budget_text(train: dict) -> str:
+    """A run's training budget in one cell: epochs and the fractions of the data trained (tr) and evaluated (ev)
+    on, e.g. ``2ep/tr0.05/ev0.1``."""
+    epochs = train.get("epochs")
+    frac = train.get("train_fraction", 1.0)
+    ev = train.get("eval_fraction", 1.0)
+    return f"{epochs}ep" + (f"/tr{frac:g}" if frac != 1 else "") + (f"/ev{ev:g}" if ev != 1 else "")
 
-    ``config_id`` names a run's configuration without its seed (the seeds of one configuration share it);
-    ``setup_id`` names the task data, model and training alone (runs comparable in one figure share it).
+
+def current_version(record: Record) -> str | None:
+    """The code version a run of this record's family and method would have now (None: no longer registered)."""
+    from .version import code_version
+
+    try:
+        return code_version(record.config.get("family", "lm"), record.method)
+    except ConfigError:
+        return None
+
+
+def is_stale(record: Record) -> bool:
+    return record.code_version is None or record.code_version != current_version(record)
+
+
+def runs_frame(records: list[Record]) -> pd.DataFrame:
+    """One row per run: identity, every method setting (factor, targets, cmr, ...), the learning rate, val and
+    test metric, accounting, timings.
+
+    ``config_id`` names a configuration without its seed (the seeds of one configuration share it); ``setup_id``
+    names the task data, model, profile and training budget without the learning rate (the runs a figure or a
+    choice compares: one method's learning rates compete within a setup).
     """
     rows = []
     for r in records:
         acc = r.accounting or {}
-        compress = r.config.get("compress", {})
+        config = r.config
+        compress = config.get("compress", {})
+        train = dict(config.get("train") or {})
+        without_lr = {k: v for k, v in train.items() if k != "lr"}
+        setup = {k: config.get(k) for k in ("task", "dataset", "model", "profile")}
+        seeds = config.get("seeds") or [r.seed]
         rows.append(
             {
                 "task": r.task,
+                "family": config.get("family", "lm"),
+                "profile": config.get("profile"),
+                "budget": budget_text(train),
                 "method": r.method,
                 "factor": float(compress.get("factor", 1.0)),
                 **{k: _cell(v) for k, v in compress.items() if k != "factor"},
+                "lr": train.get("lr"),
                 "seed": r.seed,
                 "run_id": r.run_id,
-                "config_id": _config_id(
-                    r.config, ("task", "dataset", "model", "train", "method", "compress")
+                "config_id": _hash(
+                    {
+                        **setup,
+                        "train": train,
+                        "method": r.method,
+                        "compress": compress,
+                        "code": r.code_version,
+                    }
                 ),
-                "setup_id": _config_id(r.config, ("task", "dataset", "model", "train")),
+                "setup_id": _hash({**setup, "train": without_lr}),
+                "code_version": r.code_version,
+                "stale": bool(getattr(r, "_stale", False)),
                 "status": r.status,
                 "reason": r.reason,
                 "metric": r.metric,
-                "value": r.value,
-                **{k: v for k, v in r.final.items() if k != r.metric},
+                "direction": r.direction,
+                "val": r.val,
+                "test": r.test,
+                "seeds_asked": ",".join(map(str, seeds)),
                 "cf": acc.get("cf"),
                 "cf_values": acc.get("cf_values"),
                 "model_cf": acc.get("model_cf"),
@@ -64,10 +122,10 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 "targeted_stored": acc.get("targeted_stored"),
                 "epochs": len(r.epochs),
                 "wall_s": r.timings.get("wall_s"),
-                "tokens_per_s": r.timings.get("train_tokens_per_s"),
-                "study": r.config.get("study"),
-                "trial": r.config.get("trial"),
-                "profile": r.config.get("profile"),
+                "baseline_s": r.timings.get("baseline_s"),
+                "throughput": next((v for k, v in r.timings.items() if k.endswith("_per_s")), None),
+                "study": config.get("study"),
+                "trial": config.get("trial"),
             }
         )
     return pd.DataFrame(rows)
@@ -75,12 +133,13 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
 
 def epochs_frame(records: list[Record], base: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per epoch of every run: the run's identity and settings, then whatever the epoch logged
-    (lr, losses, perplexities, and diagnostics such as the sparsity of a doped matrix). ``base``: the runs_frame
+    (lr, losses, metrics, and diagnostics such as the sparsity of a doped matrix). ``base``: the runs_frame
     of ``records`` when the caller has it."""
     base = runs_frame(records) if base is None else base
     rows = []
+    drop = ("val", "test", "epochs", "wall_s", "baseline_s", "throughput", "lr")
     for r, (_, run) in zip(records, base.iterrows()):
-        ident = {k: run[k] for k in base.columns if k not in ("value", "epochs", "wall_s", "tokens_per_s")}
+        ident = {k: run[k] for k in base.columns if k not in drop}
         rows.extend({**ident, **row} for row in r.epochs)
     return pd.DataFrame(rows)
 
@@ -99,8 +158,9 @@ _RESULTS = {
     "run_id",
     "status",
     "reason",
-    "metric",
-    "value",
+    "val",
+    "test",
+    "seeds_asked",
     "cf",
     "cf_values",
     "model_cf",
@@ -108,41 +168,102 @@ _RESULTS = {
     "targeted_stored",
     "epochs",
     "wall_s",
-    "tokens_per_s",
+    "baseline_s",
+    "throughput",
     "study",
     "trial",
 }
 
 
+def _asked(seeds: pd.Series) -> int:
+    return len({s for cell in seeds.dropna() for s in str(cell).split(",") if s != ""})
+
+
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std, 95% CI and n over seeds of the headline metric, one row per configuration (``config_id``):
-    task, profile, method, asked CF and every other method setting, with the achieved CFs and sizes."""
+    """One row per configuration (``config_id``): its settings, val and test metric over the finished seeds
+    (mean, std, 95% CI), n_ok, n_failed, n_pruned, n_asked and ``partial`` (fewer finished than asked), the
+    achieved CFs and sizes."""
     if frame.empty:
         return frame
-    frame = frame[frame["status"] == "ok"] if "status" in frame else frame
-    finals = [c for c in frame.columns if c.startswith(("val_", "test_"))]
-    settings = [c for c in frame.columns if c not in _RESULTS and c != "config_id" and c not in finals]
-    g = frame.groupby("config_id", dropna=False)
-    out = g.agg(
-        **{c: (c, "first") for c in settings},
-        metric=("metric", "first"),
-        mean=("value", "mean"),
-        std=("value", "std"),
-        ci95=("value", ci95),
-        n=("value", "count"),
+    ok = frame["status"] == "ok"
+    settings = [c for c in frame.columns if c not in _RESULTS and c != "config_id"]
+    g = frame.groupby("config_id", dropna=False, sort=False)
+    counts = pd.DataFrame(
+        {
+            "n_ok": g["status"].agg(lambda s: int((s == "ok").sum())),
+            "n_failed": g["status"].agg(lambda s: int((s == "failed").sum())),
+            "n_pruned": g["status"].agg(lambda s: int((s == "pruned").sum())),
+            "n_asked": g["seeds_asked"].agg(_asked),
+        }
+    )
+    first = g[settings].first()
+    done = frame[ok].groupby("config_id", dropna=False)
+    stats_ = done.agg(
+        val_mean=("val", "mean"),
+        val_std=("val", "std"),
+        val_ci95=("val", ci95),
+        test_mean=("test", "mean"),
+        test_std=("test", "std"),
+        test_ci95=("test", ci95),
         cf=("cf", "mean"),
         cf_values=("cf_values", "mean"),
         model_cf=("model_cf", "mean"),
         targeted_stored=("targeted_stored", "mean"),
-        **{c: (c, "mean") for c in finals},
-    ).reset_index()
-    dense_first = out["method"].ne("dense")
-    order = ["task", "profile", "_o", "method", "factor"]
-    return out.assign(_o=dense_first).sort_values(order).drop(columns="_o").reset_index(drop=True)
+        stored=("stored", "mean"),
+    )
+    out = first.join(counts).join(stats_).reset_index()
+    out["n_asked"] = out[["n_asked", "n_ok"]].max(axis=1)
+    out["partial"] = out["n_ok"] < out["n_asked"]
+    order = ["task", "profile", "budget", "_o", "method", "factor"]
+    out = out.assign(_o=out["method"].ne("dense"))
+    return out.sort_values(order, kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def table(results_dir: str | Path = "results") -> pd.DataFrame:
-    return summary(runs_frame(load_records(results_dir)))
+#: What a chosen setting is chosen among: one method at one asked CF and targets, in one setup.
+SELECT_KEYS = ["task", "setup_id", "method", "factor", "targets"]
+
+
+def best_by_val(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of ``keys``, the configuration with the best mean validation metric (the task's direction);
+    configurations without a finished run are never chosen."""
+    rows = rows[rows["val_mean"].notna()]
+    if rows.empty:
+        return rows
+    keys = [k for k in keys if k in rows]
+    sign = np.where(rows["direction"].fillna("minimize") == "maximize", -1.0, 1.0)
+    ranked = rows.assign(_key=sign * rows["val_mean"]).sort_values("_key", kind="stable")
+    filled = ranked.assign(**{k: ranked[k].fillna("-") for k in keys})
+    best = filled.groupby(keys, sort=False, dropna=False).head(1)
+    return ranked.loc[best.index].drop(columns="_key").sort_index()
+
+
+def selected(summ: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+    """The setting each method gets at each asked CF (and targets) within a setup, chosen on validation."""
+    if summ.empty:
+        return summ
+    summ = summ.assign(targets=summ["targets"].fillna(DEFAULT_TARGETS)) if "targets" in summ else summ
+    return best_by_val(summ, keys or SELECT_KEYS).reset_index(drop=True)
+
+
+def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list[Record], int]:
+    """Every record under results/runs (each run once, whichever stage's store holds it) and how many records
+    of older code were left out (with ``stale``: kept and marked)."""
+    records, seen, left_out = [], set(), 0
+    for rec in load_records(results_dir, status=None):
+        if rec.run_id in seen:
+            continue
+        seen.add(rec.run_id)
+        if is_stale(rec):
+            if not stale:
+                left_out += 1
+                continue
+            rec._stale = True  # marked in runs_frame
+        records.append(rec)
+    return records, left_out
+
+
+def table(results_dir: str | Path = "results", stale: bool = False) -> pd.DataFrame:
+    return summary(runs_frame(load(results_dir, stale)[0]))
 
 
 def _defaults(method: str) -> dict[str, Any]:
@@ -172,29 +293,54 @@ def settings_text(row: pd.Series) -> str:
     return " ".join(diffs) or "-"
 
 
-def format_table(df: pd.DataFrame) -> str:
-    """Readable text: metric as mean +- std, CFs to two decimals rounded down, non-default settings."""
+def _mean_std(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.2f} +- {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
+
+
+def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
+    """Readable text: val and test as mean +- std, seeds as ok/asked (failed, pruned), the learning rate, CFs
+    to two decimals rounded down, non-default settings; ``*`` marks a mean over fewer seeds than asked."""
+    note = (
+        f"\n({left_out} record(s) of older code left out; `suite report --stale` shows them)"
+        if left_out
+        else ""
+    )
     if df.empty:
-        return "no finished runs under results/runs yet (run `suite train ...` first)"
+        return "no finished runs under results/runs yet (run `suite train ...` first)" + note
+    seeds = [
+        f"{r.n_ok}/{r.n_asked}"
+        + (f" ({r.n_failed} failed)" if r.n_failed else "")
+        + (f" ({r.n_pruned} pruned)" if r.n_pruned else "")
+        + ("*" if r.partial else "")
+        for r in df.itertuples()
+    ]
     show = pd.DataFrame(
         {
             "task": df["task"],
             "profile": df["profile"],
+            "budget": df["budget"],
             "method": df["method"],
             "settings": [settings_text(row) for _, row in df.iterrows()],
+            "lr": df["lr"].map(lambda x: f"{x:g}" if isinstance(x, (int, float)) and np.isfinite(x) else "-"),
             "CF asked": df["factor"].map(lambda x: f"{x:.3g}"),
             "CF": df["cf"].map(format_cf),
             "CF values": df["cf_values"].map(format_cf),
             "model CF": df["model_cf"].map(format_cf),
-            "metric": df["metric"],
-            "mean +- std": [
-                f"{m:.2f} +- {s:.2f}" if np.isfinite(s) else f"{m:.2f}" for m, s in zip(df["mean"], df["std"])
-            ],
-            "ci95": df["ci95"].map(lambda x: f"{x:.2f}" if np.isfinite(x) else "-"),
-            "n": df["n"],
+            "metric": df["metric"] + np.where(df["direction"] == "maximize", " (higher)", " (lower)"),
+            "val mean +- std": [_mean_std(m, s) for m, s in zip(df["val_mean"], df["val_std"])],
+            "test mean +- std": [_mean_std(m, s) for m, s in zip(df["test_mean"], df["test_std"])],
+            "test ci95": df["test_ci95"].map(lambda x: f"{x:.2f}" if np.isfinite(x) else "-"),
+            "seeds": seeds,
         }
     )
-    return show.to_string(index=False)
+    if "stale" in df and df["stale"].any():
+        show.insert(0, "stale", df["stale"].map(lambda s: "stale" if s else ""))
+    footer = "\nsettings and lr chosen on the validation metric; test reported for the choice"
+    if df["partial"].any():
+        footer += "; * = mean over fewer seeds than asked"
+    return show.to_string(index=False) + footer + note
 
 
 def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
@@ -203,49 +349,75 @@ def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def headline(runs: pd.DataFrame, summ: pd.DataFrame, trials: pd.DataFrame) -> dict:
-    """Small JSON for DVC metrics: per task, the dense metric and each method's best mean at each whole-number
-    asked CF (a grid's; LSTM targets); per study, trial counts, epochs trained and the best first objective."""
+def headline(summ: pd.DataFrame, trials: pd.DataFrame) -> dict:
+    """Small JSON for DVC metrics: per task and profile, the dense metric and each method's chosen setting at
+    each whole-number asked CF (a grid's; default targets), chosen on val, its test metric reported; per study,
+    trial counts, epochs trained and the best trial by its (validation) objective."""
     out: dict[str, Any] = {}
-    default = ",".join(LSTM_TARGETS)
     if not summ.empty:
-        lstm = summ[summ["targets"].fillna(default) == default] if "targets" in summ else summ
-        # Searched CFs (2.0006...) would each add a column.
-        lstm = lstm[lstm["factor"] == lstm["factor"].round()]
-        for (task, method, factor), rows in lstm.groupby(["task", "method", "factor"]):
-            key = "metric" if method == "dense" else f"cf{factor:g}"
-            out.setdefault(task, {}).setdefault(method, {})[key] = round(float(rows["mean"].min()), 4)
+        chosen = selected(summ)
+        chosen = chosen[chosen["targets"] == DEFAULT_TARGETS]
+        chosen = chosen[chosen["factor"] == chosen["factor"].round()]  # searched CFs would each add a key
+        for row in chosen.itertuples():
+            key = "metric" if row.method == "dense" else f"cf{row.factor:g}"
+            where = out.setdefault(f"{row.task}/{row.profile}", {}).setdefault(row.method, {})
+            where[key] = {
+                f"val_{row.metric}": round(float(row.val_mean), 4),
+                f"test_{row.metric}": round(float(row.test_mean), 4),
+                "n": int(row.n_ok),
+            }
     if not trials.empty:
         for study, rows in trials.groupby("study"):
             done = rows[rows["state"] == "complete"]
-            best = done["value"].min() if rows["direction"].iloc[0] == "minimize" else done["value"].max()
-            out.setdefault("sweeps", {})[study] = {
+            objective = rows["objective"].iloc[0]
+            entry: dict[str, Any] = {
                 "complete": int(len(done)),
                 "pruned": int((rows["state"] == "pruned").sum()),
+                "failed": int((rows["state"] == "fail").sum()),
                 "epochs": int(rows["epochs"].fillna(0).sum()) if "epochs" in rows else 0,
-                f"best_{rows['objective'].iloc[0]}": round(float(best), 4) if len(done) else None,
             }
+            if len(done):
+                sign = 1.0 if rows["direction"].iloc[0] == "minimize" else -1.0
+                best = done.loc[(sign * done["value"]).idxmin()]
+                entry[f"best_{objective}"] = round(float(best["value"]), 4)
+                test = objective.replace("val_", "test_", 1)
+                if test in best and pd.notna(best[test]):
+                    entry[f"its_{test}"] = round(float(best[test]), 4)
+            out.setdefault("sweeps", {})[study] = entry
     return out
 
 
 def write_tables(
-    results_dir: str | Path = "results", out: str | Path = "results/tables", metrics: str | Path | None = None
-) -> tuple[list[Path], pd.DataFrame]:
-    """runs.csv, summary.csv (mean, std, 95% CI over seeds), epochs.csv and trials.csv; optionally metrics JSON.
-    Returns the files written and the summary (what ``table`` returns)."""
-    records = load_records(results_dir, status=None)
+    results_dir: str | Path = "results",
+    out: str | Path = "results/tables",
+    metrics: str | Path | None = None,
+    stale: bool = False,
+) -> tuple[list[Path], pd.DataFrame, int]:
+    """runs.csv, summary.csv (every configuration), selected.csv (the setting chosen per method and CF),
+    epochs.csv and trials.csv; optionally the metrics JSON. Returns the files written, the selected table and
+    how many records of older code were left out."""
+    records, left_out = load(results_dir, stale)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = runs_frame(records)
     summ = summary(runs)
+    chosen = selected(summ)
     trials = trials_frame(results_dir)
-    tables = {"runs": runs, "summary": summ, "epochs": epochs_frame(records, runs), "trials": trials}
+    tables = {
+        "runs": runs,
+        "summary": summ,
+        "selected": chosen,
+        "epochs": epochs_frame(records, runs),
+        "trials": trials,
+    }
     written = []
     for name, df in tables.items():
         path = out / f"{name}.csv"
-        df.to_csv(path, index=False)
+        tmp = path.with_name(f".{path.name}.tmp")
+        df.to_csv(tmp, index=False)
+        tmp.replace(path)
         written.append(path)
     if metrics is not None:
-        write_json(Path(metrics), headline(runs, summ, trials))
+        write_json(Path(metrics), {**headline(summ, trials), "left_out_stale": left_out})
         written.append(Path(metrics))
-    return written, summ
+    return written, chosen, left_out

@@ -34,21 +34,33 @@ class Record:
     seed: int
     status: str
     config: dict
-    metric: str = "test_ppl"
-    """Name of the headline metric in ``final`` (lower is better for perplexity)."""
+    metric: str = "ppl"
+    """The task's metric: ``final`` holds ``val_<metric>`` (selection) and ``test_<metric>`` (reported)."""
+    direction: str = "minimize"
+    """``minimize`` (perplexity, word error rate) or ``maximize`` (BLEU)."""
+    code_version: str | None = None
+    """Version of the code that decided the result (``suite.version``); part of the run-id."""
     final: dict = field(default_factory=dict)
     epochs: list[dict] = field(default_factory=list)
     accounting: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    metric_detail: dict = field(default_factory=dict)
+    """How the metric was computed, where a family says (a sacrebleu signature)."""
     reason: str | None = None
     created: str = field(
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     )
 
     @property
-    def value(self) -> float | None:
-        return self.final.get(self.metric)
+    def val(self) -> float | None:
+        """The validation metric: what every choice is made on."""
+        return self.final.get(f"val_{self.metric}")
+
+    @property
+    def test(self) -> float | None:
+        """The test metric: what is reported for what was chosen."""
+        return self.final.get(f"test_{self.metric}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,7 +68,10 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if str(d.get("metric", "")).startswith(("test_", "val_")):  # records of before metric names were bare
+            d["metric"] = d["metric"].partition("_")[2]
+        return cls(**d)
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old record or the new one, never half of one."""
@@ -213,8 +228,17 @@ class History(pl.Callback):
     """Collects one row per epoch (lr, losses, perplexities, timings, whatever callbacks logged) and prints a
     progress line, so a long run shows where it is even when it is not attached to a terminal."""
 
-    def __init__(self, label: str, epochs: int, train_tokens: int, echo: bool = True) -> None:
-        self.label, self.epochs, self.train_tokens, self.echo = label, epochs, train_tokens, echo
+    def __init__(
+        self,
+        label: str,
+        epochs: int,
+        train_units: int,
+        echo: bool = True,
+        metric: str = "val_ppl",
+        unit: str = "tokens",
+    ) -> None:
+        self.label, self.epochs, self.train_units, self.echo = label, epochs, train_units, echo
+        self.metric, self.unit = metric, unit
         self.rows: list[dict] = []
         self.train_seconds = 0.0
         self._train_end: float | None = 0.0
@@ -236,9 +260,11 @@ class History(pl.Callback):
         row = {"epoch": trainer.current_epoch + 1, "lr": self._lr}
         for k, v in trainer.callback_metrics.items():
             row[k] = float(v)
-        row["train_ppl"] = float(torch.tensor(row.get("train_loss", float("nan"))).clamp(max=700).exp())
+        if self.metric.endswith("_ppl"):
+            row["train_ppl"] = float(torch.tensor(row.get("train_loss", float("nan"))).clamp(max=700).exp())
         row["seconds"] = now - self._t0
-        row["train_tokens_per_s"] = self.train_tokens / train_s if train_s > 0 else None
+        rate = f"train_{self.unit}_per_s"
+        row[rate] = self.train_units / train_s if train_s > 0 else None
         self.rows.append(row)
         # The loggers (W&B, CSV) get what Lightning does not log itself: lr, train ppl, epoch time, speed.
         extra = {
@@ -249,10 +275,15 @@ class History(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"epoch/{k}": float(v) for k, v in extra.items()}, step=trainer.global_step)
         if self.echo:
-            extra = f" val ppl {row['val_ppl']:.2f}" if "val_ppl" in row else ""
+            train = (
+                f"train ppl {row['train_ppl']:.2f}"
+                if "train_ppl" in row
+                else f"train loss {row.get('train_loss', float('nan')):.4g}"
+            )
+            extra = f" {self.metric.replace('_', ' ')} {row[self.metric]:.2f}" if self.metric in row else ""
             print(
-                f"[{self.label}] epoch {row['epoch']}/{self.epochs} lr {row['lr']:.4g} train ppl "
-                f"{row['train_ppl']:.2f}{extra} ({row['seconds']:.0f} s, {row['train_tokens_per_s'] or 0:,.0f} tok/s)",
+                f"[{self.label}] epoch {row['epoch']}/{self.epochs} lr {row['lr']:.4g} {train}{extra} "
+                f"({row['seconds']:.0f} s, {row[rate] or 0:,.0f} {self.unit}/s)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -19,12 +19,12 @@ import psutil
 import torch
 from torch import nn
 
+from . import tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
-from .data import Corpus, load_corpus
+from .context import DataContext
 from .errors import SuiteError, TrialDiverged
-from .models.lm import build_lm
-from .tasks import LanguageModelData, LanguageModelTask, step_decay
+from .tasks.base import Family
 from .track import History, Record, close_wandb, provenance, run_dir, run_lock, wandb_logger
 
 MODEL_FILE = "model.pt"
@@ -43,7 +43,12 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
 
 
 def build_model(
-    model_cfg: dict, method_name: str, mcfg: registry.CompressorConfig, state: dict | None = None
+    family: Family,
+    model_cfg: dict,
+    method_name: str,
+    mcfg: registry.CompressorConfig,
+    state: dict | None = None,
+    ctx: DataContext | None = None,
 ) -> tuple[nn.Module, nn.Module | None]:
     """Build the task model, load ``state`` (trained dense weights) if given, and compress it in place.
 
@@ -54,13 +59,13 @@ def build_model(
     reference = None
     if method.resize is not None:
         with torch.device("meta"):
-            reference = build_lm(model_cfg)
-        model_cfg = method.resize(model_cfg, mcfg, build_lm)
-    model = build_lm(model_cfg)
+            reference = family.build_model(model_cfg)
+        model_cfg = method.resize(model_cfg, mcfg, family.build_model)
+    model = family.build_model(model_cfg)
     model.config = model_cfg
     if state is not None:
         model.load_state_dict(state)
-    method.apply(model, mcfg)
+    method.apply(model, mcfg, ctx if ctx is not None else DataContext())
     return model, reference
 
 
@@ -111,76 +116,91 @@ class _Setup:
     """A run ready to train: data, compressed model, its accounting, the epochs and learning rates."""
 
     t_start: float
-    corpus: Corpus
+    family: Family
+    data: object
+    datamodule: pl.LightningDataModule
     model: nn.Module
     model_cfg: dict
     reference: nn.Module | None
     accounting: Accounting
     epochs: int
     lr_at: Callable[[int], float]
+    baseline_s: float | None = None
+    """Wall time of training the dense baseline a trained init started from (None: it was found)."""
 
 
 def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     t_start = time.perf_counter()
-    registry.get(cfg.method)  # an unknown method fails here, before any work
+    family = tasks.get(cfg.family)
+    method = registry.get(cfg.method)  # an unknown method fails here, before any work
     mcfg = cfg.method_config
-    corpus = load_corpus(cfg.dataset, cfg.data_dir, cfg.train.max_vocab)
-    model_cfg = {**cfg.model, "vocab": len(corpus.vocab)}
-    epochs, lr_at = cfg.train.epochs, step_decay(cfg.train)
-    state = None
+    data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
+    datamodule = family.datamodule(data, cfg.train)
+    model_cfg = family.resolve_model(cfg.model, data)
+    ctx = family.context(data, datamodule, method.needs)
+    epochs, lr_at = cfg.train.epochs, family.lr_at(cfg.train)
+    state, baseline_s = None, None
     if mcfg.init == "trained":
         # Fail on an unreachable CF or bad targets now, not after training the baseline.
         dry = copy.copy(mcfg)
         dry.init = "scratch"
-        build_model(model_cfg, cfg.method, dry)
-        base = train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
+        build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
+        t_base = time.perf_counter()
+        found = find(baseline_config(cfg))
+        base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
+        baseline_s = None if found else time.perf_counter() - t_base
         state = torch.load(run_dir(cfg.results_dir, base.task, "dense", base.run_id) / MODEL_FILE)
         if mcfg.finetune_epochs is not None:
             epochs = mcfg.finetune_epochs
-        final_lr = mcfg.finetune_lr or step_decay(cfg.train)(cfg.train.epochs - 1)
+        final_lr = mcfg.finetune_lr or lr_at(cfg.train.epochs - 1)
         lr_at = lambda e: final_lr  # noqa: E731
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model, reference = build_model(model_cfg, cfg.method, mcfg, state)
+    model, reference = build_model(family, model_cfg, cfg.method, mcfg, state, ctx)
     model_cfg = model.config
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
-    return _Setup(t_start, corpus, model, model_cfg, reference, accounting, epochs, lr_at)
+    return _Setup(
+        t_start, family, data, datamodule, model, model_cfg, reference, accounting, epochs, lr_at, baseline_s
+    )
 
 
 def _run(
     cfg: RunConfig, setup: _Setup, callbacks: Sequence[pl.Callback], progress_bar: bool | None
 ) -> Record:
-    method, mcfg = registry.get(cfg.method), cfg.method_config
-    t_start, corpus, model, model_cfg = setup.t_start, setup.corpus, setup.model, setup.model_cfg
-    reference, accounting, epochs, lr_at = setup.reference, setup.accounting, setup.epochs, setup.lr_at
+    method, mcfg, family = registry.get(cfg.method), cfg.method_config, setup.family
+    model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
     staging.mkdir(parents=True)
+    metric = family.metric
     record = Record(
         run_id=cfg.run_id,
         task=cfg.task,
         method=cfg.method,
         seed=cfg.seed,
         status="failed",
+        metric=metric.name,
+        direction=metric.direction,
+        code_version=cfg.code_version,
         config={
             **cfg.to_dict(),
             "model_resolved": model_cfg,
-            "epochs_run": epochs,
-            "data": corpus.describe(),
+            "epochs_run": setup.epochs,
+            "data": setup.data.describe(),
         },
-        accounting=accounting.to_dict(),
+        accounting=setup.accounting.to_dict(),
         provenance=provenance(),
     )
-    data = LanguageModelData(corpus, cfg.train)
-    task = LanguageModelTask(model, lr_at)
+    task = family.task(model, cfg.train, setup.lr_at)
     label = (
         f"{cfg.task} {cfg.method}"
         + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "")
         + f" seed {cfg.seed}"
     )
-    history = History(label, epochs, data.train_tokens)
+    units = family.train_units(data)
+    history = History(label, setup.epochs, units, metric=metric.val, unit=family.units)
     wandb = wandb_logger(
         cfg.wandb,
         staging,
@@ -191,8 +211,10 @@ def _run(
         config={
             **{k: v for k, v in cfg.compress.items() if k not in record.config},
             **record.config,
-            "achieved_cf": accounting.cf,
-            "model_cf": accounting.model_cf,
+            "metric": metric.name,
+            "direction": metric.direction,
+            "achieved_cf": setup.accounting.cf,
+            "model_cf": setup.accounting.model_cf,
         },
         tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
     )
@@ -200,7 +222,7 @@ def _run(
     extra = list(method.callbacks(mcfg) if method.callbacks else [])
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     trainer = pl.Trainer(
-        max_epochs=epochs,
+        max_epochs=setup.epochs,
         accelerator="auto",
         devices=1,
         logger=loggers,
@@ -215,13 +237,17 @@ def _run(
     )
     exit_code, raise_after = 1, None
     try:
-        if epochs > 0:
+        if setup.epochs > 0:
             trainer.fit(task, datamodule=data)
+        if method.finalize is not None:
+            method.finalize(task.model, mcfg)
         val = trainer.validate(task, datamodule=data, verbose=False)[0]
         test = trainer.test(task, datamodule=data, verbose=False)[0]
-        record.final = {"val_ppl": val["val_ppl"], "test_ppl": test["test_ppl"]}
+        record.final = {metric.val: val[metric.val], metric.test: test[metric.test]}
+        if task.metric_detail:
+            record.metric_detail = dict(task.metric_detail)
         if not all(math.isfinite(v) for v in record.final.values()):
-            raise TrialDiverged(f"non-finite perplexity {record.final}")
+            raise TrialDiverged(f"non-finite {metric.name} {record.final}")
         record.status, exit_code = "ok", 0
         record.accounting = account(model, mcfg.targets, reference=reference, method=cfg.method).to_dict()
         if cfg.method == "dense" or cfg.checkpoint:
@@ -239,11 +265,12 @@ def _run(
         raise_after = e
     finally:
         record.epochs = history.rows
-        wall = time.perf_counter() - t_start
+        wall = time.perf_counter() - setup.t_start
         record.timings = {
-            "wall_s": wall,
+            "wall_s": wall - (setup.baseline_s or 0.0),
+            "baseline_s": setup.baseline_s,
             "train_s": history.train_seconds,
-            "train_tokens_per_s": (data.train_tokens * len(history.rows) / history.train_seconds)
+            f"train_{family.units}_per_s": (units * len(history.rows) / history.train_seconds)
             if history.train_seconds
             else None,
         }

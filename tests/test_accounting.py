@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from suite import tasks
 from suite.compressors import account, make_config, registry
 from suite.compressors.accounting import Storage, csr_storage
 from suite.compressors.lowrank import LowRank, rank_for
@@ -64,7 +65,9 @@ def test_small_dense_counts_against_the_reference():
     from suite.train import build_model
 
     cfg = {"vocab": 100, "hidden": 40, "layers": 2}
-    model, reference = build_model(cfg, "small_dense", make_config("small_dense", {"factor": 4}))
+    model, reference = build_model(
+        tasks.get("lm"), cfg, "small_dense", make_config("small_dense", {"factor": 4})
+    )
     acc = account(model, registry.LSTM_TARGETS, reference=reference, method="small_dense")
     h = model.hidden
     dense = 4 * 40 * (40 + 40) + 4 * 40 * (40 + 40)
@@ -87,7 +90,7 @@ def test_aliased_parameters_are_refused():
 
 def test_lowrank_full_rank_equals_dense():
     w = torch.randn(12, 5)
-    p = LowRank((12, 5), rank=5, init="trained")
+    p = LowRank((12, 5), rank=5)
     u, v = p.right_inverse(w)
     assert torch.allclose(p(u, v), w, atol=1e-5)
 

@@ -90,8 +90,9 @@ def test_train_then_report(capsys, tiny_preset, results):
     assert main(["report", "--results", str(results)]) == 0
     table = capsys.readouterr().out
     lines = [ln.split() for ln in table.splitlines()]
-    assert lines[0][:3] == ["task", "profile", "method"]
-    assert [ln[2] for ln in lines[1:]] == ["dense", "svd"]
+    assert lines[0][:4] == ["task", "profile", "budget", "method"]
+    assert [ln[3] for ln in lines[1:3]] == ["dense", "svd"]
+    assert "chosen on the validation metric" in table
 
 
 def test_methods_lists_the_registry(capsys):

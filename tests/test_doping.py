@@ -8,15 +8,13 @@ import torch
 from torch import nn
 
 from suite.compressors import account, registry
-from suite.compressors.doping import Doped, doped_tensors, finish_annealing, prune_to
+from suite.compressors.doping import Doped, doped_tensors, finish_annealing
 from suite.compressors.doping_callbacks import (
-    Schedule,
-    SparsityAnnealing,
-    cubic_sparsity,
     lstm_matrix_inputs,
     sparse_disabled,
     sparse_to_structured_ratios,
 )
+from suite.compressors.sparse import Schedule, SparsityAnnealing, cubic_sparsity, prune_to
 from suite.errors import ConfigError
 from suite.models.lm import build_lm
 
@@ -60,10 +58,10 @@ def test_trained_init_starts_from_the_weight_and_scratch_from_zero_d():
     registry.get("doped_kp").apply(model, cfg)
     assert torch.allclose(model.weight, w, atol=1e-6)  # S + D = W while D is dense
     (t,) = doped_tensors(model)
-    assert torch.allclose(t.d, w - t.param.structured(*t.factors), atol=1e-6)
+    assert torch.allclose(t.values, w - t.param.structured(*t.factors[:-1]), atol=1e-6)
     _, p = doped("doped_kp")
     (t,) = doped_tensors(_)
-    assert not t.d.any()
+    assert not t.values.any()
 
 
 def test_cubic_schedule_endpoints_and_monotone():
@@ -88,7 +86,7 @@ def test_annealing_reaches_s_f_exactly_and_never_revives():
     nnz = []
     for step in range(1, 201):
         with torch.no_grad():  # training pushes every entry, the pruned ones included, to large values
-            t.d.add_(torch.randn_like(t.d) * 0.5)
+            t.values.add_(torch.randn_like(t.values) * 0.5)
         trainer.global_step = step
         cb.on_train_batch_end(trainer, model)
         assert not (p.live & ~prev).any(), "a pruned entry came back"
@@ -99,7 +97,7 @@ def test_annealing_reaches_s_f_exactly_and_never_revives():
         elif step < schedule.t0:
             assert p.nnz == p.mask.numel()
     assert nnz[end - 2] > p.final_nnz  # s_f is reached at the last event, not before
-    cb.on_train_end(trainer, model)
+    finish_annealing(model)  # the method's finalize
     assert p.nnz == p.final_nnz
 
 
@@ -111,7 +109,7 @@ def test_training_cut_short_still_ends_annealed():
     trainer.global_step = 300
     cb.on_train_batch_end(trainer, model)
     assert p.final_nnz < p.nnz < p.mask.numel()
-    cb.on_train_end(trainer, model)
+    finish_annealing(model)  # the method's finalize
     assert p.nnz == p.final_nnz
 
 
@@ -119,20 +117,20 @@ def test_magnitude_pruning_keeps_the_largest_live_entries():
     model, p = doped("doped_kp", 4)
     (t,) = doped_tensors(model)
     with torch.no_grad():
-        t.d.copy_(torch.arange(t.d.numel(), dtype=torch.float32).view_as(t.d))
+        t.values.copy_(torch.arange(t.values.numel(), dtype=torch.float32).view_as(t.values))
     prune_to(t, 100)
     assert p.mask.flatten()[-100:].all() and p.nnz == 100
-    assert not t.d[~p.live].any()
+    assert not t.values[~p.live].any()
 
 
 def test_cmr_element_drops_entries_in_training_only():
     model, p = doped("doped_kp", 4, cmr=0.3)
     (t,) = doped_tensors(model)
     with torch.no_grad():
-        t.d.copy_(torch.randn_like(t.d))
+        t.values.copy_(torch.randn_like(t.values))
     finish_annealing(model)
-    s = p.structured(*t.factors).detach()
-    sparse = (t.d * p.mask).detach()
+    s = p.structured(*t.factors[:-1]).detach()
+    sparse = (t.values * p.mask).detach()
     model.eval()
     assert torch.equal(model.weight, s + sparse)
     model.train()
@@ -149,9 +147,9 @@ def test_cmr_matrix_drops_the_whole_d_with_probability_p():
     model, p = doped("doped_kp", 4, cmr=0.4, cmr_mode="matrix")
     (t,) = doped_tensors(model)
     with torch.no_grad():
-        t.d.copy_(torch.randn_like(t.d))
-    s = p.structured(*t.factors).detach()
-    sparse = (t.d * p.mask).detach()
+        t.values.copy_(torch.randn_like(t.values))
+    s = p.structured(*t.factors[:-1]).detach()
+    sparse = (t.values * p.mask).detach()
     model.train()
     trials = 400
     drops = 0
@@ -181,14 +179,14 @@ def test_deployed_csr_stores_exactly_what_is_counted():
     model, p = doped("doped_hmd", 4)
     (t,) = doped_tensors(model)
     with torch.no_grad():
-        t.d.copy_(torch.randn_like(t.d))
+        t.values.copy_(torch.randn_like(t.values))
     finish_annealing(model)
-    csr = p.csr(t.d.detach())
+    csr = p.csr(t.values.detach())
     assert csr.col_indices().dtype == torch.int32 and csr.crow_indices().dtype == torch.int32
     assert csr.values().numel() == p.nnz == p.final_nnz
     x = torch.randn(p.shape[1])
     assert torch.allclose(registry.deployed_matvec(model, "weight")(x), model.weight @ x, atol=1e-5)
-    assert torch.allclose(p.matvec((*t.factors, t.d), x), model.weight @ x, atol=1e-5)
+    assert torch.allclose(p.matvec(t.factors, x), model.weight @ x, atol=1e-5)
 
 
 def small_lm(method: str = "doped_kp") -> nn.Module:
@@ -216,7 +214,7 @@ def test_sparse_ratio_and_removal():
     assert all(r == 0 for r in sparse_to_structured_ratios(model, lambda: model(x)).values())  # D starts at 0
     for t in doped_tensors(model):
         with torch.no_grad():
-            t.d.copy_(torch.randn_like(t.d))
+            t.values.copy_(torch.randn_like(t.values))
     ratios = sparse_to_structured_ratios(model, lambda: model(x))
     assert len(ratios) == 4 and all(r > 0 for r in ratios.values())
     full = model(x)[0]

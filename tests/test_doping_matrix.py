@@ -21,7 +21,7 @@ def compressed(name: str, seed: int = 0, **settings):
     registry.get(name).apply(model, cfg)
     for t in doped_tensors(model):  # a trained-looking D, then the deployed sparsity
         with torch.no_grad():
-            t.d.copy_(torch.randn_like(t.d) * 0.05)
+            t.values.copy_(torch.randn_like(t.values) * 0.05)
     finish_annealing(model)
     return model, cfg
 
@@ -43,8 +43,8 @@ def test_forward_backward_reach_factors_and_d_only(name):
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
     for t in doped_tensors(model):
-        assert not t.d.grad[~t.param.live].any()  # pruned entries get no gradient
-        assert t.d.grad[t.param.live].abs().sum() > 0
+        assert not t.values.grad[~t.param.live].any()  # pruned entries get no gradient
+        assert t.values.grad[t.param.live].abs().sum() > 0
     assert account(model, cfg.targets, method=name).cf >= 2 * (1 - 1e-9)
 
 

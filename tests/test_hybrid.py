@@ -27,7 +27,7 @@ def test_unreachable_cf_is_a_compression_error():
 def test_construction_first_rows_dense_rest_low_rank():
     torch.manual_seed(0)
     w = torch.randn(40, 12)
-    h = Hybrid((40, 12), k=5, rank=3, init="trained")
+    h = Hybrid((40, 12), k=5, rank=3)
     wd, u, v = h.right_inverse(w)
     assert torch.equal(wd, w[:5])
     out = h(wd, u, v)

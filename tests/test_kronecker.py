@@ -3,7 +3,6 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from suite.compressors import registry
 from suite.compressors.kronecker import (
@@ -93,8 +92,7 @@ def test_scratch_init_preserves_variance_and_balances_the_factors():
     torch.manual_seed(0)
     lin = nn.Linear(200, 800, bias=False)
     rms = lin.weight.square().mean().sqrt().item()
-    k = Kronecker(KPShape(100, 50, 8, 4), "scratch")
-    parametrize.register_parametrization(lin, "weight", k)
+    registry.compress_targets(lin, ["weight"], lambda name, w: Kronecker(KPShape(100, 50, 8, 4)), fresh=True)
     a, b = lin.parametrizations.weight.original0, lin.parametrizations.weight.original1
     assert lin.weight.square().mean().sqrt().item() == pytest.approx(
         rms, rel=1e-4
@@ -113,3 +111,17 @@ def test_trained_init_through_the_method_recovers_a_product_weight():
     registry.get("kp").apply(lin, cfg)
     assert torch.allclose(lin.weight, w, atol=1e-4)
     assert lin.parametrizations.weight[0].describe()["A"] == [s.m1, s.n1]
+
+
+def test_assigning_a_weight_decomposes_it_and_never_draws_fresh_factors():
+    """The scratch init is drawn by the method; ``right_inverse`` only ever decomposes, so assigning a weight
+    to a parametrized matrix gives its nearest Kronecker product, whatever the init was."""
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 40, bias=False)
+    cfg = registry.make_config("kp", {"factor": 4, "targets": ["weight"]})  # init=scratch
+    registry.get("kp").apply(lin, cfg)
+    s = lin.parametrizations.weight[0].kp
+    target = torch.kron(torch.randn(s.m1, s.n1), torch.randn(s.m2, s.n2))
+    with torch.no_grad():
+        lin.weight = target
+    assert torch.allclose(lin.weight, target, atol=1e-5)

@@ -15,12 +15,25 @@ from suite.cli import main
 from suite.compressors.registry import LSTM_TARGETS
 from suite.figures import make_figures, pareto
 from suite.pipeline import load_params
-from suite.report import runs_frame, summary
+from suite.report import load, runs_frame, selected, summary
 from suite.sweep import load_spec
 from suite.track import Record, run_dir
+from suite.version import code_version
 
 
-def fake_record(results: Path, method: str, factor: float, seed: int, ppl: float, **compress) -> Record:
+def fake_record(
+    results: Path,
+    method: str,
+    factor: float,
+    seed: int,
+    ppl: float,
+    val: float | None = None,
+    lr: float = 1.0,
+    status: str = "ok",
+    train: dict | None = None,
+    seeds: list[int] | None = None,
+    **compress,
+) -> Record:
     """A finished run as train() records it, with made-up numbers (figures need shapes, not training)."""
     compress = {
         "factor": factor,
@@ -31,12 +44,14 @@ def fake_record(results: Path, method: str, factor: float, seed: int, ppl: float
     }
     config = {
         "task": "tiny",
+        "family": "lm",
         "dataset": "ptb",
         "model": {"hidden": 8},
-        "train": {"epochs": 3},
+        "train": {"epochs": 3, "lr": lr, **(train or {})},
         "method": method,
         "compress": compress,
         "seed": seed,
+        "seeds": seeds,
         "profile": "smoke",
         "study": None,
     }
@@ -48,13 +63,14 @@ def fake_record(results: Path, method: str, factor: float, seed: int, ppl: float
         epochs.append(row)
     stored = 1000 / factor
     rec = Record(
-        run_id=f"{method}{factor:g}{seed}{abs(hash(str(compress))) % 10**6}",
+        run_id=f"{method}{factor:g}{seed}{abs(hash(str(config))) % 10**8}",
         task="tiny",
         method=method,
         seed=seed,
-        status="ok",
+        status=status,
         config=config,
-        final={"val_ppl": ppl + 1, "test_ppl": ppl},
+        code_version=code_version("lm", method),
+        final={"val_ppl": ppl + 1 if val is None else val, "test_ppl": ppl} if status == "ok" else {},
         epochs=epochs,
         accounting={
             "cf": factor * 0.98,
@@ -109,14 +125,13 @@ def results(tmp_path):
 
 
 def test_summary_is_per_configuration_with_ci_over_seeds(results):
-    from suite.track import load_records
-
-    summ = summary(runs_frame(load_records(results)))
-    assert (summ["n"] == 2).all()  # two seeds each; configurations are not mixed
+    summ = summary(runs_frame(load(results)[0]))
+    assert (summ["n_ok"] == 2).all() and not summ["partial"].any()  # two seeds each; configurations not mixed
     assert len(summ) == 1 + 3 + 3 + 6 + 2
     row = summ[(summ["method"] == "small_dense") & (summ["factor"] == 4)].iloc[0]
-    assert row["mean"] == pytest.approx(131) and row["std"] == pytest.approx(np.sqrt(2))
-    assert row["ci95"] == pytest.approx(
+    assert row["test_mean"] == pytest.approx(131) and row["test_std"] == pytest.approx(np.sqrt(2))
+    assert row["val_mean"] == pytest.approx(132)
+    assert row["test_ci95"] == pytest.approx(
         12.706 * np.sqrt(2) / np.sqrt(2), rel=1e-3
     )  # t(0.975, 1) * s / sqrt(n)
     assert set(summ[summ["method"] == "doped_kp"]["cmr"]) == {0.0, 0.5}
@@ -126,11 +141,11 @@ def test_report_writes_tables_and_metrics_and_figures_are_drawn(results, tmp_pat
     tables, figures = tmp_path / "tables", tmp_path / "figures"
     metrics = tmp_path / "metrics.json"
     assert main(["report", "--results", str(results), "--out", str(tables), "--metrics", str(metrics)]) == 0
-    for name in ("runs", "summary", "epochs", "trials"):
+    for name in ("runs", "summary", "selected", "epochs", "trials"):
         assert len(pd.read_csv(tables / f"{name}.csv")) > 0
     head = json.loads(metrics.read_text())
-    assert head["tiny"]["dense"]["metric"] == pytest.approx(101)
-    assert head["tiny"]["svd"]["cf4"] == pytest.approx(
+    assert head["tiny/smoke"]["dense"]["metric"]["test_ppl"] == pytest.approx(101)
+    assert head["tiny/smoke"]["svd"]["cf4"]["test_ppl"] == pytest.approx(
         122
     )  # LSTM targets only: the decoder run is not mixed in
     assert head["sweeps"]["tiny-pareto-smoke"]["best_val_ppl"] == 120.0
@@ -165,6 +180,104 @@ def test_report_writes_tables_and_metrics_and_figures_are_drawn(results, tmp_pat
             assert (figures / f"{name}.{ext}").stat().st_size > 1000, (name, printed)
     made = make_figures(tables, tmp_path / "no-bench", {"bench": str(tmp_path / "missing.json")})
     assert made["F4"][0] == [] and "no inference benchmark" in made["F4"][1]
+
+
+def test_every_choice_is_made_on_validation_and_reports_test(tmp_path, capsys):
+    """Two learning rates of one method at one CF: lr 1 has the better test and the worse validation metric.
+    The table, F1, F5's front and the headline must all choose lr 0.5 and report its test metric; the sweep's
+    best trial is its best validation trial."""
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        fake_record(results, "dense", 1, seed, 100, val=100)
+        fake_record(results, "lmf", 4, seed, 90, val=130, lr=1.0)  # better test, worse val
+        fake_record(results, "lmf", 4, seed, 110, val=120, lr=0.5)  # the one to choose
+    sweeps = results / "sweeps" / "tiny-cf"
+    sweeps.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "study": "tiny-cf-smoke",
+            "number": [0, 1],
+            "state": "complete",
+            "objective": "val_ppl",
+            "direction": "minimize",
+            "value": [130.0, 120.0],
+            "test_ppl": [90.0, 110.0],
+        }
+    ).to_csv(sweeps / "tiny-cf-smoke.csv", index=False)
+    tables, figures, metrics = tmp_path / "tables", tmp_path / "figures", tmp_path / "m.json"
+    assert main(["report", "--results", str(results), "--out", str(tables), "--metrics", str(metrics)]) == 0
+    printed = capsys.readouterr().out
+    row = [ln.split() for ln in printed.splitlines() if " lmf " in ln]
+    assert len(row) == 1 and "0.5" in row[0] and "110.00" in row[0] and "90.00" not in row[0]
+    chosen = pd.read_csv(tables / "selected.csv").query("method == 'lmf'")
+    assert chosen["lr"].tolist() == [0.5] and chosen["test_mean"].tolist() == [110]
+    head = json.loads(metrics.read_text())
+    assert head["tiny/smoke"]["lmf"]["cf4"] == {"val_ppl": 120, "test_ppl": 110, "n": 2}
+    assert head["sweeps"]["tiny-cf-smoke"] == {
+        "complete": 2,
+        "pruned": 0,
+        "failed": 0,
+        "epochs": 0,
+        "best_val_ppl": 120.0,
+        "its_test_ppl": 110.0,
+    }
+    make_figures(tables, figures)
+    f1 = pd.read_csv(figures / "F1_metric_vs_cf.csv")
+    assert f1[["lr", "test_mean"]].values.tolist() == [[0.5, 110]]
+    front = pd.read_csv(figures / "F5_pareto.csv").query("method == 'lmf'")
+    assert front[["lr", "test_mean"]].values.tolist() == [[0.5, 110]]
+
+
+def test_partial_failed_and_pruned_seeds_are_counted_and_marked(tmp_path):
+    results = tmp_path / "results"
+    fake_record(results, "kp", 4, 0, 100, seeds=[0, 1, 2])
+    fake_record(results, "kp", 4, 1, 0, status="failed", seeds=[0, 1, 2])
+    fake_record(results, "lmf", 4, 0, 100, seeds=[0, 1])
+    fake_record(results, "lmf", 4, 1, 101, seeds=[0, 1])
+    summ = summary(runs_frame(load(results)[0])).set_index("method")
+    assert summ.loc["kp", ["n_ok", "n_failed", "n_pruned", "n_asked"]].tolist() == [1, 1, 0, 3]
+    assert summ.loc["kp", "partial"] and not summ.loc["lmf", "partial"]
+    from suite.report import format_table
+
+    text = format_table(selected(summary(runs_frame(load(results)[0]))))
+    assert "1/3 (1 failed)*" in text and "fewer seeds than asked" in text
+
+
+def test_budgets_and_profiles_never_share_a_row_or_a_panel(tmp_path):
+    from suite.figures import MixedBudgets, one_setup
+
+    results = tmp_path / "results"
+    for epochs in (3, 6):
+        fake_record(results, "kp", 4, 0, 100 + epochs, train={"epochs": epochs})
+    summ = summary(runs_frame(load(results)[0]))
+    assert len(summ) == 2 and summ["budget"].nunique() == 2 and summ["setup_id"].nunique() == 2
+    assert len(selected(summ)) == 2  # one choice per budget, never one across them
+    with pytest.raises(MixedBudgets, match="mix profiles or training budgets"):
+        one_setup(summ, "F1")
+    made = make_figures_from(results, tmp_path)
+    assert pd.read_csv(tmp_path / "figures" / "F1_metric_vs_cf.csv")["panel"].nunique() == 2, made
+
+
+def make_figures_from(results: Path, tmp_path: Path):
+    from suite.report import write_tables
+
+    write_tables(results, tmp_path / "tables")
+    return make_figures(tmp_path / "tables", tmp_path / "figures")
+
+
+def test_records_of_older_code_are_left_out_and_counted(tmp_path, capsys):
+    results = tmp_path / "results"
+    fake_record(results, "kp", 4, 0, 100)
+    old = fake_record(results, "lmf", 4, 0, 50)
+    old.code_version = "0123456789ab"  # made by code that no longer exists
+    old.save(run_dir(results, "tiny", "lmf", old.run_id) / "record.json")
+    records, left_out = load(results)
+    assert [r.method for r in records] == ["kp"] and left_out == 1
+    assert main(["report", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert " lmf " not in out and "1 record(s) of older code left out" in out
+    assert main(["report", "--results", str(results), "--stale"]) == 0
+    assert "stale" in capsys.readouterr().out
 
 
 def test_figures_without_data_are_skipped_with_a_note(tmp_path):

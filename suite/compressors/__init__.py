@@ -1,8 +1,14 @@
-"""Compressors: importing this package registers every method (one module each)."""
+"""Compressors: one module per method in this package, each registering itself; importing the package imports
+every module in it, so adding a method is adding its module."""
 
-from . import dense, doping, hybrid, kronecker, lowrank  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
 from .accounting import Accounting, MatrixAccount, Storage, account
 from .registry import REGISTRY, CompressorConfig, Method, Structured, available, get, make_config, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "REGISTRY",

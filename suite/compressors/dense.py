@@ -23,7 +23,7 @@ class DenseConfig(CompressorConfig):
             raise ConfigError("dense trains from scratch; init must be 'scratch'")
 
 
-def _no_change(model: nn.Module, cfg: CompressorConfig) -> None:
+def _no_change(model: nn.Module, cfg: CompressorConfig, ctx=None) -> None:
     return None
 
 

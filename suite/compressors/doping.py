@@ -10,7 +10,8 @@ The accounting always counts D's current nonzeros; before annealing ends that is
 Co-matrix dropout (CMR, rate ``cmr``, training only): mode ``element`` drops each entry of M * D with
 probability p, mode ``matrix`` drops the whole of M * D with probability p per training step; both scale what
 is kept by 1 / (1 - p) (inverted dropout), so the evaluated matrix is the expectation of the trained one.
-Sparsity annealing and the CMA diagnostics are the Lightning callbacks of ``doping_callbacks``.
+Sparsity annealing is the shared sparse piece (``sparse``: mask, magnitude pruning, Zhu-Gupta schedule); the
+CMA diagnostics are the Lightning callback of ``doping_callbacks``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CompressionError, ConfigError
-from .accounting import Storage, csr_storage, parametrized_tensors
+from .accounting import Storage, csr_storage
 from .hybrid import HMDConfig, make_hmd
 from .kronecker import KPConfig, make_kp
 from .lowrank import LMFConfig, make_lowrank
 from .registry import CompressorConfig, Method, Structured, apply_structured, budget_detail, register
+from .sparse import Masked, SparseTensor, SparsityAnnealing, finish, sparse_tensors
 
 
 def drop_entries(sparse: Tensor, p: float) -> Tensor:
@@ -47,9 +49,10 @@ def drop_matrix(sparse: Tensor, p: float) -> Tensor:
 CMR_MODES: dict[str, Callable[[Tensor, float], Tensor]] = {"element": drop_entries, "matrix": drop_matrix}
 
 
-class Doped(Structured):
-    """W = S(factors) + M * D. Factors: the structured part's, then D. ``trained`` init: S from the trained
-    weight (its own ``trained`` init), D the residual W - S; ``scratch``: S drawn fresh, D zero."""
+class Doped(Masked, Structured):
+    """W = S(factors) + M * D. Factors: the structured part's, then D. Decomposing a weight (a ``trained`` init)
+    takes S from it (the structured part's decomposition) and D = the residual W - S; a scratch init draws S
+    fresh and D = 0."""
 
     def __init__(
         self,
@@ -60,7 +63,7 @@ class Doped(Structured):
         cmr_mode: str = "element",
         target: float | None = None,
     ) -> None:
-        super().__init__(structured.shape, structured.init)
+        super().__init__(structured.shape)
         self.structured = structured
         self.method = method
         self.final_nnz = final_nnz
@@ -72,11 +75,6 @@ class Doped(Structured):
         self.register_buffer("mask", torch.ones(self.shape))
         """M: 1 where D keeps an entry, 0 where it was pruned. Stored in D's dtype, as a multiplier: in
         training, S + D * M (one fused addcmul) costs a third of what a boolean torch.where costs."""
-
-    @property
-    def live(self) -> Tensor:
-        """The mask as booleans."""
-        return self.mask != 0
 
     def sparse(self, d: Tensor) -> Tensor:
         """M * D, with co-matrix dropout in training."""
@@ -96,15 +94,11 @@ class Doped(Structured):
     def right_inverse(self, w: Tensor) -> tuple[Tensor, ...]:
         factors = self.structured.right_inverse(w)
         factors = factors if isinstance(factors, tuple) else (factors,)
-        if self.init == "trained":
-            d = (w - self.structured(*factors)) * self.mask  # the residual at the entries D still has
-        else:
-            d = torch.zeros_like(w)
+        d = (w - self.structured(*factors)) * self.mask  # the residual at the entries D still has
         return (*factors, d)
 
-    @property
-    def nnz(self) -> int:
-        return int(self.mask.count_nonzero())
+    def fresh(self, w: Tensor) -> tuple[Tensor, ...]:
+        return (*self.structured.fresh(w), torch.zeros_like(w))
 
     def storage(self) -> Storage:
         return self.structured.storage() + csr_storage(self.shape[0], self.nnz)
@@ -151,45 +145,14 @@ class Doped(Structured):
         return self.structured.deploy(factors[:-1]), self.csr(factors[-1])
 
 
-@dataclass
-class DopedTensor:
-    """One doped weight of a model: its qualified name, the parametrization and its tensors."""
-
-    name: str
-    param: Doped
-    factors: tuple[Tensor, ...]
-    """The structured part's factors."""
-    d: Tensor
-
-
-def doped_tensors(model: nn.Module) -> list[DopedTensor]:
-    out = []
-    for qual, module, tensor_name, param in parametrized_tensors(model):
-        if isinstance(param, Doped):
-            plist = module.parametrizations[tensor_name]
-            tensors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
-            out.append(DopedTensor(qual, param, tensors[:-1], tensors[-1]))
-    return out
-
-
-@torch.no_grad()
-def prune_to(t: DopedTensor, keep: int) -> None:
-    """Keep the ``keep`` largest-magnitude entries of M * D. Only entries the mask still has compete, so a
-    pruned entry never comes back; pruned values are zeroed."""
-    mask = t.param.mask
-    if keep >= t.param.nnz:
-        return
-    scores = torch.where(t.param.live, t.d.abs(), -1.0).flatten()  # pruned entries rank below live ones
-    kept = torch.zeros_like(mask).flatten()
-    kept[torch.topk(scores, keep, sorted=False).indices] = 1
-    mask.copy_(kept.view_as(mask))
-    t.d.mul_(mask)
+def doped_tensors(model: nn.Module) -> list[SparseTensor]:
+    """The doped weights of a model (``factors``: S's then D; ``values``: D)."""
+    return [t for t in sparse_tensors(model) if isinstance(t.param, Doped)]
 
 
 def finish_annealing(model: nn.Module) -> None:
     """Prune every doped weight to its final sparsity s_f (the deployed state)."""
-    for t in doped_tensors(model):
-        prune_to(t, t.param.final_nnz)
+    finish(model)
 
 
 @dataclass
@@ -255,11 +218,11 @@ class DopedHMDConfig(DopedConfig, HMDConfig):
 def make_doped(method: str, make_structured: Callable[[str, Tensor, CompressorConfig], Structured]):
     """A per-matrix constructor for ``apply_structured``: S at CF / structured_share, D in what is left."""
 
-    def make(name: str, w: Tensor, cfg: DopedConfig) -> Doped:
+    def make(name: str, w: Tensor, cfg: DopedConfig, ctx) -> Doped:
         m, n = w.shape
         s_factor = cfg.factor / cfg.structured_share
         try:
-            structured = make_structured(name, w, dataclasses.replace(cfg, factor=s_factor))
+            structured = make_structured(name, w, dataclasses.replace(cfg, factor=s_factor), ctx)
         except CompressionError as e:
             raise CompressionError(
                 f"{name} ({m}x{n}) cannot reach CF {cfg.factor:g} with {method}: its structured part gets "
@@ -281,7 +244,7 @@ def make_doped(method: str, make_structured: Callable[[str, Tensor, CompressorCo
 
 def doping_callbacks(cfg: DopedConfig) -> list:
     """The Lightning callbacks a doped run trains with: sparsity annealing, then the CMA diagnostics."""
-    from .doping_callbacks import CMADiagnostics, SparsityAnnealing  # imports this module
+    from .doping_callbacks import CMADiagnostics  # imports this module
 
     annealing = SparsityAnnealing(cfg.initial_sparsity, cfg.anneal_start, cfg.anneal_end, cfg.prune_every)
     return [annealing, CMADiagnostics()]
@@ -299,5 +262,6 @@ for _name, _config, _make, _what in (
             apply=apply_structured(make_doped(_name, _make)),
             summary=f"{_what} plus a sparse D annealed to the CF's sparsity (cubic schedule), optional CMR",
             callbacks=doping_callbacks,
+            finalize=lambda model, cfg: finish(model),
         )
     )

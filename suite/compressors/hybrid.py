@@ -63,23 +63,25 @@ def hmd_split(
 
 
 class Hybrid(Structured):
-    """W = [W_d; U V] with W_d the first k rows. ``trained``: W_d copied, U V the truncated SVD of the other
-    rows; ``scratch``: W_d the freshly initialised rows, U V drawn as ``LowRank`` draws them."""
+    """W = [W_d; U V] with W_d the first k rows. Decomposition (``trained``): W_d copied, U V the truncated SVD
+    of the other rows; ``scratch``: W_d the freshly initialised rows, U V drawn as ``LowRank`` draws them."""
 
     method = "hmd"
 
-    def __init__(
-        self, shape: tuple[int, int], k: int, rank: int, init: str = "scratch", target: float | None = None
-    ) -> None:
-        super().__init__(shape, init)
+    def __init__(self, shape: tuple[int, int], k: int, rank: int, target: float | None = None) -> None:
+        super().__init__(shape)
         self.k, self.rank, self.target = k, rank, target
-        self.lowrank = LowRank((self.shape[0] - k, self.shape[1]), rank, init)
+        self.lowrank = LowRank((self.shape[0] - k, self.shape[1]), rank)
 
     def forward(self, wd: Tensor, u: Tensor, v: Tensor) -> Tensor:
         return torch.cat([wd, self.lowrank(u, v)])  # (k, n) over (m - k, n)
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         u, v = self.lowrank.right_inverse(w[self.k :])
+        return w[: self.k].clone(), u, v
+
+    def fresh(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        u, v = self.lowrank.fresh(w[self.k :])
         return w[: self.k].clone(), u, v
 
     def storage(self) -> Storage:
@@ -111,10 +113,10 @@ class HMDConfig(CompressorConfig):
             raise ConfigError(f"dense_share must be in [0, 1), got {self.dense_share!r}")
 
 
-def make_hmd(name: str, w: Tensor, cfg: CompressorConfig) -> Hybrid:
+def make_hmd(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Hybrid:
     shape = tuple(w.shape)
     k, r = hmd_split(shape, cfg.factor, getattr(cfg, "dense_share", 0.5), name)
-    return Hybrid(shape, k, r, cfg.init, cfg.factor)
+    return Hybrid(shape, k, r, cfg.factor)
 
 
 register(

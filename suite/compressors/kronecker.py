@@ -138,8 +138,8 @@ class Kronecker(Structured):
 
     method = "kp"
 
-    def __init__(self, s: KPShape, init: str = "scratch", target: float | None = None) -> None:
-        super().__init__((s.m1 * s.m2, s.n1 * s.n2), init)
+    def __init__(self, s: KPShape, target: float | None = None) -> None:
+        super().__init__((s.m1 * s.m2, s.n1 * s.n2))
         self.kp = s
         self.target = target
 
@@ -153,9 +153,10 @@ class Kronecker(Structured):
         return w.reshape(self.shape)  # W[i1 m2 + i2, j1 n2 + j2] = A[i1, j1] B[i2, j2]
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        return nearest_kp(w, self.kp)
+
+    def fresh(self, w: Tensor) -> tuple[Tensor, Tensor]:
         s = self.kp
-        if self.init == "trained":
-            return nearest_kp(w, s)
         # Var(sum_k a b) = terms var_a var_b = var_w, with ||A||_F = ||B||_F: var_a m1 n1 = var_b m2 n2.
         base = w.float().std().item() / math.sqrt(s.terms)
         ratio = math.sqrt(s.m2 * s.n2 / (s.m1 * s.n1))
@@ -217,10 +218,10 @@ class KPConfig(CompressorConfig):
             raise ConfigError(f"terms must be a positive integer, got {self.terms!r}")
 
 
-def make_kp(name: str, w: Tensor, cfg: CompressorConfig) -> Kronecker:
+def make_kp(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Kronecker:
     shape = tuple(w.shape)
     s = choose_kp_shape(shape, cfg.factor, getattr(cfg, "terms", 1), name)
-    return Kronecker(s, cfg.init, cfg.factor)
+    return Kronecker(s, cfg.factor)
 
 
 register(

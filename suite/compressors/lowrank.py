@@ -36,15 +36,13 @@ def split_svd(w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 
 
 class LowRank(Structured):
-    """W = U V with U (m, r), V (r, n). ``trained`` init: truncated SVD; ``scratch``: random factors whose
-    product has the variance of the initial dense weight."""
+    """W = U V with U (m, r), V (r, n). Decomposition (a ``trained`` init): truncated SVD; ``scratch``: random
+    factors whose product has the variance of the initial dense weight."""
 
     method = "lowrank"
 
-    def __init__(
-        self, shape: tuple[int, int], rank: int, init: str = "scratch", target: float | None = None
-    ) -> None:
-        super().__init__(shape, init)
+    def __init__(self, shape: tuple[int, int], rank: int, target: float | None = None) -> None:
+        super().__init__(shape)
         self.rank = rank
         self.target = target
 
@@ -52,8 +50,9 @@ class LowRank(Structured):
         return u @ v  # (m, r) @ (r, n) -> (m, n)
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        if self.init == "trained":
-            return split_svd(w, self.rank)
+        return split_svd(w, self.rank)
+
+    def fresh(self, w: Tensor) -> tuple[Tensor, Tensor]:
         # Var(sum_k u_ik v_kj) = r var_u var_v; choose var_u = var_v = std(w) / sqrt(r).
         std = (w.float().std().item() / math.sqrt(self.rank)) ** 0.5
         m, n = self.shape
@@ -78,12 +77,12 @@ class LowRank(Structured):
         return lambda x: u @ (v @ x)  # (m, r) @ ((r, n) @ (n,))
 
 
-def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig) -> LowRank:
+def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> LowRank:
     shape = tuple(w.shape)
     rank = rank_for(shape, cfg.factor)
     m, n = shape
     check_budget(name, shape, cfg.factor, rank * (m + n), f"rank 1 already gives CF {m * n / (m + n):.1f}")
-    return LowRank(shape, rank, cfg.init, cfg.factor)
+    return LowRank(shape, rank, cfg.factor)
 
 
 @dataclass

@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..context import DataContext
 from ..errors import CompressionError, ConfigError
 from .accounting import Storage, matches, parametrized_tensors
 
-#: Default targets: the LSTM weight matrices. Embedding (``embedding.weight``) and softmax
-#: (``decoder.weight``) are opt-in.
-LSTM_TARGETS = ["*weight_ih_l*", "*weight_hh_l*"]
+#: Default targets: the recurrent weight matrices, nn.LSTM's (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...)
+#: and nn.LSTMCell's (``weight_ih``, ``weight_hh``). Embeddings, attention and softmax / output projections
+#: (``embedding.weight``, ``decoder.weight``) are opt-in.
+LSTM_TARGETS = ["*weight_ih_l*", "*weight_hh_l*", "*weight_ih", "*weight_hh"]
 INITS = ("scratch", "trained")
 
 
@@ -70,13 +72,26 @@ class Method:
 
     name: str
     config: type[CompressorConfig]
-    apply: Callable[[nn.Module, CompressorConfig], None]
-    """Compress ``model`` in place (``accounting.account`` then counts what it stores)."""
+    apply: Callable[[nn.Module, CompressorConfig, DataContext], None]
+    """Compress ``model`` in place (``accounting.account`` then counts what it stores). The DataContext holds
+    what ``needs`` asked of the task's data (empty otherwise)."""
     summary: str
     callbacks: Callable[[CompressorConfig], list] | None = None
     """Lightning callbacks the method needs during training (schedules)."""
     resize: Callable[[dict, CompressorConfig, Callable[[dict], nn.Module]], dict] | None = None
     """Model-level methods: return a changed model config (e.g. a smaller hidden size)."""
+    needs: frozenset[str] = frozenset()
+    """DataContext fields the method reads (``row_frequencies``, ``calibration``); train() fills only these."""
+    finalize: Callable[[nn.Module, CompressorConfig], None] | None = None
+    """End-of-training step (prune to the final sparsity, quantize factors), run before the final evaluation
+    and before the accounting, also when no epoch is trained."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(DataContext.FIELDS)
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown data needs {sorted(unknown)}; known: {DataContext.FIELDS}"
+            )
 
 
 REGISTRY: dict[str, Method] = {}
@@ -129,19 +144,30 @@ class Structured(nn.Module):
     """A parametrization W = f(factors) of one (m, n) matrix, registered with ``parametrize``.
 
     Subclasses implement ``forward(*factors) -> W`` (the materialized matrix), ``right_inverse(W) -> factors``
-    (decompose a trained weight, or draw fresh factors when ``init == 'scratch'``), ``storage()`` for the
-    accounting and ``matvec(factors, x)``, the deployment form that never builds W.
+    (always a decomposition of W: assigning a weight to a parametrized matrix decomposes it), ``fresh(W)``
+    (factors drawn for a scratch init, with the scale of the freshly initialised W), ``storage()`` for the
+    accounting and ``matvec(factors, x)``, the deployment form that never builds W. A parametrization that reads
+    a tensor shared with others (a hashed pool) lists it in ``shared_storage`` so it is counted once.
     """
 
     method: str = "structured"
 
-    def __init__(self, shape: tuple[int, int], init: str = "scratch") -> None:
+    def __init__(self, shape: tuple[int, int]) -> None:
         super().__init__()
         self.shape = (int(shape[0]), int(shape[1]))
-        self.init = init
+
+    def fresh(self, w: Tensor) -> tuple[Tensor, ...]:
+        """Factors for a scratch init; by default the decomposition of the fresh dense weight."""
+        factors = self.right_inverse(w)
+        return factors if isinstance(factors, tuple) else (factors,)
 
     def storage(self) -> Storage:
+        """What this matrix stores of its own (shared tensors are in ``shared_storage``)."""
         raise NotImplementedError
+
+    def shared_storage(self) -> list[tuple[str, Tensor, Storage]]:
+        """(label, tensor, storage) of each tensor this matrix shares with others; counted once per tensor."""
+        return []
 
     def describe(self) -> dict:
         return {}
@@ -161,15 +187,25 @@ class Structured(nn.Module):
         return self.deploy(factors), None
 
 
+def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
+    """The stored tensors (factors) of one parametrized weight, in the order ``forward`` takes them."""
+    plist = module.parametrizations[tensor_name]
+    if hasattr(plist, "original"):
+        return (plist.original,)
+    return tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+
+
 def compress_targets(
     model: nn.Module,
     patterns: list[str],
     make: Callable[[str, Tensor], Structured],
+    fresh: bool = False,
 ) -> list[str]:
     """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
 
     Targets are collected first and swapped after, so the walk never sees its own changes. A parameter shared
-    by several modules (tied weights) cannot be compressed through one of its names only.
+    by several modules (tied weights) cannot be compressed through one of its names only. With ``fresh``
+    (a scratch init) each matrix's factors are then drawn by its parametrization (``Structured.fresh``).
     """
     seen: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
@@ -199,8 +235,13 @@ def compress_targets(
         names = ", ".join(n for n, _ in model.named_parameters())
         raise ConfigError(f"no parameter matches targets {patterns}; the model's parameters are: {names}")
     for qual, module, tensor_name, p in chosen:
-        structured = make(qual, p.detach())
+        w = p.detach()
+        structured = make(qual, w)
         parametrize.register_parametrization(module, tensor_name, structured)
+        if fresh:
+            with torch.no_grad():
+                for stored, value in zip(originals(module, tensor_name), structured.fresh(w), strict=True):
+                    stored.copy_(value)
     return [c[0] for c in chosen]
 
 
@@ -219,12 +260,7 @@ def export_dense(model: nn.Module) -> nn.Module:
 
 
 def _structured_and_factors(module: nn.Module, tensor_name: str) -> tuple[Structured, tuple[Tensor, ...]]:
-    plist = module.parametrizations[tensor_name]
-    if hasattr(plist, "original"):
-        factors = (plist.original,)
-    else:
-        factors = tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
-    return plist[0], tuple(f.detach() for f in factors)
+    return module.parametrizations[tensor_name][0], tuple(f.detach() for f in originals(module, tensor_name))
 
 
 def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
@@ -241,12 +277,16 @@ def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tenso
         return structured.deploy_parts(factors)
 
 
-def apply_structured(make: Callable[[str, Tensor, CompressorConfig], Structured]):
-    """Turn a per-matrix constructor into a method's ``apply``: parametrize every target."""
+def apply_structured(make: Callable[[str, Tensor, CompressorConfig, DataContext], Structured]):
+    """Turn a per-matrix constructor ``make(name, w, cfg, ctx)`` into a method's ``apply``: parametrize every
+    target; a scratch init then draws each matrix's factors."""
 
-    def apply(model: nn.Module, cfg: CompressorConfig) -> None:
+    def apply(model: nn.Module, cfg: CompressorConfig, ctx: DataContext | None = None) -> None:
+        ctx = ctx if ctx is not None else DataContext()
         with torch.no_grad():
-            compress_targets(model, cfg.targets, lambda name, w: make(name, w, cfg))
+            compress_targets(
+                model, cfg.targets, lambda name, w: make(name, w, cfg, ctx), fresh=cfg.init == "scratch"
+            )
 
     return apply
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 Hidden = tuple[Tensor, Tensor]
 
 
 class LSTMLanguageModel(nn.Module):
     """Embedding -> dropout -> L-layer nn.LSTM (dropout between layers) -> dropout -> linear decoder.
+
+    Compressed weights are parametrizations; whoever runs the model evaluates them once per forward
+    (``parametrize.cached()``: the task's forward does, see suite.tasks.base.Task).
 
     With ``tie_weights`` the decoder reads the embedding matrix in ``forward`` (it has no weight of its own),
     so a compressor sees one parameter, ``embedding.weight``, and the accounting counts it once.
@@ -52,13 +54,11 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, x: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """x: (T, B) token ids -> logits (T, B, V) and the final (h, c), each (L, B, H)."""
-        # Evaluate every parametrized weight once per forward, not once per access inside nn.LSTM.
-        with parametrize.cached():
-            emb = self.drop(self.embedding(x))  # (T, B, E)
-            out, hidden = self.lstm(emb, hidden)  # (T, B, H)
-            out = self.drop(out)
-            weight = self.embedding.weight if self.tie_weights else self.decoder.weight
-            logits = F.linear(out, weight, self.decoder.bias)  # (T, B, V)
+        emb = self.drop(self.embedding(x))  # (T, B, E)
+        out, hidden = self.lstm(emb, hidden)  # (T, B, H)
+        out = self.drop(out)
+        weight = self.embedding.weight if self.tie_weights else self.decoder.weight
+        logits = F.linear(out, weight, self.decoder.bias)  # (T, B, V)
         return logits, hidden
 
 

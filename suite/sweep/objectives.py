@@ -9,10 +9,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import tasks
 from ..compressors import registry
 from ..compressors.accounting import matches, parametrized_tensors
+from ..context import DataContext
 from ..errors import SuiteError
-from ..models.lm import build_lm
 from ..track import Record
 from .spec import SweepSpec
 
@@ -72,8 +73,8 @@ def latency_ms(record: Record, repeats: int = 50, warmup: int = 5) -> float:
     the compressed model is rebuilt from the run's config."""
     method = registry.get(record.method)
     mcfg = registry.make_config(record.method, record.config["compress"])
-    model = build_lm(record.config["model_resolved"])
-    method.apply(model, mcfg)
+    model = tasks.get(record.config.get("family", "lm")).build_model(record.config["model_resolved"])
+    method.apply(model, mcfg, DataContext())  # data-aware methods: their storage shapes, not their values
     steps = [(f, torch.randn(n)) for f, n in _matvecs(model, mcfg.targets)]
     times = []
     for r in range(warmup + repeats):

@@ -130,7 +130,9 @@ class Objective:
         trial.set_user_attr("epochs", int(sum(epochs)))
         ok = [r for r in records if r.status == "ok"]
         if ok:
-            trial.set_user_attr(ok[0].metric, mean([r.value for r in ok]))
+            metric = ok[0].metric
+            trial.set_user_attr(f"val_{metric}", mean([r.val for r in ok]))
+            trial.set_user_attr(f"test_{metric}", mean([r.test for r in ok]))  # reported, never searched on
             trial.set_user_attr("achieved_cf", mean([r.accounting["cf"] for r in ok]))
 
 
@@ -271,7 +273,8 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
             lines.append(f"  Pareto front of {', '.join(names)} ({len(best)} trials):")
         for t in best:
             values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values) if not math.isnan(v))
-            extra = {k: t.user_attrs[k] for k in ("test_ppl", "achieved_cf", "run_ids") if k in t.user_attrs}
+            shown = [k for k in t.user_attrs if k.startswith("test_")] + ["achieved_cf", "run_ids"]
+            extra = {k: t.user_attrs[k] for k in shown if k in t.user_attrs}
             lines.append(f"    trial {t.number}: {values}  {t.params}  {extra}")
     lines.append(f"  dashboard: optuna-dashboard {where if st.is_url(where) else Path(where)}")
     return "\n".join(lines)

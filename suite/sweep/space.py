@@ -184,18 +184,30 @@ def check_known_ranges(space: dict[str, Param]) -> None:
                     raise ConfigError(f"space.{name} has {value!r}: {why}")
 
 
-def parse_objectives(value: Any, path: Path) -> list[Objective]:
+def parse_objectives(value: Any, path: Path, metric=None) -> list[Objective]:
+    """Objectives of a spec; ``metric`` (the task family's) gives the direction of its validation metric, the
+    only metric a trial's runs are sure to have."""
+    example = metric.val if metric is not None else "val_ppl"
     items = [value] if isinstance(value, (str, dict)) else value
     if not isinstance(items, list) or not items:
-        raise ConfigError(f"{path}: objectives must be a list such as [val_ppl] or [val_ppl, stored]")
+        raise ConfigError(f"{path}: objectives must be a list such as [{example}] or [{example}, stored]")
     out = []
     for item in items:
         if isinstance(item, str):
-            out.append(Objective(item))
+            name, direction = item, None
         elif isinstance(item, dict) and set(item) <= {"name", "direction"}:
-            out.append(Objective(item.get("name"), item.get("direction")))
+            name, direction = item.get("name"), item.get("direction")
         else:
             raise ConfigError(f"{path}: an objective is a name or {{name, direction}}, got {item!r}")
+        if metric is not None and isinstance(name, str) and name.startswith("val_"):
+            if name != metric.val:
+                raise ConfigError(
+                    f"{path}: objective {name}: this task's validation metric is {metric.val} ({metric.direction})"
+                )
+            if direction is not None and direction != metric.direction:
+                raise ConfigError(f"{path}: objective {name} is to {metric.direction}, not {direction}")
+            direction = metric.direction
+        out.append(Objective(name, direction))
     names = [o.name for o in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: objectives repeat: {names}")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import tasks
 from ..compressors import registry
-from ..config import PROFILES, RunConfig, TrainConfig, load_run, read_yaml
+from ..config import PROFILES, RunConfig, load_run, read_yaml
 from ..errors import ConfigError
 from .build import make_pruner, make_sampler
 from .space import SPEC_KEYS, Component, Objective, Param, check_known_ranges, parse_objectives
@@ -56,11 +57,12 @@ class SweepSpec:
         return self.objectives[0].name
 
     def params_for(self, method: str) -> list[Param]:
-        """The searched settings that apply to ``method`` (a method setting applies only to methods having it)."""
-        return [p for p in self.space.values() if _applies(p.name, method)]
+        """The searched settings that apply to ``method`` (a method setting applies only to methods having it;
+        the learning rate only to methods that train from scratch)."""
+        return [p for p in self.space.values() if _applies(p.name, method, self.set)]
 
     def sets_for(self, method: str) -> dict[str, Any]:
-        return {k: v for k, v in self.set.items() if _applies(k, method)}
+        return {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
 
     def suggest(self, trial) -> dict[str, Any]:
         """Draw one trial's settings: the method (when there are several), then the settings that apply to it."""
@@ -75,7 +77,7 @@ class SweepSpec:
         """The run of one trial and seed."""
         method = params["method"]
         sets = {**self.sets_for(method), **{k: v for k, v in params.items() if k != "method"}}
-        sets.update(profile=self.profile, study=study, trial=trial)
+        sets.update(profile=self.profile, study=study, trial=trial, seeds=list(self.seeds))
         return load_run(self.task, method, seed=seed, sets=sets)
 
     def grid(self) -> list[dict[str, Any]]:
@@ -106,10 +108,10 @@ def _method_fields() -> dict[str, set[str]]:
     return {m: set(registry.config_fields(m)) for m in registry.available()}
 
 
-def _known(key: str) -> bool:
+def _known(key: str, family: str) -> bool:
     """Whether a space key is a setting some run understands (a method's, train's, model's or the run's)."""
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-    run_keys |= {f.name for f in dataclasses.fields(TrainConfig)}
+    run_keys |= {f.name for f in dataclasses.fields(tasks.get(family).train_settings)}
     return "." in key or key in run_keys or any(key in f for f in _method_fields().values())
 
 
@@ -117,10 +119,26 @@ def _bare(key: str) -> str:
     return key[len("compress.") :] if key.startswith("compress.") else key
 
 
-def _applies(key: str, method: str) -> bool:
-    """A method setting (a field of some registered method) applies to the methods that have it; every other key
-    (train.*, model.*, seed, ...) applies to every run."""
+LR_KEYS = ("lr", "train.lr")
+
+
+def trained_init(method: str, fixed: dict[str, Any]) -> bool:
+    """Whether ``method`` starts from the trained dense baseline under the fixed settings ``fixed``: its
+    training learning rate is then the baseline's (fine-tuning has ``finetune_lr``)."""
+    fields = _method_fields()[method]
+    try:
+        return registry.make_config(method, {k: v for k, v in fixed.items() if k in fields}).init == "trained"
+    except ConfigError:
+        return False
+
+
+def _applies(key: str, method: str, fixed: dict[str, Any] | None = None) -> bool:
+    """A method setting (a field of some registered method) applies to the methods that have it; the learning
+    rate to the methods trained from scratch (a trained init's runs share the dense baseline, trained at the
+    preset's rate); every other key (train.*, model.*, seed, ...) applies to every run."""
     key = _bare(key)
+    if key in LR_KEYS and fixed is not None and trained_init(method, fixed):
+        return False
     if "." in key:
         return True
     fields = _method_fields()
@@ -186,6 +204,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{path}: name must be letters, digits, - and _ (it names the study), got {name!r}")
     task = resolve_task(raw.get("task"), path)
+    family = read_yaml(task).get("family", "lm")
     fixed = dict(raw.get("set") or {})
     fixed.update(sets or {})
     for key in ("method", "profile", "study", "trial", "seed"):
@@ -198,7 +217,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     check_known_ranges(space)
     methods = _resolve_methods(raw.get("methods"), space, fixed, path)
     if raw.get("methods") == "all":  # "all" adapts to what is registered: a setting nobody has is left out
-        for key in [k for k in space if not _known(k)]:
+        for key in [k for k in space if not _known(k, family)]:
             print(
                 f"note: {path}: no registered method has a setting {key!r}; the sweep leaves it out",
                 file=sys.stderr,
@@ -206,7 +225,8 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
             del space[key]
         if not space:
             raise ConfigError(f"{path}: no registered method has any setting of the search space")
-    objectives = parse_objectives(raw.get("objectives", ["val_ppl"]), path)
+    metric = tasks.get(family).metric
+    objectives = parse_objectives(raw.get("objectives", [metric.val]), path, metric)
     sampler = Component.parse("sampler", raw.get("sampler"), "tpe" if len(objectives) == 1 else "nsgaii")
     pruner = Component.parse("pruner", raw.get("pruner"), "median" if len(objectives) == 1 else "none")
     seeds = raw.get("seeds", [0])

@@ -1,0 +1,259 @@
+"""Language modeling (family ``lm``): word-level corpora, the LSTM LM of Zaremba et al. (2014), truncated BPTT
+with the hidden state carried across batches, SGD with step decay, perplexity = exp(mean token NLL)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data import BPTTWindows, Corpus, batchify, load_corpus, prefix
+from ..errors import ConfigError, TrialDiverged
+from ..models.lm import build_lm, detach
+from . import register
+from .base import DataContext, Family, Metric, Task, TrainSettings, check_fields
+
+FLOAT32_MAX_LOG = 88.7  # log of the largest float32
+
+
+@dataclass
+class LMTrain(TrainSettings):
+    """Optimisation of a language model (Zaremba et al. 2014): SGD, step decay, clipped gradient norm."""
+
+    epochs: int = 13
+    bptt: int = 20
+    lr_decay: float = 2.0
+    """The learning rate is divided by this every epoch after ``decay_after``."""
+    decay_after: int = 4
+    """Epochs 1..decay_after run at ``lr``; epoch e > decay_after at lr / lr_decay ** (e - decay_after)."""
+    eval_batch_size: int = 10
+    max_vocab: int | None = None
+    """Cap the vocabulary (most frequent words of train; the rest is ``<unk>``); None: every word."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(
+            self, "train", positive_ints=("bptt", "eval_batch_size"), non_negative_ints=("decay_after",)
+        )
+        check_fields(self, "train", positive=("lr_decay",))
+        if self.max_vocab is not None:
+            check_fields(self, "train", positive_ints=("max_vocab",))
+            if self.max_vocab < 2:
+                raise ConfigError(
+                    f"train.max_vocab must be at least 2 (a word and <unk>), got {self.max_vocab}"
+                )
+
+
+@dataclass
+class LMModel:
+    """The LSTM language model's settings (``vocab`` comes from the data)."""
+
+    hidden: int = 200
+    layers: int = 2
+    dropout: float = 0.0
+    init: float = 0.1
+    """Every weight uniform in [-init, init]."""
+    emb_size: int | None = None
+    """Embedding size; None: ``hidden``."""
+    tie_weights: bool = False
+    vocab: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model", positive_ints=("hidden", "layers"), positive=("init",))
+        if self.emb_size is not None:
+            check_fields(self, "model", positive_ints=("emb_size",))
+        if (
+            not isinstance(self.dropout, (int, float))
+            or isinstance(self.dropout, bool)
+            or not 0 <= self.dropout < 1
+        ):
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.tie_weights, bool):
+            raise ConfigError(f"model.tie_weights must be true or false, got {self.tie_weights!r}")
+        if self.tie_weights and (self.emb_size or self.hidden) != self.hidden:
+            raise ConfigError("model.tie_weights needs emb_size == hidden")
+
+
+def step_decay(cfg: LMTrain) -> Callable[[int], float]:
+    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
+    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
+
+
+class LanguageModelData(pl.LightningDataModule):
+    """Batchified train/valid/test streams, served as consecutive BPTT windows (never shuffled)."""
+
+    def __init__(self, corpus: Corpus, cfg: LMTrain) -> None:
+        super().__init__()
+        self.corpus, self.cfg = corpus, cfg
+        self.train_data = batchify(prefix(corpus.train, cfg.train_fraction), cfg.batch_size)  # (S, B)
+        self.eval_data = {
+            s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size)
+            for s in ("valid", "test")
+        }
+
+    @property
+    def train_tokens(self) -> int:
+        return (self.train_data.size(0) - 1) * self.train_data.size(1)
+
+    def _loader(self, data: Tensor) -> DataLoader:
+        return DataLoader(BPTTWindows(data, self.cfg.bptt), batch_size=None, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_data)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_data["valid"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_data["test"])
+
+
+class LanguageModelTask(Task):
+    """Trains and evaluates a language model that maps (T, B) ids and a hidden state to (T, B, V) logits.
+
+    The training loss is the NLL summed over the bptt steps and averaged over the batch, the scale for which
+    Zaremba et al.'s lr 1 and clip 5 were tuned; logged losses are per token.
+    """
+
+    metric = Metric("ppl", "minimize", "perplexity")
+
+    def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
+        super().__init__(model, lr_at)
+        self.hidden = None
+        self._sums: dict[str, list[float]] = {}
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def _nll(self, batch, hidden):
+        x, y = batch  # (T, B) each
+        if hidden is None or hidden[0].size(1) != x.size(1):
+            hidden = self.model.init_hidden(x.size(1))
+        logits, hidden = self(x, hidden)  # (T, B, V)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        return nll, x.numel(), detach(hidden)
+
+    def on_train_epoch_start(self) -> None:
+        self.hidden = None
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        nll, tokens, self.hidden = self._nll(batch, self.hidden)
+        if not torch.isfinite(nll):
+            raise TrialDiverged(
+                f"training loss became {nll.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
+            )
+        self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
+        return nll / batch[0].size(1)
+
+    # Evaluation: exact corpus-level perplexity from summed NLL and token counts.
+    def _eval_start(self, split: str) -> None:
+        self._sums[split] = [0.0, 0]
+        self._eval_hidden = None
+
+    def _eval_step(self, split: str, batch) -> None:
+        nll, tokens, self._eval_hidden = self._nll(batch, self._eval_hidden)
+        self._sums[split][0] += nll.item()
+        self._sums[split][1] += tokens
+
+    def _eval_end(self, split: str) -> None:
+        total, tokens = self._sums[split]
+        loss = total / max(tokens, 1)
+        if split == "val" and not loss < FLOAT32_MAX_LOG:  # NaN, or a perplexity fp32 cannot hold
+            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
+        self.log(f"{split}_loss", loss)
+        self.log(f"{split}_ppl", math.exp(min(loss, 700.0)))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> float:
+        """Perplexity over a loader outside the Trainer (diagnostics such as 'val with D removed')."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count, hidden = 0.0, 0, None
+        for x, y in loader:
+            nll, tokens, hidden = self._nll((x.to(self.device), y.to(self.device)), hidden)
+            total, count = total + nll.item(), count + tokens
+        self.model.train(was_training)
+        return math.exp(min(total / max(count, 1), 700.0))
+
+    @torch.no_grad()
+    def run_batch(self, batch) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        self(batch[0].to(self.device))
+        self.model.train(was_training)
+
+
+class LanguageModeling(Family):
+    name = "lm"
+    metric = LanguageModelTask.metric
+    train_settings = LMTrain
+    model_settings = LMModel
+    datasets = ("ptb", "wikitext2")
+    units = "tokens"
+
+    def load_data(self, dataset, data_dir, train: LMTrain) -> Corpus:
+        return load_corpus(dataset, data_dir, train.max_vocab)
+
+    def resolve_model(self, model: dict, data: Corpus) -> dict:
+        return {**model, "vocab": len(data.vocab)}
+
+    def build_model(self, model: dict) -> nn.Module:
+        return build_lm(model)
+
+    def datamodule(self, data: Corpus, train: LMTrain) -> LanguageModelData:
+        return LanguageModelData(data, train)
+
+    def task(self, model, train, lr_at) -> LanguageModelTask:
+        return LanguageModelTask(model, lr_at)
+
+    def lr_at(self, train: LMTrain) -> Callable[[int], float]:
+        return step_decay(train)
+
+    def train_units(self, datamodule: LanguageModelData) -> int:
+        return datamodule.train_tokens
+
+    def context(self, data: Corpus, datamodule: LanguageModelData, needs: frozenset[str]) -> DataContext:
+        fields = {}
+        if "row_frequencies" in needs:
+            counts = torch.bincount(data.train, minlength=len(data.vocab)).float()
+            fields["row_frequencies"] = {"embedding.weight": counts, "decoder.weight": counts}
+        if "calibration" in needs:
+            loader = datamodule.train_dataloader()
+            fields["calibration"] = [b for _, b in zip(range(4), loader)]
+            fields["loss"] = _bare_loss
+        return DataContext(**fields)
+
+
+def _bare_loss(model: nn.Module, batch) -> Tensor:
+    x, y = batch
+    logits, _ = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+register(LanguageModeling())

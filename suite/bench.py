@@ -50,6 +50,7 @@ def bench_train(
 ) -> dict:
     """Median training-step time (forward, backward, clip, SGD) of each method vs dense, same shapes (a
     language-model preset: the step is truncated BPTT)."""
+    _check_device(device)
     cfg = load_run(preset, "dense")
     if cfg.family != "lm":
         raise ConfigError(f"bench train times language-model steps; {preset} is a {cfg.family} task")
@@ -112,6 +113,19 @@ def bench_train(
     if out is not None:
         write_json(Path(out), result)
     return result
+
+
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:<index>") from None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"bench train runs on cpu or cuda, not {device!r}")
+    if kind == "cuda":
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigError(f"no CUDA device {device} here; use --device cpu")
 
 
 def format_rows(rows: list[dict], ratio: str) -> str:

@@ -4,6 +4,7 @@ print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -16,11 +17,33 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _floats(text: str) -> list[float]:
+def _factors(text: str) -> list[float]:
+    """Comma-separated compression factors, each a finite number >= 1."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"compression factors are numbers >= 1 (dense is 1), got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (workers, threads, steps, repetitions, sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _params_file(path: str | None) -> str | None:
+    """A params.yaml named on the command line must exist (without one, the defaults apply)."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"no such params file: {path}")
+    return path
 
 
 def cmd_train(args) -> int:
@@ -63,8 +86,13 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .files import check_dir, check_file
     from .report import format_table, load, runs_frame, selected, summary, write_tables
 
+    if args.out is not None:
+        check_dir(args.out, "tables folder (--out)")
+    if args.metrics is not None:
+        check_file(args.metrics, "metrics file (--metrics)")
     if args.out is None:
         records, left_out = load(args.results, args.stale)
         print(format_table(selected(summary(runs_frame(records))), left_out))
@@ -77,13 +105,16 @@ def cmd_report(args) -> int:
 
 def cmd_figures(args) -> int:
     from .figures import make_figures
+    from .files import check_dir
     from .pipeline import load_params
 
     if not (Path(args.tables) / "summary.csv").is_file():
         raise ConfigError(
             f"no tables in {args.tables}; make them first with `suite report --out {args.tables}`"
         )
-    made = make_figures(args.tables, args.out, load_params(args.params).figures)
+    options = load_params(_params_file(args.params)).figures
+    check_dir(args.out, "figures folder (--out)")
+    made = make_figures(args.tables, args.out, options)
     for name, (paths, note) in made.items():
         print(f"{name}: {', '.join(str(p) for p in paths) if paths else 'skipped: ' + note}")
     return 0
@@ -94,9 +125,13 @@ def cmd_sweep(args) -> int:
     from .pipeline import load_params, use_threads
     from .sweep import load_spec, run_sweep, status, work
     from .sweep.runner import location
+    from .sweep.storage import retry_pending
 
-    params = load_params(args.params, args.profile) if args.params else None
-    use_threads(args.threads or (params.threads if params else None))
+    params = load_params(_params_file(args.params), args.profile) if args.params else None
+    use_threads(args.threads if args.threads is not None else (params.threads if params else None))
+    workers = args.workers if args.workers is not None else (params.workers if params else 1)
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     if args.results:
         sets["results_dir"] = args.results
@@ -107,7 +142,6 @@ def cmd_sweep(args) -> int:
     if args.as_worker:
         work(spec, location(spec, args.storage))
         return 0
-    workers = args.workers or (params.workers if params else 1)
     argv = ["sweep", args.spec]
     for flag, value in (
         ("--storage", args.storage),
@@ -120,14 +154,24 @@ def cmd_sweep(args) -> int:
             argv += [flag, str(value)]
     for item in args.set or []:
         argv += ["--set", item]
-    run_sweep(spec, args.storage, workers, argv)
+    study = run_sweep(spec, args.storage, workers, argv)
     print(status(spec, args.storage))
+    left = retry_pending(study)
+    if left:
+        print(
+            f"{left} trial(s) failed for a reason their settings do not decide (listed above); rerun the "
+            "command to retry them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def cmd_prepare(args) -> int:
+    from .files import check_file
     from .pipeline import prepare
 
+    check_file(args.out, "description file (--out)")
     info = prepare(args.dataset, args.out, args.data_dir)
     print(
         f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}"
@@ -136,9 +180,11 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_baselines(args) -> int:
+    from .files import check_file
     from .pipeline import baselines, load_params, use_threads
 
-    params = load_params(args.params, args.profile)
+    params = load_params(_params_file(args.params), args.profile)
+    check_file(args.out, "list of baselines (--out)")
     use_threads(params.threads)
     info = baselines(args.preset, params, args.out)
     for r in info["runs"]:
@@ -153,6 +199,7 @@ BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0]}
 def cmd_bench(args) -> int:
     from .bench import bench_infer, bench_train, format_infer, format_rows, infer_methods
     from .compressors import registry
+    from .files import check_file
     from .pipeline import use_threads
 
     if args.methods:
@@ -162,7 +209,7 @@ def cmd_bench(args) -> int:
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
-    out = Path(args.results) / "bench" / f"{args.kind}.json"
+    out = check_file(Path(args.results) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
     if args.kind == "train":
         res = bench_train(args.preset, methods, factors, steps=args.steps, device=args.device, out=out)
@@ -256,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--methods", help="comma-separated (default: every registered method the benchmark can time)"
     )
-    b.add_argument("--factors", type=_floats, help="comma-separated CFs (train: 4,8; infer: 10,25)")
+    b.add_argument("--factors", type=_factors, help="comma-separated CFs (train: 4,8; infer: 10,25)")
     b.add_argument("--preset", default="tasks/ptb-small.yaml", help="train: the task whose shapes are used")
-    b.add_argument("--steps", type=int, default=30, help="train: timed steps")
+    b.add_argument("--steps", type=_positive, default=30, help="train: timed steps")
     b.add_argument("--device", default="cpu", help="train: device")
     b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's choice)")
-    b.add_argument("--hidden", type=int, default=650, help="infer: LSTM hidden size (ptb-medium: 650)")
-    b.add_argument("--input", type=int, default=650, help="infer: LSTM input size")
-    b.add_argument("--reps", type=int, default=300, help="infer: timed repetitions")
+    b.add_argument("--hidden", type=_positive, default=650, help="infer: LSTM hidden size (ptb-medium: 650)")
+    b.add_argument("--input", type=_positive, default=650, help="infer: LSTM input size")
+    b.add_argument("--reps", type=_positive, default=300, help="infer: timed repetitions")
     b.add_argument("--results", default="results")
     b.set_defaults(func=cmd_bench)
     return p
@@ -276,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # one line: an unfinished run is discarded, an interrupted trial is retried
+        print("interrupted; nothing unfinished was kept (rerun the command to resume)", file=sys.stderr)
         return 130
 
 

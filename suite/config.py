@@ -51,10 +51,11 @@ class RunConfig:
         family = tasks.get(self.family)
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if self.wandb not in ("offline", "online", "disabled"):
             raise ConfigError(f"wandb must be offline, online or disabled, got {self.wandb!r}")
+        _check_top(self)
         if isinstance(self.train, dict):
             self.train = make_settings(family.train_settings, self.train, "train")
         elif not isinstance(self.train, family.train_settings):
@@ -106,6 +107,29 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_top(cfg: RunConfig) -> None:
+    """The run-level settings besides seed, profile and wandb: each of its type, or a ConfigError naming it."""
+    for name in ("data_dir", "study"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{name} must be a name or path, got {value!r}")
+    if not isinstance(cfg.results_dir, (str, Path)) or not str(cfg.results_dir):
+        raise ConfigError(f"results_dir must be a folder path, got {cfg.results_dir!r}")
+    if cfg.trial is not None and (
+        not isinstance(cfg.trial, int) or isinstance(cfg.trial, bool) or cfg.trial < 0
+    ):
+        raise ConfigError(f"trial must be a trial number, got {cfg.trial!r}")
+    if not isinstance(cfg.checkpoint, bool):
+        raise ConfigError(f"checkpoint must be true or false, got {cfg.checkpoint!r}")
+    seeds = cfg.seeds
+    if seeds is not None and (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)
+    ):
+        raise ConfigError(f"seeds must be a non-empty list of integers from 0 to 2**32 - 1, got {seeds!r}")
 
 
 def read_yaml(path: str | Path) -> dict:

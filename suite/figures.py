@@ -24,7 +24,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import SuiteError  # noqa: E402
+from .errors import DataError, SuiteError  # noqa: E402
+from .files import atomic, make_dir, write_text  # noqa: E402
 from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
 
 Made = tuple[list[Path], str]  # files written, or none and why
@@ -33,23 +34,55 @@ Made = tuple[list[Path], str]  # files written, or none and why
 SPARSITY = "d_sparsity"  # the CMA column of doped runs (with val_<metric>_without_d)
 
 
+#: Columns each table of ``suite report --out`` has (when it has rows), and which of them hold numbers.
+TABLE_COLUMNS = {
+    "summary": (
+        ("task", "profile", "budget", "method", "factor", "metric", "direction", "setup_id", "config_id"),
+        ("factor", "val_mean", "test_mean", "test_ci95", "cf"),
+    ),
+    "epochs": (("task", "method", "factor", "setup_id", "config_id", "epoch"), ("factor", "epoch")),
+    "trials": (("study", "state"), ()),
+}
+
+
 def _read(tables: Path, name: str) -> pd.DataFrame:
+    """A table of ``suite report --out`` (empty if absent); one that is not such a table is a DataError."""
     path = tables / f"{name}.csv"
     if not path.is_file() or path.stat().st_size < 2:
         return pd.DataFrame()
+    redo = f"; rebuild the tables with `suite report --out {tables}`"
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise DataError(f"table {path} cannot be read ({first}){redo}") from None
+    if frame.empty:
+        return frame
+    columns, numeric = TABLE_COLUMNS.get(name, ((), ()))
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise DataError(f"table {path} has no column {', '.join(missing)}{redo}")
+    for c in numeric:
+        if c in frame and not (pd.api.types.is_numeric_dtype(frame[c]) or frame[c].isna().all()):
+            raise DataError(f"table {path}: column {c} holds something other than numbers{redo}")
+    return frame
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    for path, dpi in zip(paths, (150, None)):
+        with atomic(path, "figure") as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi or "figure", bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> Path:
+    with atomic(path, "table") as tmp:
+        table.to_csv(tmp, index=False)
+    return path
 
 
 def _panels(n: int, width: float = 5.2, height: float = 3.8):
@@ -192,8 +225,7 @@ POINT_COLUMNS = (
 def _points(frames: list[pd.DataFrame], path: Path) -> Path:
     """The plotted points beside the figure: which configuration each is, its val and test metric."""
     table = pd.concat(frames, ignore_index=True)
-    table[[c for c in POINT_COLUMNS if c in table]].to_csv(path, index=False)
-    return path
+    return _write_csv(table[[c for c in POINT_COLUMNS if c in table]], path)
 
 
 def _chosen_per_cmr(summ: pd.DataFrame) -> pd.DataFrame:
@@ -286,10 +318,15 @@ def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> 
 def f4_speedup(bench: Path, out: Path) -> Made:
     if not bench.is_file():
         return [], f"no inference benchmark at {bench} (run the batch-1 inference benchmark first)"
-    data = json.loads(bench.read_text())
-    rows = pd.DataFrame(data["rows"] if isinstance(data, dict) else data)
+    try:
+        data = json.loads(bench.read_text())
+        rows = pd.DataFrame(data["rows"] if isinstance(data, dict) else data)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(
+            f"benchmark {bench} cannot be read ({type(e).__name__}); rerun `suite bench infer`"
+        ) from None
     speed = [c for c in rows.columns if "speed" in c]
-    if rows.empty or not speed:
+    if rows.empty or not speed or not {"method", "factor"} <= set(rows.columns):
         return [], f"{bench} has no speed-up column"
     rows = rows[rows["method"] != "dense"]
     fig, axes = _panels(1)
@@ -383,7 +420,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         )
         if c in table
     ]
-    table[keep].to_csv(out / "F5_pareto.csv", index=False)
+    _write_csv(table[keep], out / "F5_pareto.csv")
     return [*paths, out / "F5_pareto.csv"], ""
 
 
@@ -427,12 +464,12 @@ def make_figures(
         "F1": lambda: f1_metric_vs_cf(summ, out),
         "F2": lambda: f2_cma(epochs, summ, out, options.get("cmr_cf")),
         "F3": lambda: f3_metric_vs_cmr(summ, out, options.get("cmr_cf")),
-        "F4": lambda: f4_speedup(Path(options.get("bench", "results/bench/infer.json")), out),
+        "F4": lambda: f4_speedup(Path(options.get("bench") or "results/bench/infer.json"), out),
         "F5": lambda: f5_pareto(summ, trials, out),
         "F6": lambda: f6_embedding_softmax(summ, out),
     }
     made = {name: make() for name, make in makers.items()}
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "figures folder")
     notes = {name: note or [str(p) for p in paths] for name, (paths, note) in made.items()}
-    (out / "index.json").write_text(json.dumps(notes, indent=2) + "\n")
+    write_text(out / "index.json", json.dumps(notes, indent=2) + "\n", "figure index")
     return made

@@ -39,9 +39,11 @@ class Params:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"params: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise ConfigError(f"params: workers must be a positive integer, got {self.workers!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
             raise ConfigError(f"params: threads must be a positive integer or null, got {self.threads!r}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(

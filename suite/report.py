@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .compressors import registry
 from .compressors.accounting import format_cf
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
+from .files import atomic
 from .track import Record, load_records, write_json
 
 DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
@@ -248,6 +250,11 @@ def selected(summ: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
 def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list[Record], int]:
     """Every record under results/runs (each run once, whichever stage's store holds it) and how many records
     of older code were left out (with ``stale``: kept and marked)."""
+    if not Path(results_dir).is_dir():
+        what = "is a file, not a folder" if Path(results_dir).exists() else "does not exist"
+        raise ConfigError(
+            f"results folder {results_dir} {what}; run `suite train` or a sweep first, or pass --results"
+        )
     records, seen, left_out = [], set(), 0
     for rec in load_records(results_dir, status=None):
         if rec.run_id in seen:
@@ -343,9 +350,26 @@ def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
     return show.to_string(index=False) + footer + note
 
 
+TRIAL_COLUMNS = ("study", "number", "state")
+
+
 def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
-    """Every sweep trial, from the tables the sweeps export (results/sweeps/<name>/<study>.csv)."""
-    frames = [pd.read_csv(p) for p in sorted(Path(results_dir).glob("sweeps/*/*.csv"))]
+    """Every sweep trial, from the tables the sweeps export (results/sweeps/<name>/<study>.csv); a table that
+    cannot be read is left out with a note naming it."""
+    frames = []
+    for path in sorted(Path(results_dir).glob("sweeps/*/*.csv")):
+        try:
+            frame = pd.read_csv(path)
+            missing = [c for c in TRIAL_COLUMNS if c not in frame]
+            problem = f"no column {', '.join(missing)}" if missing else None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            problem = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        if problem:
+            print(
+                f"note: trials table {path} is not one a sweep wrote ({problem}); left out", file=sys.stderr
+            )
+            continue
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -398,7 +422,6 @@ def write_tables(
     how many records of older code were left out."""
     records, left_out = load(results_dir, stale)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = runs_frame(records)
     summ = summary(runs)
     chosen = selected(summ)
@@ -413,11 +436,10 @@ def write_tables(
     written = []
     for name, df in tables.items():
         path = out / f"{name}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic(path, "table") as tmp:
+            df.to_csv(tmp, index=False)
         written.append(path)
     if metrics is not None:
-        write_json(Path(metrics), {**headline(summ, trials), "left_out_stale": left_out})
+        write_json(Path(metrics), {**headline(summ, trials), "left_out_stale": left_out}, "metrics file")
         written.append(Path(metrics))
     return written, chosen, left_out

@@ -21,6 +21,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from .errors import DataError
+from .files import ASIDE, aside_folders, make_dir, restore_aside, write_text
+
 STATUSES = ("ok", "failed", "pruned")
 
 
@@ -79,15 +82,59 @@ class Record:
 
     @classmethod
     def load(cls, path: Path) -> Record:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a record; a file that is not one (truncated, corrupt, of another shape) is a DataError naming it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read record {path} ({e.strerror or type(e).__name__})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"record {path} is not valid JSON (truncated or corrupt: {e.msg})") from None
+        problem = _shape_problem(data)
+        if problem:
+            raise DataError(f"record {path} is not a run record ({problem})")
+        try:
+            return cls.from_dict(data)
+        except TypeError as e:
+            raise DataError(f"record {path} is not a run record ({e})") from None
 
 
-def write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+#: What a record must hold, and of which type, for tables and re-use to trust it.
+_FIELDS = {
+    "run_id": str,
+    "task": str,
+    "method": str,
+    "seed": int,
+    "status": str,
+    "config": dict,
+    "final": dict,
+    "epochs": list,
+    "accounting": dict,
+    "timings": dict,
+}
+
+
+def _shape_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for key, kind in _FIELDS.items():
+        if key not in data and key in ("run_id", "task", "method", "seed", "status", "config"):
+            return f"no {key}"
+        if key in data and not isinstance(data[key], kind):
+            return f"{key} is a {type(data[key]).__name__}, not a {kind.__name__}"
+    if data["status"] not in STATUSES:
+        return f"status {data['status']!r} is none of {', '.join(STATUSES)}"
+    if data["status"] == "ok":
+        bad = [k for k, v in data.get("final", {}).items() if not isinstance(v, (int, float))]
+        if bad or not data.get("final"):
+            return "a finished run without its final metrics"
+    return None
+
+
+def write_json(path: Path, data: Any, what: str = "output file") -> None:
+    """Write atomically (a temporary file renamed over ``path``)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    write_text(path, text, what)
 
 
 def _jsonable(x: Any) -> Any:
@@ -104,14 +151,34 @@ def run_dir(results_dir: str | Path, task: str, method: str, run_id: str) -> Pat
     return Path(results_dir) / "runs" / task / method / run_id
 
 
+def record_path(folder: Path) -> Path:
+    """The record of run folder ``folder``; where a replacement of the folder was killed half-way, the record of
+    the run it was replacing, which waits aside until the next run of that id puts it back."""
+    path = folder / "record.json"
+    if not folder.exists():
+        for aside in aside_folders(folder):
+            if (aside / "record.json").is_file():
+                return aside / "record.json"
+    return path
+
+
 @contextlib.contextmanager
 def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> Iterator[None]:
-    """Exclusive, per run-id, between processes on this machine; the system drops it when its holder dies."""
-    path = run_dir(results_dir, task, method, run_id).with_name(f".{run_id}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Exclusive, per run-id, between processes on this machine; the system drops it when its holder dies.
+    Taking it repairs what a killed replacement of the run's folder left (``files.restore_aside``)."""
+    final = run_dir(results_dir, task, method, run_id)
+    path = final.with_name(f".{run_id}.lock")
+    for attempt in range(3):
+        make_dir(path.parent, "results folder")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            break
+        except FileNotFoundError:  # a failing run removed the (then empty) folder just now
+            if attempt == 2:
+                raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        restore_aside(final)
         yield
     finally:
         # Unlinked while held: a process already waiting gets the lock and then finds the record.
@@ -119,15 +186,22 @@ def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> It
         os.close(fd)
 
 
-def load_records(results_dir: str | Path, status: str | None = "ok") -> list[Record]:
-    """Every record under results/runs (optionally only those with ``status``)."""
+def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool = True) -> list[Record]:
+    """Every record under results/runs (optionally only those with ``status``); a file that is not a record is
+    left out with a note on stderr naming it (``echo``)."""
+    runs = Path(results_dir) / "runs"
+    folders = {p.parent for p in runs.glob("*/*/*/record.json") if not p.parent.name.startswith(".")}
+    for aside in runs.glob(f"*/*/.*{ASIDE}*"):  # a run whose replacement was killed half-way
+        name = aside.name[1:].rpartition(ASIDE)[0]
+        folders.add(aside.with_name(name))
     out = []
-    for path in sorted(Path(results_dir).glob("runs/*/*/*/record.json")):
-        if path.parent.name.startswith("."):  # a staging folder left by a killed run
-            continue
+    for folder in sorted(folders):
+        path = record_path(folder)
         try:
             rec = Record.load(path)
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except DataError as e:
+            if echo:
+                print(f"note: {e}; left out", file=sys.stderr)
             continue
         if status is None or rec.status == status:
             out.append(rec)

@@ -8,7 +8,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,9 +25,10 @@ from . import tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
-from .errors import SuiteError, TrialDiverged
+from .errors import DataError, SuiteError, TrialDiverged
+from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
 from .tasks.base import Family
-from .track import History, Record, close_wandb, provenance, run_dir, run_lock, wandb_logger
+from .track import History, Record, close_wandb, provenance, record_path, run_dir, run_lock, wandb_logger
 
 MODEL_FILE = "model.pt"
 
@@ -79,10 +82,14 @@ def _remove_stale_staging(final_dir: Path) -> None:
 
 
 def find(cfg: RunConfig) -> Record | None:
-    """The finished record of this exact configuration, if there is one."""
-    path = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id) / "record.json"
+    """The finished record of this exact configuration, if there is one; a record file that cannot be read is
+    a DataError naming it."""
+    path = record_path(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id))
     if path.is_file():
-        rec = Record.load(path)
+        try:
+            rec = Record.load(path)
+        except DataError as e:
+            raise DataError(f"{e}; delete its folder, or redo the run with --force") from None
         if rec.status == "ok":
             return rec
     return None
@@ -102,13 +109,36 @@ def train(
     killed run leaves no half-written results. A run that diverges or is pruned is recorded with that status.
     Processes asking for the same run at once (sweep workers) take turns: the second finds the first's record.
     """
+    check_dir(cfg.results_dir, "results folder")
     if not force and (done := find(cfg)) is not None:
         return done
     setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
-    with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id):
-        if not force and (done := find(cfg)) is not None:
-            return done
-        return _run(cfg, setup, callbacks, progress_bar)
+    created = missing_dirs(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id).parent)
+    try:
+        with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id):
+            if not force and (done := find(cfg)) is not None:
+                return done
+            return _run(cfg, setup, callbacks, progress_bar)
+    except BaseException:
+        remove_new_dirs(created)  # an interrupted or crashed run leaves no empty folders behind
+        raise
+
+
+def check(cfg: RunConfig, data: object | None = None) -> object:
+    """The checks ``train(cfg)`` makes before it writes anything, without training (not even the dense baseline
+    of a trained init): the method and its settings, the data (``data``: already loaded for this config's
+    dataset), its batches, the model and whether its compression reaches the CF. Returns the data."""
+    family = tasks.get(cfg.family)
+    method = registry.get(cfg.method)
+    check_dir(cfg.results_dir, "results folder")
+    if data is None:
+        data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
+    datamodule = family.datamodule(data, cfg.train)
+    ctx = family.context(data, datamodule, method.needs)
+    dry = copy.copy(cfg.method_config)
+    dry.init = "scratch"
+    build_model(family, family.resolve_model(cfg.model, data), cfg.method, dry, ctx=ctx)
+    return data
 
 
 @dataclasses.dataclass
@@ -173,7 +203,7 @@ def _run(
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
-    staging.mkdir(parents=True)
+    make_dir(staging, "run folder")
     metric = family.metric
     record = Record(
         run_id=cfg.run_id,
@@ -236,6 +266,7 @@ def _run(
         log_every_n_steps=50,
     )
     exit_code, raise_after = 1, None
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         if setup.epochs > 0:
             trainer.fit(task, datamodule=data)
@@ -261,9 +292,13 @@ def _run(
             record.reason = f"{type(e).__name__}: {e}"
             close_wandb(wandb, exit_code=1)
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, SystemExit) and trainer.interrupted:
+                raise KeyboardInterrupt from None  # Lightning turns Ctrl-C into exit(1); callers need to know
             raise
         raise_after = e
     finally:
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C after the first one
         record.epochs = history.rows
         wall = time.perf_counter() - setup.t_start
         record.timings = {
@@ -278,9 +313,9 @@ def _run(
     final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
     close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
     record.save(staging / "record.json")
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(staging, final_dir)
+    replace_dir(
+        staging, final_dir
+    )  # a finished run it replaces (--force) is dropped only once this one is in
     if raise_after is not None:
         raise raise_after
     return record

@@ -16,8 +16,10 @@ SHARED_DATA = Path(os.environ.get("SUITE_DATA_DIR", "")) if os.environ.get("SUIT
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    """Every test gets the session's private data cache and no W&B unless it asks for it."""
+def _isolated(tmp_path, tmp_path_factory, monkeypatch):
+    """Every test runs in its own temporary folder (relative paths such as results/ land there, never in the
+    working tree) with the session's private data cache and no W&B unless it asks for it."""
+    monkeypatch.chdir(tmp_path)
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("SUITE_CACHE_DIR", str(cache))
     monkeypatch.setenv("WANDB_MODE", "disabled")

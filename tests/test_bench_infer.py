@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from sweep_fixtures import ROOT
 from torch import nn
 
 from suite import cli
@@ -46,7 +47,14 @@ def test_bench_infer_refuses_model_level_methods():
 
 def test_bench_train_includes_doped_kp(tmp_path):
     res = bench_train(
-        "tasks/ptb-small.yaml", ["doped_kp"], [10.0], steps=1, warmup=0, vocab=100, out=None, echo=False
+        str(ROOT / "tasks" / "ptb-small.yaml"),
+        ["doped_kp"],
+        [10.0],
+        steps=1,
+        warmup=0,
+        vocab=100,
+        out=None,
+        echo=False,
     )
     assert [r["method"] for r in res["rows"]] == ["dense", "doped_kp"]
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import ConfigError, SuiteError
+from ..errors import ConfigError, DataError, SuiteError
+from ..files import atomic
 from ..track import Record, run_dir
 from ..train import train
 from . import storage as st
 from .build import FitPruning, make_pruner, make_sampler
 from .objectives import mean, objective_values
+from .preflight import preflight
 from .spec import SweepSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -30,9 +34,11 @@ def location(spec: SweepSpec, url: str | None = None) -> str:
     return url or str(st.journal_path(spec.set.get("results_dir", "results"), spec.name))
 
 
-def open_study(spec: SweepSpec, where: str, create: bool = True) -> optuna.Study:
-    """Create the study (first time: record the spec, queue a grid's points) or resume it. A study made from a
-    different spec (anything but n_trials changed) is refused rather than mixed."""
+def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = False) -> optuna.Study:
+    """Create the study (first time: record the spec) or resume it; queue the grid's points that have no trial
+    yet. ``resume``: also queue a retry of each failed trial that is to be retried (the start of a sweep
+    command does this, its workers do not). A study made from a different spec (anything but n_trials changed)
+    is refused rather than mixed."""
     storage = st.open_storage(where, create=create)
     sampler, pruner = make_sampler(spec), make_pruner(spec)
     if not create:
@@ -59,15 +65,19 @@ def open_study(spec: SweepSpec, where: str, create: bool = True) -> optuna.Study
             if made_from is None:
                 study.set_user_attr("spec", spec.identity())
                 study.set_user_attr("fingerprint", spec.fingerprint())
-                if spec.sampler.name == "grid":
-                    for point in spec.grid()[: spec.n_trials]:
-                        study.enqueue_trial(point)
             elif made_from != spec.fingerprint():
                 raise ConfigError(
                     f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
                     "may change when resuming); give the sweep a new name or delete its storage"
                 )
             study.set_user_attr("n_trials", spec.n_trials)
+            if resume:
+                st.retry_failed(study)
+            if (
+                spec.sampler.name == "grid"
+            ):  # a point with a trial (queued, run or retried) is not queued again
+                for point in spec.grid()[: spec.n_trials]:
+                    study.enqueue_trial(point, skip_if_exists=True)
     finally:
         lock.close()
     return study
@@ -79,6 +89,8 @@ class Objective:
     def __init__(self, spec: SweepSpec, started) -> None:
         self.spec, self.started = spec, started
         self.number: int | None = None
+        self.unexpected: Exception | None = None
+        """An error that is not a SuiteError: its traceback is shown (a bug, or a fault of the machine)."""
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.number = trial.number
@@ -86,8 +98,17 @@ class Objective:
         self.started()  # the trial is RUNNING and owned: other workers may now count it
         try:
             return self.run(trial)
-        except SuiteError as e:
-            trial.set_user_attr(st.REASON, str(e))
+        except optuna.TrialPruned:
+            raise
+        except SuiteError as e:  # missing data may come back; a CF out of reach stays out of reach
+            st.fail(trial, str(e), retry=isinstance(e, DataError))
+            raise
+        except Exception as e:
+            st.fail(trial, f"{type(e).__name__}: {e}", retry=True)
+            self.unexpected = e
+            raise
+        except KeyboardInterrupt:
+            st.fail(trial, "interrupted", retry=True)
             raise
 
     def run(self, trial: optuna.Trial) -> float | list[float]:
@@ -137,7 +158,8 @@ class Objective:
 
 
 def work(spec: SweepSpec, where: str) -> None:
-    """One worker: while the budget allows, take a slot and run a trial (a queued retry first)."""
+    """One worker: while the budget allows, take a slot and run a trial (a queued retry or grid point first; a
+    grid sweep runs its queued points only). A trial that fails does not stop the worker."""
     study = open_study(spec, where)
     lock = st.SlotLock(where, spec.study_name)
     try:
@@ -146,26 +168,41 @@ def work(spec: SweepSpec, where: str) -> None:
             try:
                 st.fail_dead_trials(study)
                 p = st.progress(study)
-                if p.done + p.running >= spec.n_trials:
+                if p.taken >= spec.n_trials or (spec.sampler.name == "grid" and p.waiting == 0):
                     break
                 study.sampler = make_sampler(spec, offset=p.total)
                 objective = Objective(spec, lock.release)
-                study.optimize(objective, n_trials=1, catch=(SuiteError,), gc_after_trial=True)
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             finally:
                 lock.release()
-            _echo(study, objective.number)
+            _echo(study, objective)
     finally:
         lock.close()
 
 
-def _echo(study: optuna.Study, number: int | None) -> None:
-    """One line for the trial this worker just finished."""
-    if number is None:
+class _QuietFailures(logging.Filter):
+    """Optuna logs each failed trial with a traceback; the worker says it in one line instead (``_echo``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Trial ") and " failed with " in msg)
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietFailures())
+
+
+def _echo(study: optuna.Study, objective: Objective) -> None:
+    """One line for the trial this worker just finished (and the traceback of an unexpected error)."""
+    if objective.number is None:
         return
-    t = study.get_trials(deepcopy=False)[number]
+    t = study.get_trials(deepcopy=False)[objective.number]
     if t.state.is_finished():
         values = ", ".join(f"{v:.4g}" for v in t.values) if t.values else ""
         why = t.user_attrs.get("reason") or t.user_attrs.get(st.REASON) or ""
+        if t.state == TrialState.FAIL and t.user_attrs.get(st.RETRY):
+            why += " (retried when the sweep runs again)"
+        if objective.unexpected is not None:
+            traceback.print_exception(objective.unexpected, file=sys.stderr)
         print(
             f"[{study.study_name}] trial {t.number} {t.state.name.lower()} {values} {t.params} {why}".rstrip(),
             file=sys.stderr,
@@ -179,7 +216,8 @@ def run_sweep(
     """Run (or resume) a sweep to its n_trials. ``workers > 1`` spawns that many worker processes on this machine
     (``argv``: the command that runs one worker), sharing the study through its storage."""
     where = location(spec, url)
-    study = open_study(spec, where)
+    preflight(spec, where)  # what every trial would hit is found before the study exists
+    study = open_study(spec, where, resume=True)
     if workers <= 1:
         work(spec, where)
     else:
@@ -210,6 +248,22 @@ def _spawn(workers: int, argv: list[str]) -> None:
         )
 
 
+def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
+    """The grid's points (within n_trials) that have no complete, pruned or finally failed trial."""
+    superseded = st.retried(trials)
+    settled = [
+        t.params
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (
+            t.state == TrialState.FAIL
+            and t.number not in superseded
+            and not (st.retryable(t) and st.retries_left(t))
+        )
+    ]
+    return [point for point in spec.grid()[: spec.n_trials] if point not in settled]
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: state, objective values, settings, runs and what the runs reached."""
     names = study.user_attrs.get("spec", {}).get("objectives") or []
@@ -236,31 +290,45 @@ def export(spec: SweepSpec, study: optuna.Study) -> Path:
     """Write results/sweeps/<name>/<study>.csv (the report collects these)."""
     rows = trial_rows(study)
     out = Path(spec.set.get("results_dir", "results")) / "sweeps" / spec.name / f"{spec.study_name}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic(out, "trials table") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out)
     return out
 
 
 def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
-    """The study's progress and its best trials, as text."""
+    """The study's progress, what is missing and why, and its best trials, as text."""
     where = location(spec, url)
     study = open_study(spec, where, create=False)
     p = st.progress(study)
+    trials = study.get_trials(deepcopy=False)
+    dead = {t.number for t in trials if t.state == TrialState.RUNNING and st.gone(t)}
     lines = [
         f"study {spec.study_name} ({st.describe(where)})",
-        f"  {p.done}/{spec.n_trials} trials done: {p.complete} complete, {p.pruned} pruned, {p.failed_reason} failed "
-        f"with a reason; {p.running} running, {p.waiting} queued; {p.failed_dead} failed without a reason "
-        "(a dead worker's, retried, or interrupted)",
+        f"  {p.done}/{spec.n_trials} trials done: {p.complete} complete, {p.pruned} pruned, {p.failed} failed; "
+        f"{p.running - len(dead)} running, {p.waiting} queued; {p.to_retry + len(dead)} to retry when the sweep "
+        f"runs again" + (f" ({p.retried} failed and retried)" if p.retried else ""),
     ]
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    superseded = st.retried(trials)
+    for t in trials:
         who = t.user_attrs.get(st.OWNER, {})
-        lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
+        why = t.user_attrs.get(st.REASON) or "no reason recorded"
+        if t.number in dead:
+            lines.append(f"  worker gone: trial {t.number} {t.params} (pid {who.get('pid')}); to retry")
+        elif t.state == TrialState.RUNNING:
+            lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
+        elif t.state == TrialState.FAIL and t.number not in superseded:
+            kind = "to retry" if st.retryable(t) and st.retries_left(t) else "failed"
+            lines.append(f"  {kind}: trial {t.number} {t.params}: {why}")
+    if spec.sampler.name == "grid":
+        missing = _missing_points(spec, trials)
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            lines.append(f"  grid points without a result: {shown}")
     names = [o.name for o in spec.objectives]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:

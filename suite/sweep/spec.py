@@ -80,6 +80,16 @@ class SweepSpec:
         sets.update(profile=self.profile, study=study, trial=trial, seeds=list(self.seeds))
         return load_run(self.task, method, seed=seed, sets=sets)
 
+    def tried_runs(self) -> dict[str, list[RunConfig]]:
+        """Per method, the runs validation tries: each searched setting at each of its ends (the first seed)."""
+        out: dict[str, list[RunConfig]] = {}
+        for method in self.methods:
+            for param in self.params_for(method) or [None]:
+                for value in param.ends() if param else [None]:
+                    point = {"method": method, **({param.name: value} if param else {})}
+                    out.setdefault(method, []).append(self.run_config(point, self.seeds[0]))
+        return out
+
     def grid(self) -> list[dict[str, Any]]:
         """Every point of a grid sweep: per method, the product of the choices that apply to it."""
         points = []
@@ -245,11 +255,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     )
     spec.n_trials = _n_trials(raw.get("n_trials"), spec, path)
     _check_components(spec, path)
-    for method in methods:  # every run the sweep can make must resolve: try each value at each end
-        for param in spec.params_for(method) or [None]:
-            for value in param.ends() if param else [None]:
-                point = {"method": method, **({param.name: value} if param else {})}
-                spec.run_config(point, seeds[0])
+    spec.tried_runs()  # every run the sweep can make must resolve: try each value at each end
     return spec
 
 
@@ -265,7 +271,8 @@ def _resolve_methods(value: Any, space: dict[str, Param], fixed: dict, path: Pat
                 continue
             try:
                 registry.make_config(m, {_bare(k): v for k, v in fixed.items() if _bare(k) in fields[m]})
-            except ConfigError:
+            except ConfigError as e:
+                print(f"note: {path}: methods: all leaves out {m} ({e})", file=sys.stderr)
                 continue
             methods.append(m)
         if not methods:

@@ -12,6 +12,11 @@ Dead workers: every trial records its owner (host, pid, process start time). Und
 RUNNING trials whose owner is gone from this host (RDB heartbeats catch owners on other hosts) and queues a
 retry of each with the same settings. The retry's runs find the records the dead worker finished (train()
 returns a finished run instead of redoing it), so finished work is neither lost nor redone.
+
+Failed trials: every one keeps its reason. One whose settings decide the failure (a CF the method cannot reach)
+is done; one whose settings do not (its worker died, it was interrupted, its data went missing, an unexpected
+error) keeps its place in the budget and is retried with the same settings the next time the sweep runs, at
+most MAX_RETRY times. So a grid never loses a point to a failure, and never runs a point twice.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from pathlib import Path
 
 import optuna
 import psutil
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
+from ..files import check_file, make_dir
 
 HEARTBEAT_S = 30
 """RDB storages: a running trial's worker writes a heartbeat this often ..."""
@@ -40,10 +45,68 @@ MAX_RETRY = 3
 """A trial whose workers keep dying is retried at most this many times."""
 OWNER = "worker"
 REASON = "fail_reason"
+RETRY = "retry"
+"""User attribute of a failed trial: whether its settings did not decide the failure, so that it is retried."""
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue a copy of a failed trial (its settings, not its attributes), at most MAX_RETRY times per original.
+    Also RDBStorage's callback for trials whose heartbeat stopped."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return False
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history},
+        )
+    )
+    return True
+
+
+def fail(trial: optuna.Trial, reason: str, retry: bool) -> None:
+    """Say why a running trial fails, and whether a later run of the sweep retries it."""
+    trial.set_user_attr(REASON, reason)
+    trial.set_user_attr(RETRY, retry)
+
+
+def retryable(t: FrozenTrial) -> bool:
+    """A failed trial whose settings did not decide its failure (trials failed without a reason: their worker
+    died or they were interrupted)."""
+    return t.state == TrialState.FAIL and bool(t.user_attrs.get(RETRY, REASON not in t.user_attrs))
+
+
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that have a retry."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def retries_left(t: FrozenTrial) -> bool:
+    return len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
+
+
+def retry_failed(study: optuna.Study) -> list[int]:
+    """Queue a retry of every failed trial that is to be retried and has none yet. Call it holding the slot lock."""
+    trials = study.get_trials(deepcopy=False)
+    done = retried(trials)
+    queued = []
+    for t in trials:
+        if retryable(t) and t.number not in done and retry_trial(study, t):
+            queued.append(t.number)
+            why = t.user_attrs.get(REASON) or "no reason recorded"
+            print(
+                f"[{study.study_name}] trial {t.number} {t.params}: retrying it ({why})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return queued
+
+
+def retry_pending(study: optuna.Study) -> int:
+    """How many failed trials wait for the next run of the sweep to retry them."""
+    return progress(study).to_retry
 
 
 def is_url(location: str) -> bool:
@@ -72,7 +135,8 @@ def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStor
         path = Path(location)
         if not create and not path.is_file():
             raise ConfigError(f"no study has been run yet: {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_file(path, "study journal")
+        make_dir(path.parent, "study folder")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
@@ -83,7 +147,7 @@ def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStor
                 location,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=retry,
+                heartbeat_stale_trial_callback=retry_trial,
                 engine_kwargs={"pool_pre_ping": True},
             )
         except Exception as e:
@@ -120,7 +184,7 @@ class SlotLock:
 
     def acquire(self) -> None:
         if self._file is not None:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
+            make_dir(self._file.parent, "study folder")
             self._fd = os.open(self._file, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         elif self._conn is not None:
@@ -169,19 +233,28 @@ def alive(who: dict) -> bool:
         return False
 
 
+def gone(t: FrozenTrial) -> bool:
+    """Whether a RUNNING trial's worker is known to be dead: it ran on this host and its process is gone (or
+    the trial never recorded one: under the slot lock every live worker records itself at once)."""
+    who = t.user_attrs.get(OWNER)
+    return not who or (who.get("host") == socket.gethostname() and not alive(who))
+
+
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose owner died on this host (or that never got an owner: under the slot lock every
     live worker has recorded itself) and queue a retry of each. Call it holding the slot lock."""
-    here = socket.gethostname()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get(OWNER)
-        if who and (who.get("host") != here or alive(who)):
+        if not gone(t):
             continue
+        why = f"its worker {who['host']} pid {who['pid']} died" if who else "it never got a worker"
+        study._storage.set_trial_user_attr(t._trial_id, REASON, why)
+        study._storage.set_trial_user_attr(t._trial_id, RETRY, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         frozen = study.get_trials(deepcopy=True)[t.number]
         if frozen.state == TrialState.FAIL:
-            retry(study, frozen)
+            retry_trial(study, frozen)
             failed.append(t.number)
             print(
                 f"[{study.study_name}] trial {t.number}: its worker {who or '(unknown)'} is gone; retrying it",
@@ -196,35 +269,46 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 @dataclass
 class Progress:
-    """Trial counts. ``done`` is what n_trials counts: complete, pruned, and failed with a reason (a run that
-    cannot reach its CF, say); a trial failed without one (its worker died) is retried and not counted."""
+    """Trial counts. ``done`` is what n_trials counts: complete, pruned, and failed for good (its settings
+    decide the failure, or its retries are used up). A failed trial to be retried keeps its place in the budget
+    (``taken``) until the next run of the sweep queues its retry; a failed trial with a retry counts no more."""
 
     complete: int = 0
     pruned: int = 0
-    failed_reason: int = 0
-    failed_dead: int = 0
+    failed: int = 0
+    to_retry: int = 0
+    retried: int = 0
     running: int = 0
     waiting: int = 0
     total: int = 0
 
     @property
     def done(self) -> int:
-        return self.complete + self.pruned + self.failed_reason
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def taken(self) -> int:
+        """Places of the budget that no new trial may take."""
+        return self.done + self.to_retry + self.running
 
 
 def progress(study: optuna.Study) -> Progress:
     p = Progress()
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    superseded = retried(trials)
+    for t in trials:
         p.total += 1
         if t.state == TrialState.COMPLETE:
             p.complete += 1
         elif t.state == TrialState.PRUNED:
             p.pruned += 1
         elif t.state == TrialState.FAIL:
-            if REASON in t.user_attrs:
-                p.failed_reason += 1
+            if t.number in superseded:
+                p.retried += 1
+            elif retryable(t) and retries_left(t):
+                p.to_retry += 1
             else:
-                p.failed_dead += 1
+                p.failed += 1
         elif t.state == TrialState.RUNNING:
             p.running += 1
         elif t.state == TrialState.WAITING:

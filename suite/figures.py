@@ -12,6 +12,8 @@ metric vs stored size (and latency). F6 embedding/softmax compression without fi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import DataError, SuiteError  # noqa: E402
-from .files import atomic, make_dir, write_text  # noqa: E402
+from .files import atomic, make_dir, missing_dirs, remove_new_dirs, write_text  # noqa: E402
 from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
 
 Made = tuple[list[Path], str]  # files written, or none and why
@@ -315,9 +317,10 @@ def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> 
     return _save(fig, out, "F3_metric_vs_cmr"), ""
 
 
-def f4_speedup(bench: Path, out: Path) -> Made:
+def read_bench(bench: Path) -> tuple[dict, pd.DataFrame] | None:
+    """The batch-1 inference benchmark (None: not run yet); a file that is not one is a DataError."""
     if not bench.is_file():
-        return [], f"no inference benchmark at {bench} (run the batch-1 inference benchmark first)"
+        return None
     try:
         data = json.loads(bench.read_text())
         rows = pd.DataFrame(data["rows"] if isinstance(data, dict) else data)
@@ -325,6 +328,14 @@ def f4_speedup(bench: Path, out: Path) -> Made:
         raise DataError(
             f"benchmark {bench} cannot be read ({type(e).__name__}); rerun `suite bench infer`"
         ) from None
+    return (data if isinstance(data, dict) else {}), rows
+
+
+def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None = None) -> Made:
+    loaded = loaded or read_bench(bench)
+    if loaded is None:
+        return [], f"no inference benchmark at {bench} (run the batch-1 inference benchmark first)"
+    data, rows = loaded
     speed = [c for c in rows.columns if "speed" in c]
     if rows.empty or not speed or not {"method", "factor"} <= set(rows.columns):
         return [], f"{bench} has no speed-up column"
@@ -338,7 +349,7 @@ def f4_speedup(bench: Path, out: Path) -> Made:
     _log(ax)
     ax.set_xlabel("compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
-    device = data.get("device", "") if isinstance(data, dict) else ""
+    device = data.get("device", "")
     ax.set_title("F4  batch-1 inference speed-up vs CF" + (f" ({device})" if device else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -457,19 +468,37 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
 def make_figures(
     tables: str | Path, out: str | Path, options: dict[str, Any] | None = None
 ) -> dict[str, Made]:
-    """Draw every figure that has data; ``options``: ``cmr_cf`` (F3's CF), ``bench`` (F4's benchmark JSON)."""
+    """Draw every figure that has data; ``options``: ``cmr_cf`` (F3's CF), ``bench`` (F4's benchmark JSON).
+
+    The figures are drawn into a staging folder beside ``out`` and moved into ``out`` (each file by a rename)
+    once all of them are drawn: an error half-way leaves ``out`` as it was."""
     tables, out, options = Path(tables), Path(out), options or {}
     summ, epochs, trials = (_read(tables, n) for n in ("summary", "epochs", "trials"))
+    bench = Path(options.get("bench") or "results/bench/infer.json")
+    loaded = read_bench(bench)  # every input read (and refused if corrupt) before any figure is drawn
+    created = missing_dirs(out)
+    stage = make_dir(out.with_name(f".{out.name}.tmp{os.getpid()}"), "figures folder")
     makers: dict[str, Callable[[], Made]] = {
-        "F1": lambda: f1_metric_vs_cf(summ, out),
-        "F2": lambda: f2_cma(epochs, summ, out, options.get("cmr_cf")),
-        "F3": lambda: f3_metric_vs_cmr(summ, out, options.get("cmr_cf")),
-        "F4": lambda: f4_speedup(Path(options.get("bench") or "results/bench/infer.json"), out),
-        "F5": lambda: f5_pareto(summ, trials, out),
-        "F6": lambda: f6_embedding_softmax(summ, out),
+        "F1": lambda: f1_metric_vs_cf(summ, stage),
+        "F2": lambda: f2_cma(epochs, summ, stage, options.get("cmr_cf")),
+        "F3": lambda: f3_metric_vs_cmr(summ, stage, options.get("cmr_cf")),
+        "F4": lambda: f4_speedup(bench, stage, loaded),
+        "F5": lambda: f5_pareto(summ, trials, stage),
+        "F6": lambda: f6_embedding_softmax(summ, stage),
     }
-    made = {name: make() for name, make in makers.items()}
-    make_dir(out, "figures folder")
-    notes = {name: note or [str(p) for p in paths] for name, (paths, note) in made.items()}
-    write_text(out / "index.json", json.dumps(notes, indent=2) + "\n", "figure index")
+    try:
+        drawn = {name: make() for name, make in makers.items()}
+        make_dir(out, "figures folder")
+        made = {}
+        for name, (paths, note) in drawn.items():
+            for path in paths:
+                os.replace(path, out / path.name)
+            made[name] = ([out / path.name for path in paths], note)
+        notes = {name: note or [str(p) for p in paths] for name, (paths, note) in made.items()}
+        write_text(out / "index.json", json.dumps(notes, indent=2) + "\n", "figure index")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        remove_new_dirs([*created, stage])
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
     return made

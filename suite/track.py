@@ -86,8 +86,10 @@ class Record:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise DataError(f"cannot read record {path} ({e.strerror or type(e).__name__})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"record {path} is not text (corrupt)") from None
         except json.JSONDecodeError as e:
             raise DataError(f"record {path} is not valid JSON (truncated or corrupt: {e.msg})") from None
         problem = _shape_problem(data)
@@ -124,6 +126,15 @@ def _shape_problem(data: Any) -> str | None:
             return f"{key} is a {type(data[key]).__name__}, not a {kind.__name__}"
     if data["status"] not in STATUSES:
         return f"status {data['status']!r} is none of {', '.join(STATUSES)}"
+    for key in ("train", "compress", "model"):
+        if not isinstance(data["config"].get(key, {}), dict):
+            return f"config.{key} is not a mapping"
+    if not all(isinstance(row, dict) for row in data.get("epochs", [])):
+        return "epochs holds something other than one mapping per epoch"
+    numbers = [*data.get("final", {}).values(), *data.get("accounting", {}).values()]
+    numbers = [v for v in numbers if not isinstance(v, (list, dict))]  # per-matrix tables are lists
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in numbers):
+        return "a final metric or a count of the accounting is not a number"
     if data["status"] == "ok":
         bad = [k for k, v in data.get("final", {}).items() if not isinstance(v, (int, float))]
         if bad or not data.get("final"):

@@ -438,3 +438,20 @@ def test_outputs_are_written_whole_or_not_at_all(tmp_path):
         tmp.write_text("half of the ne")
         raise RuntimeError("killed while writing")
     assert target.read_text() == "old\n" and sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+
+def test_figures_are_moved_into_place_only_once_all_are_drawn(tmp_path, monkeypatch):
+    import suite.figures as figures
+    from suite.errors import SuiteError
+
+    out = tmp_path / "figures"
+    figures.make_figures(tmp_path / "no-tables", out)  # every figure skipped: only the index
+    before = snapshot(tmp_path)
+
+    def mixed(*a, **k):
+        raise SuiteError("F5 would mix training budgets")
+
+    monkeypatch.setattr(figures, "f5_pareto", mixed)
+    with pytest.raises(SuiteError):
+        figures.make_figures(tmp_path / "no-tables", out)
+    assert snapshot(tmp_path) == before  # the old figures as they were, no staging folder left

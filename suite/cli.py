@@ -140,7 +140,10 @@ def cmd_sweep(args) -> int:
         print(status(spec, args.storage))
         return 0
     if args.as_worker:
-        work(spec, location(spec, args.storage))
+        try:
+            work(spec, location(spec, args.storage))
+        except KeyboardInterrupt:
+            return 130  # the command that started this worker says so, once
         return 0
     argv = ["sweep", args.spec]
     for flag, value in (

@@ -67,6 +67,14 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
         raise ConfigError(
             f"{path}: profiles.{profile} has unknown key(s) {', '.join(sorted(unknown))} (seeds, set)"
         )
+    for where, key, value in (
+        (f"profiles.{profile}.seeds", "seeds", chosen.get("seeds", [0])),
+        (f"profiles.{profile}.set", "set", chosen.get("set") or {}),
+        ("figures", "figures", raw.get("figures") or {}),
+    ):
+        if not isinstance(value, list if key == "seeds" else dict):
+            kind = "a list" if key == "seeds" else "a mapping"
+            raise ConfigError(f"{path}: {where} must be {kind}, got {value!r}")
     return Params(
         profile=profile,
         workers=raw.get("workers", 1),

@@ -207,6 +207,21 @@ BAD = {
         "workers",
     ),
     "baselines: --out under a file": (lambda f: ["baselines", "tiny.yaml", "--out", "afile/b.json"], "afile"),
+    "baselines: params set not a mapping": (
+        lambda f: [
+            "baselines",
+            "tiny.yaml",
+            "--out",
+            "b.json",
+            "--params",
+            params(f, profiles={"smoke": {"set": [1]}}),
+        ],
+        "profiles.smoke.set must be a mapping",
+    ),
+    "figures: params figures not a mapping": (
+        lambda f: ["figures", "--tables", tables_holding(f, b"a\n"), "--params", params(f, figures=5)],
+        "figures must be a mapping",
+    ),
     "baselines: params threads zero": (
         lambda f: ["baselines", "tiny.yaml", "--out", "b.json", "--params", params(f, threads=0)],
         "threads",

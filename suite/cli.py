@@ -162,8 +162,8 @@ def cmd_sweep(args) -> int:
     left = retry_pending(study)
     if left:
         print(
-            f"{left} trial(s) failed for a reason their settings do not decide (listed above); rerun the "
-            "command to retry them",
+            f"{left} trial(s) failed for a reason their settings do not decide (listed above as to retry); "
+            "rerun the command to retry them",
             file=sys.stderr,
         )
         return 1

@@ -313,9 +313,8 @@ def _run(
     final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
     close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
     record.save(staging / "record.json")
-    replace_dir(
-        staging, final_dir
-    )  # a finished run it replaces (--force) is dropped only once this one is in
+    # A finished run this one replaces (--force) is dropped only once this one is in place.
+    replace_dir(staging, final_dir)
     if raise_after is not None:
         raise raise_after
     return record

@@ -73,9 +73,8 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
             study.set_user_attr("n_trials", spec.n_trials)
             if resume:
                 st.retry_failed(study)
-            if (
-                spec.sampler.name == "grid"
-            ):  # a point with a trial (queued, run or retried) is not queued again
+            # A grid point with a trial (queued, run or retried) is not queued again.
+            if spec.sampler.name == "grid":
                 for point in spec.grid()[: spec.n_trials]:
                     study.enqueue_trial(point, skip_if_exists=True)
     finally:

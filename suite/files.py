@@ -109,7 +109,12 @@ def replace_dir(new: Path, final: Path) -> None:
     ``new`` is in place: a kill in between leaves the old folder aside, where readers find it and
     ``restore_aside`` puts it back."""
     aside = _move_aside(final) if final.exists() else None
-    os.replace(new, final)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, final)
+        raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 

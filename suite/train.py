@@ -312,9 +312,13 @@ def _run(
     summary = {"final": record.final, "cf": record.accounting["cf"], "status": record.status}
     final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
     close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
-    record.save(staging / "record.json")
-    # A finished run this one replaces (--force) is dropped only once this one is in place.
-    replace_dir(staging, final_dir)
+    try:
+        record.save(staging / "record.json")
+        # A finished run this one replaces (--force) is dropped only once this one is in place.
+        replace_dir(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk, say: nothing half-written stays
+        raise
     if raise_after is not None:
         raise raise_after
     return record

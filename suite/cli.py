@@ -100,6 +100,8 @@ def cmd_sweep(args) -> int:
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     if args.results:
         sets["results_dir"] = args.results
+    if args.store:
+        sets["store"] = args.store
     spec = load_spec(args.spec, args.profile or (params.profile if params else None), sets)
     if args.status:
         print(status(spec, args.storage))
@@ -115,6 +117,7 @@ def cmd_sweep(args) -> int:
         ("--params", args.params),
         ("--results", args.results),
         ("--threads", args.threads),
+        ("--store", args.store),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -129,9 +132,8 @@ def cmd_prepare(args) -> int:
     from .pipeline import prepare
 
     info = prepare(args.dataset, args.out, args.data_dir)
-    print(
-        f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}"
-    )
+    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds"))
+    print(f"{args.dataset}: {facts} -> {args.out}")
     return 0
 
 
@@ -140,9 +142,10 @@ def cmd_baselines(args) -> int:
 
     params = load_params(args.params, args.profile)
     use_threads(params.threads)
-    info = baselines(args.preset, params, args.out)
+    info = baselines(args.preset, params, args.out, args.store)
     for r in info["runs"]:
-        print(f"{info['task']} dense seed {r['seed']}: test ppl {r['test_ppl']:.2f} ({r['run_id']})")
+        m = r["metric"]
+        print(f"{info['task']} dense seed {r['seed']}: test {m} {r[f'test_{m}']:.2f} ({r['run_id']})")
     print(f"-> {args.out}")
     return 0
 
@@ -235,11 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads per worker (default: params, else cores / workers)",
     )
+    s.add_argument(
+        "--store", default=None, help="sub-folder of results/runs for the trials' runs (pipeline stages)"
+    )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 
     pr = sub.add_parser("prepare", help="load and cache a corpus, write its description (pipeline stage)")
-    pr.add_argument("dataset", help="ptb or wikitext2")
+    pr.add_argument("dataset", help="a dataset a task family loads (ptb, wikitext2, ...)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--data-dir", default=None, help="default: SUITE_DATA_DIR")
     pr.set_defaults(func=cmd_prepare)
@@ -249,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--out", required=True)
     bl.add_argument("--params", default=None, help="params.yaml (profile, seeds, fixed settings)")
     bl.add_argument("--profile", default=None)
+    bl.add_argument(
+        "--store", default=None, help="sub-folder of results/runs for these runs (pipeline stages)"
+    )
     bl.set_defaults(func=cmd_baselines)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")

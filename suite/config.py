@@ -36,6 +36,9 @@ class RunConfig:
     family: str = "lm"
     data_dir: str | None = None
     results_dir: str = "results"
+    store: str | None = None
+    """Sub-folder of results/runs this run is written to (each pipeline stage has its own, so that its runs are
+    its output); None: results/runs itself. Finished runs are found in any store. Not part of the identity."""
     wandb: str = "offline"
     """W&B mode: offline (default), online, disabled."""
     study: str | None = None
@@ -144,6 +147,7 @@ _TOP = {
     "profile",
     "data_dir",
     "results_dir",
+    "store",
     "wandb",
     "study",
     "trial",

@@ -100,14 +100,31 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-def run_dir(results_dir: str | Path, task: str, method: str, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / task / method / run_id
+def run_dir(results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None) -> Path:
+    """results/runs/[<store>/]<task>/<method>/<run-id>: a store is the folder of one pipeline stage's runs."""
+    root = Path(results_dir) / "runs"
+    return (root / store if store else root) / task / method / run_id
+
+
+def locate(
+    results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None
+) -> Path | None:
+    """The folder holding this run's record: its own store first, then any store under results/runs."""
+    own = run_dir(results_dir, task, method, run_id, store)
+    if (own / "record.json").is_file():
+        return own
+    for path in sorted((Path(results_dir) / "runs").glob(f"**/{task}/{method}/{run_id}/record.json")):
+        if not any(part.startswith(".") for part in path.parent.relative_to(results_dir).parts):
+            return path.parent
+    return None
 
 
 @contextlib.contextmanager
-def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> Iterator[None]:
+def run_lock(
+    results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None
+) -> Iterator[None]:
     """Exclusive, per run-id, between processes on this machine; the system drops it when its holder dies."""
-    path = run_dir(results_dir, task, method, run_id).with_name(f".{run_id}.lock")
+    path = run_dir(results_dir, task, method, run_id, store).with_name(f".{run_id}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -120,11 +137,12 @@ def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> It
 
 
 def load_records(results_dir: str | Path, status: str | None = "ok") -> list[Record]:
-    """Every record under results/runs (optionally only those with ``status``)."""
+    """Every record under results/runs, in any store (optionally only those with ``status``)."""
     out = []
-    for path in sorted(Path(results_dir).glob("runs/*/*/*/record.json")):
-        if path.parent.name.startswith("."):  # a staging folder left by a killed run
-            continue
+    root = Path(results_dir)
+    for path in sorted(root.glob("runs/**/record.json")):
+        if any(part.startswith(".") for part in path.parent.relative_to(root).parts):
+            continue  # a staging folder left by a killed run
         try:
             rec = Record.load(path)
         except (json.JSONDecodeError, TypeError, KeyError):

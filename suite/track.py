@@ -36,6 +36,8 @@ class Record:
     config: dict
     metric: str = "test_ppl"
     """Name of the headline metric in ``final`` (lower is better for perplexity)."""
+    direction: str | None = None
+    """``minimize`` or ``maximize``; None in records of before directions were recorded (perplexity)."""
     final: dict = field(default_factory=dict)
     epochs: list[dict] = field(default_factory=list)
     accounting: dict = field(default_factory=dict)

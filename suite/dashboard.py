@@ -1,6 +1,7 @@
 """W&B dashboards that compare methods, built from the records with W&B's workspace library.
 
-One workspace (saved view) per task or study and training budget, and with ``report=True`` one report per study.
+One workspace (saved view) per task or study and training budget, or (``suite dashboard --report``) one report
+per study.
 Offline first: the definitions are written as the library serializes them (results/dashboards/); publishing
 (``Workspace.save``, ``Report.save``) needs a login and happens only when asked. wandb_workspaces is imported
 inside the functions that use it, so training never needs it.
@@ -62,6 +63,7 @@ def wandb_config(record: Record) -> dict[str, Any]:
 
 
 def logged_keys(records: list[Record]) -> Keys:
+    """The keys the W&B runs of ``records`` log, from what the records hold (train.py logs the same)."""
     history: set[str] = set()
     summary: set[str] = {"cf", "status"}
     config: set[str] = set()
@@ -97,11 +99,15 @@ class View:
     @property
     def budget(self) -> str:
         share = "all" if self.train_fraction == 1 else f"{self.train_fraction:.0%}"
-        return f"profile {self.profile}, {self.epochs} epochs, {share} of the training data"
+        return f"profile {self.profile}, {self._epochs}, {share} of the training data"
 
     @property
     def title(self) -> str:
-        return f"{self.key}: {self.profile}, {self.epochs} epochs, train fraction {self.train_fraction:g}"
+        return f"{self.key}: {self.profile}, {self._epochs}, train fraction {self.train_fraction:g}"
+
+    @property
+    def _epochs(self) -> str:
+        return f"{self.epochs} epoch" + ("s" if self.epochs != 1 else "")
 
     @property
     def keys(self) -> Keys:
@@ -349,19 +355,19 @@ def dashboards(
     entity = entity or os.environ.get("WANDB_ENTITY") or ""
     if publish and not entity:
         entity = _default_entity()
-    build = (
-        (lambda v: report(v, entity, project, resolve_runsets=publish))
-        if report_only
-        else (lambda v: workspace(v, entity, project))
-    )
-    objs = [build(v) for v in chosen]
+
+    def build(view: View, online: bool = False):
+        if report_only:
+            return report(view, entity, project, resolve_runsets=online)
+        return workspace(view, entity, project)
+
     folder = Path(out or Path(results) / "dashboards") / ("reports" if report_only else "workspaces")
     files = []
-    for view, obj in zip(chosen, objs):
+    for view in chosen:
         path = folder / f"{view.name}.json"
-        write_json(path, spec_of(obj))  # atomically: temp file and os.replace
+        write_json(path, spec_of(build(view)))  # atomically: temp file and os.replace
         files.append(path)
-    urls = [_save(obj) for obj in objs] if publish else []
+    urls = [_save(view.title, lambda v=view: build(v, online=True)) for view in chosen] if publish else []
     return Made(files, urls, chosen)
 
 
@@ -376,12 +382,13 @@ def _default_entity() -> str:
         ) from None
 
 
-def _save(obj) -> str:
+def _save(title: str, make) -> str:
+    """Build (a report's runsets look their project up online) and save one definition; its URL."""
     try:
+        obj = make()
         obj.save()
         return obj.url
-    except Exception as e:
-        name = getattr(obj, "name", None) or getattr(obj, "title", "")
+    except Exception as e:  # no network, a revoked key, a missing project: one line, not a traceback
         raise SuiteError(
-            f"could not save {name!r} to W&B ({type(e).__name__}: {e}); check the network and `wandb login`"
+            f"could not save {title!r} to W&B ({type(e).__name__}: {e}); check the network and `wandb login`"
         ) from None

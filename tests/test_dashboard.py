@@ -386,3 +386,51 @@ def test_cli_errors_are_one_line(results, capsys, args, message):
 def test_cli_without_results(tmp_path, capsys):
     assert main(["dashboard", "--results", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: no runs under")
+
+
+def test_history_keys_of_a_real_doped_run(tiny_preset, tmp_path, monkeypatch):
+    """The per-epoch keys the panels name are columns of a trained run's Lightning log, which gets what W&B gets."""
+    import csv
+
+    from suite.config import load_run
+    from suite.train import train
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = tmp_path / "real"
+    cfg = load_run(
+        tiny_preset, "doped_kp", 4, None, {"results_dir": str(results), "profile": "smoke", "cmr": 0.5}
+    )
+    rec = train(cfg, progress_bar=False)
+    with open(results / "runs" / rec.task / rec.method / rec.run_id / "csv" / "metrics.csv") as f:
+        logged = set(next(csv.reader(f)))
+    (view,) = dashboard.views([rec])
+    spec = dashboard.spec_of(dashboard.workspace(view, "", "proj"))
+    history = {k for s, k in _referenced(spec) if s == "history"}
+    assert {"epoch", "val_ppl", "d_sparsity", "val_ppl_without_d", "epoch/train_tokens_per_s"} <= history
+    assert history <= logged, history - logged
+
+
+def test_publish_failure_is_one_line(results, capsys, monkeypatch):
+    import wandb_workspaces.workspaces as ws
+
+    def offline(self):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(ws.Workspace, "save", offline)
+    assert main(["dashboard", "--results", str(results), "--entity", "team", "--publish"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not save") and "no route to host" in err and err.count("\n") == 1
+
+
+def test_login_is_read_from_the_environment_or_netrc(tmp_path, monkeypatch):
+    assert not dashboard.logged_in()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert dashboard.logged_in()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not dashboard.logged_in()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert dashboard.logged_in()

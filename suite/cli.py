@@ -1,5 +1,5 @@
-"""Command line: ``suite train|sweep|methods|report|figures|bench|prepare|baselines``. Errors the user can fix
-print one line and exit 2."""
+"""Command line: ``suite train|sweep|methods|report|figures|dashboard|bench|prepare|baselines``. Errors the user
+can fix print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -86,6 +86,32 @@ def cmd_figures(args) -> int:
     made = make_figures(args.tables, args.out, load_params(args.params).figures)
     for name, (paths, note) in made.items():
         print(f"{name}: {', '.join(str(p) for p in paths) if paths else 'skipped: ' + note}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import dashboards
+
+    made = dashboards(
+        args.results,
+        task=args.task,
+        study=args.study,
+        entity=args.entity,
+        project=args.project,
+        report_only=args.report,
+        publish=args.publish,
+        out=args.out,
+    )
+    kind = "report" if args.report else "workspace"
+    for view, path in zip(made.views, made.files):
+        print(f"{kind} {view.title} ({len(view.records)} runs) -> {path}")
+    for url in made.urls:
+        print(f"published: {url}")
+    if not args.publish:
+        names = ("results", "task", "study", "entity", "project", "out")
+        flags = [f"--{k} {getattr(args, k)}" for k in names if getattr(args, k)]
+        again = " ".join(["suite dashboard", *flags, *(["--report"] if args.report else []), "--publish"])
+        print(f"offline definitions only; to publish: `wandb login`, then `{again}`")
     return 0
 
 
@@ -217,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="results/figures")
     f.add_argument("--params", default=None, help="params.yaml (its figures: section)")
     f.set_defaults(func=cmd_figures)
+
+    d = sub.add_parser(
+        "dashboard", help="W&B workspaces (or a report) that compare methods, from the records"
+    )
+    d.add_argument("--results", default="results")
+    d.add_argument("--task", default=None, help="only this task's runs (its own view and its studies')")
+    d.add_argument("--study", default=None, help="only this study's runs")
+    d.add_argument(
+        "--entity", default=None, help="W&B entity (default: WANDB_ENTITY, else your default entity)"
+    )
+    d.add_argument(
+        "--project", default=None, help="W&B project (default: WANDB_PROJECT, else compression-suite)"
+    )
+    d.add_argument("--report", action="store_true", help="a report per study (text and the same panels)")
+    d.add_argument("--publish", action="store_true", help="save to W&B (needs `wandb login`)")
+    d.add_argument(
+        "--out", default=None, help="folder of the offline definitions (default: <results>/dashboards)"
+    )
+    d.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import lightning.pytorch as pl
 import torch
@@ -93,7 +94,7 @@ class SpeechModel:
     stack: int = 3
     """Feature frames joined into one LSTM step (3: 30 ms steps); see suite.models.acoustic."""
     features: int | None = None
-    classes: int = CLASSES
+    """Feature bins per frame (40), filled in from the data."""
 
     def __post_init__(self) -> None:
         check_fields(self, "model", positive_ints=("hidden", "layers", "stack"))
@@ -111,8 +112,6 @@ class SpeechModel:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.features is not None:
             check_fields(self, "model", positive_ints=("features",))
-        if self.classes != CLASSES:
-            raise ConfigError(f"model.classes is {CLASSES} (blank and ten digits), got {self.classes!r}")
 
 
 def step_decay(cfg: SpeechTrain) -> Callable[[int], float]:
@@ -259,6 +258,9 @@ class SpeechTask(Task):
     def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
         super().__init__(model, lr_at)
         self._eval: dict[str, dict] = {}
+        self.metric_detail = {
+            "wer": f"corpus word error rate of greedy CTC decoding over digit words, a fraction (jiwer {version('jiwer')})"
+        }
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=1.0)
@@ -359,7 +361,7 @@ class Speech(Family):
         return load_fsdd(data_dir, train.utterance_settings())
 
     def resolve_model(self, model: dict, data: FSDD) -> dict:
-        return {**model, "features": data.n_mels, "classes": CLASSES}
+        return {**model, "features": data.n_mels}
 
     def example(self, seed: int = 0) -> Example:
         model = {**self.check_model({"hidden": 32, "layers": 2, "stack": 2}), "features": N_MELS}

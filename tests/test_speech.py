@@ -22,17 +22,16 @@ from suite import tasks
 from suite.compressors import account, available, make_config, registry
 from suite.compressors.accounting import parametrized_tensors
 from suite.config import load_run
-from suite.data import fsdd
+from suite.data import audio, fsdd
 from suite.data.fsdd import UtteranceSettings
+from suite.data.utterances import LengthBuckets, collate
 from suite.errors import ConfigError, DataError
 from suite.models.acoustic import BLANK, build_acoustic, greedy_decode
 from suite.tasks.base import make_settings
 from suite.tasks.speech import (
-    LengthBuckets,
     Speech,
     SpeechTask,
     SpeechTrain,
-    collate,
     ctc_losses,
     transcript,
     word_error_rate,
@@ -121,12 +120,12 @@ def test_speaker_held_out_is_heard_only_in_test(data_root):
 
 
 def test_features_have_the_documented_shape_and_training_statistics(data):
-    wave = fsdd.read_clip(data.folder / data.clips[0].name)
-    assert fsdd.log_mel(wave).shape == (1 + wave.size // 80, 40) == (fsdd.expected_frames(wave.size), 40)
+    wave = audio.read_clip(data.folder / data.clips[0].name)
+    assert audio.log_mel(wave).shape == (1 + wave.size // 80, 40) == (audio.expected_frames(wave.size), 40)
     u = data.utterances["train"][0]
     x = data.utterance_features(u)
     clip_frames = sum(
-        fsdd.expected_frames(fsdd.read_clip(data.folder / data.clips[c].name).size) for c in u.clips
+        audio.expected_frames(audio.read_clip(data.folder / data.clips[c].name).size) for c in u.clips
     )
     assert x.shape == (clip_frames + sum(u.silences), 40) and x.shape[0] == data.frames(u)
     train = torch.cat([data.utterance_features(v) for v in data.utterances["train"]])

@@ -11,8 +11,8 @@ official split puts takes 0-4 in test and 5-49 in train. Here:
   with replacement), with a silence before, between and after the digits of uniform length in
   [``min_silence``, ``max_silence``] seconds. Each split draws from its own seeded stream, so changing the
   number of training utterances leaves the validation and test utterances as they were.
-- Features: 40 log-mel energies per 10 ms (25 ms Hann windows, 256-point FFT, librosa's Slaney mel
-  filterbank, ``torch.stft``) of every clip, computed once and cached under ``cache_dir()/fsdd``, keyed by a
+- Features (``suite.data.audio``): 40 log-mel energies per 10 ms (25 ms Hann windows, librosa's mel
+  filterbank on ``torch.stft``) of every clip, computed once and cached under ``cache_dir()/fsdd``, keyed by a
   hash of the feature settings and the clip list (names and byte sizes). An utterance is its clips' features
   joined with slices of the features of low-level white noise for its silences: the clips are trimmed to near
   silence, so joining features rather than waveforms only changes the frames at the joins. Its shape is
@@ -25,14 +25,11 @@ its SHA256SUMS; a corrupt, truncated or empty wav is a DataError naming the file
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import re
-import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,19 +38,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from .audio import HOP, N_MELS, SAMPLE_RATE, WIN, feature_settings, log_mel, one_thread, read_clip
 from .sources import cache_dir, data_dir, sha256
-
-SAMPLE_RATE = 8000
-N_MELS = 40
-WIN = 200
-"""25 ms analysis window (samples)."""
-HOP = 80
-"""10 ms hop (samples): one feature frame per 10 ms."""
-N_FFT = 256
-LOG_FLOOR = 1e-10
-"""Mel energies are clamped to this before the log (digital silence would be -inf)."""
-FEATURE_VERSION = 1
-"""Bumped whenever the feature computation changes, so stale caches are never read."""
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEST_TAKES = 5
@@ -166,102 +152,7 @@ class Utterance:
         return " ".join(DIGIT_WORDS[d] for d in self.digits)
 
 
-# Reading audio --------------------------------------------------------------------------------------------
-
-
-def _check_wav_complete(path: Path) -> None:
-    """Refuse a file that is not RIFF/WAVE or whose data chunk is cut short (libsndfile reads such a file
-    without complaint, returning only the samples that are there)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            raise DataError(f"{path}: not a RIFF/WAVE file ({size} bytes); restore it from FSDD")
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk, length = struct.unpack("<4sI", f.read(8))
-            if chunk == b"data":
-                if length != 0xFFFFFFFF and pos + 8 + length > size:
-                    raise DataError(
-                        f"{path}: truncated ({size} bytes, its header promises {pos + 8 + length}); restore it from FSDD"
-                    )
-                return
-            pos += 8 + length + (length & 1)
-    raise DataError(f"{path}: has no audio data chunk; restore it from FSDD")
-
-
-def read_clip(path: Path) -> np.ndarray:
-    """The samples of one FSDD wav as float32 in [-1, 1]; a DataError naming the file when it cannot be used."""
-    import soundfile
-
-    path = Path(path)
-    _check_wav_complete(path)
-    try:
-        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: unreadable wav ({reason}); restore it from FSDD") from None
-    if rate != SAMPLE_RATE or wave.shape[1] != 1:
-        raise DataError(
-            f"{path}: {rate} Hz, {wave.shape[1]} channel(s); FSDD clips are {SAMPLE_RATE} Hz mono"
-        )
-    if wave.shape[0] < WIN:
-        raise DataError(f"{path}: empty or shorter than one 25 ms window ({wave.shape[0]} samples)")
-    return np.ascontiguousarray(wave[:, 0])
-
-
-# Features -------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _filterbank() -> Tensor:
-    import librosa
-
-    return torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS))  # (40, 129)
-
-
-def log_mel(wave: np.ndarray | Tensor) -> Tensor:
-    """(samples,) waveform at 8 kHz -> (1 + samples // 80, 40) log-mel energies (frames centred every 10 ms)."""
-    x = torch.as_tensor(wave, dtype=torch.float32)
-    spec = torch.stft(
-        x,
-        N_FFT,
-        hop_length=HOP,
-        win_length=WIN,
-        window=torch.hann_window(WIN),
-        center=True,
-        return_complex=True,
-    )  # (129, frames)
-    mel = _filterbank() @ spec.abs().square()  # (40, frames)
-    return mel.clamp_min(LOG_FLOOR).log().T.contiguous()  # (frames, 40)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread inside (restored after). The per-clip transforms are tiny: more threads
-    only add synchronization, which on a busy machine made extracting FSDD's features ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def feature_settings() -> dict:
-    import librosa
-
-    return {
-        "version": FEATURE_VERSION,
-        "sample_rate": SAMPLE_RATE,
-        "n_mels": N_MELS,
-        "win": WIN,
-        "hop": HOP,
-        "n_fft": N_FFT,
-        "log_floor": LOG_FLOOR,
-        "librosa": librosa.__version__,
-    }
+# Feature cache -------------------------------------------------------------------------------------------
 
 
 def feature_key(clips: Sequence[Clip]) -> str:
@@ -408,7 +299,7 @@ class FSDD:
     std: Tensor
     cache_key: str = ""
     clip_splits: dict[str, list[int]] = field(default_factory=dict)
-
+    """Split name -> indices of its clips."""
     n_mels: int = N_MELS
 
     def frames(self, utt: Utterance) -> int:
@@ -542,11 +433,6 @@ def load_fsdd(configured_dir: str | None, settings: UtteranceSettings) -> FSDD:
     )
 
 
-def expected_frames(samples: int) -> int:
-    """Feature frames of a clip of ``samples`` samples."""
-    return 1 + samples // HOP
-
-
 __all__ = [
     "DIGIT_WORDS",
     "FSDD",
@@ -555,10 +441,7 @@ __all__ = [
     "UtteranceSettings",
     "build_utterances",
     "clip_features",
-    "expected_frames",
     "list_clips",
     "load_fsdd",
-    "log_mel",
-    "read_clip",
     "split_clips",
 ]

@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import Corpus, load_corpus
 from .errors import SuiteError, TrialDiverged
 from .models.lm import build_lm
-from .tasks import LanguageModelData, LanguageModelTask, step_decay
+from .tasks.lm import LanguageModelData, LanguageModelTask, step_decay
 from .track import History, Record, close_wandb, provenance, run_dir, run_lock, wandb_logger
 
 MODEL_FILE = "model.pt"

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig
-from .data import BPTTWindows, Corpus, batchify, prefix
-from .errors import TrialDiverged
-from .models.lm import detach
+from ..config import TrainConfig
+from ..data import BPTTWindows, Corpus, batchify, prefix
+from ..errors import TrialDiverged
+from ..models.lm import detach
 
 FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 

@@ -1,0 +1,211 @@
+"""The task-family contract: what train(), the report, the figures, the sweeps and the compressors may ask of a
+kind of task (language modeling, translation, speech, ...).
+
+A family is one module under suite/tasks/ that subclasses ``Family`` and calls ``register`` on an instance;
+``suite.tasks`` imports every module of the package, so adding a family edits no list. A family gives:
+
+- its metric (name and direction: ``ppl`` and ``wer`` are minimized, ``bleu`` maximized);
+- its training and model settings as validated dataclasses (``TrainSettings`` subclasses; a model dataclass
+  whose unknown keys are refused);
+- its data (``load_data``: from a local folder or a download, cached), its model builder (plain nn.Modules with
+  stock nn.LSTM / nn.LSTMCell weights, so the compressors find them), its LightningDataModule and its
+  LightningModule (a ``Task``);
+- what a method may ask of its data (``context``: a ``DataContext``).
+
+The LightningModule logs ``val_<metric>`` and ``test_<metric>`` once per validation and test epoch, and offers
+``evaluate`` (the metric over a loader outside the Trainer) and ``run_batch`` (one forward pass on a batch) to
+the callbacks of the methods (the CMA diagnostics of doping use both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..context import DataContext
+from ..errors import ConfigError
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task's metric: ``name`` (the records' final keys are ``val_<name>`` and ``test_<name>``) and direction."""
+
+    name: str
+    direction: str
+    label: str = ""
+    """For axes and tables: ``perplexity``, ``BLEU``, ``word error rate``."""
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"metric direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+    @property
+    def val(self) -> str:
+        return f"val_{self.name}"
+
+    @property
+    def test(self) -> str:
+        return f"test_{self.name}"
+
+    @property
+    def sign(self) -> float:
+        """+1 when lower is better, -1 when higher is: ``sign * value`` is always minimized."""
+        return 1.0 if self.direction == "minimize" else -1.0
+
+    @property
+    def worst(self) -> float:
+        return math.inf * self.sign
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return self.sign * a < self.sign * b
+
+
+def check_fields(obj: Any, what: str, positive_ints=(), positive=(), fractions=(), non_negative_ints=()) -> None:
+    """Shared validation of settings dataclasses: one ConfigError naming the setting and what it must be."""
+    for name in positive_ints:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{what}.{name} must be a positive integer, got {v!r}")
+    for name in non_negative_ints:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{what}.{name} must be an integer >= 0, got {v!r}")
+    for name in positive:
+        v = getattr(obj, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"{what}.{name} must be a number > 0, got {v!r}")
+    for name in fractions:
+        v = getattr(obj, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+            raise ConfigError(f"{what}.{name} must be in (0, 1], got {v!r}")
+
+
+@dataclass
+class TrainSettings:
+    """Settings every family's training has; a family subclasses this with its own (optimizer, schedule, ...)."""
+
+    epochs: int = 1
+    batch_size: int = 20
+    lr: float = 1.0
+    clip: float = 5.0
+    """Max global gradient norm."""
+    train_fraction: float = 1.0
+    """Train on this leading fraction of the training data (smoke profiles)."""
+    eval_fraction: float = 1.0
+    """Validate and test on this leading fraction of the validation and test data."""
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "train",
+            positive_ints=("batch_size",),
+            non_negative_ints=("epochs",),
+            positive=("lr", "clip"),
+            fractions=("train_fraction", "eval_fraction"),
+        )
+
+    def budget(self) -> dict[str, Any]:
+        """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
+        return {"epochs": self.epochs, "train_fraction": self.train_fraction, "eval_fraction": self.eval_fraction}
+
+
+def make_settings(cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build a settings dataclass from a dict; unknown keys are a ConfigError that lists the known ones."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"bad {what} settings: {e}") from None
+
+
+class Task(pl.LightningModule):
+    """Base of every family's LightningModule: the model, the metric, and what method callbacks may ask of it.
+
+    The forward pass evaluates every parametrized weight once (``parametrize.cached``), so a compressed stock
+    module (nn.LSTM reads each weight once per step otherwise) costs one materialization per forward.
+    """
+
+    metric: Metric
+
+    def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
+        super().__init__()
+        self.model = model
+        self.lr_at = lr_at
+        self.metric_detail: dict[str, Any] = {}
+        """Facts about how the metric was computed (a sacrebleu signature), written into the record."""
+
+    def forward(self, *args, **kwargs):
+        with parametrize.cached():
+            return self.model(*args, **kwargs)
+
+    def evaluate(self, loader) -> float:
+        """The metric over ``loader`` outside the Trainer (eval mode, no gradients; training mode restored)."""
+        raise NotImplementedError
+
+    def run_batch(self, batch) -> None:
+        """One forward pass of the model on ``batch`` in eval mode (diagnostics capture what each matrix sees)."""
+        raise NotImplementedError
+
+
+class Family:
+    """A kind of task. Subclasses set the class attributes and implement the methods that raise here."""
+
+    name: ClassVar[str]
+    metric: ClassVar[Metric]
+    train_settings: ClassVar[type[TrainSettings]] = TrainSettings
+    model_settings: ClassVar[type]
+    """A dataclass of the model's settings (validated in ``__post_init__``); unknown keys are refused."""
+    datasets: ClassVar[tuple[str, ...]] = ()
+    """Dataset names this family loads (``suite prepare <name>``)."""
+    units: ClassVar[str] = "examples"
+    """What training throughput counts (``tokens``, ``frames``)."""
+
+    def load_data(self, dataset: str | dict, data_dir: str | None, train: TrainSettings) -> Any:
+        """Load (from ``data_dir``/SUITE_DATA_DIR, a cache or a download) everything the runs need; raise
+        DataError with what to do when it is missing or corrupt. The result has ``describe() -> dict``."""
+        raise NotImplementedError
+
+    def check_model(self, model: dict) -> dict:
+        """The model settings, validated by ``model_settings`` and with its defaults filled in."""
+        return dataclasses.asdict(make_settings(self.model_settings, dict(model), "model"))
+
+    def resolve_model(self, model: dict, data: Any) -> dict:
+        """The model settings plus what the data fixes (vocabulary sizes, feature dimension)."""
+        return dict(model)
+
+    def build_model(self, model: dict) -> nn.Module:
+        """A fresh model from resolved settings (``resolve_model``)."""
+        raise NotImplementedError
+
+    def datamodule(self, data: Any, train: TrainSettings) -> pl.LightningDataModule:
+        raise NotImplementedError
+
+    def task(self, model: nn.Module, train: TrainSettings, lr_at: Callable[[int], float]) -> Task:
+        raise NotImplementedError
+
+    def lr_at(self, train: TrainSettings) -> Callable[[int], float]:
+        """Learning rate of epoch index e (0-based); the default is constant."""
+        return lambda e: train.lr
+
+    def train_units(self, datamodule: pl.LightningDataModule) -> int:
+        """How many ``units`` one training epoch processes (for throughput)."""
+        return 0
+
+    def context(self, data: Any, datamodule: pl.LightningDataModule, needs: frozenset[str]) -> DataContext:
+        """The DataContext fields in ``needs``; a family that cannot give one raises ConfigError saying so."""
+        if needs:
+            raise ConfigError(f"task family {self.name} cannot give methods {', '.join(sorted(needs))}")
+        return DataContext()

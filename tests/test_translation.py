@@ -181,6 +181,8 @@ def test_bucketing_keeps_every_example_once_per_epoch_and_reshuffles():
         spread = sum(int(src_len[b].max() - src_len[b].min()) for b in batches) / len(batches)
         assert spread < 5
     assert orders[0] != orders[1] and orders[0] == orders[2]
+    fresh = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=True, seed=3, chunk_batches=10)
+    assert [[i for b in fresh for i in b] for _ in range(2)] == orders[:2]  # each pass is the next epoch
     other_seed = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=True, seed=4, chunk_batches=10)
     assert [i for b in other_seed for i in b] != orders[0]
     ordered = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=False)
@@ -254,12 +256,17 @@ def test_bleu_equals_sacrebleu_on_tokenized_text():
         "ein kind .",
     ]
     score, signature = bleu(hyps, refs)
-    expected = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none")
+    expected = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", lowercase=True)
     assert score == pytest.approx(expected.score, abs=1e-12) and 0 < score < 100
-    assert "tok:none" in signature and "nrefs:1" in signature and sacrebleu.__version__ in signature
+    assert (
+        "tok:none" in signature
+        and "case:lc" in signature
+        and "nrefs:1" in signature
+        and sacrebleu.__version__ in signature
+    )
     assert bleu(refs, refs)[0] == pytest.approx(100.0)
     # Pre-tokenized text is not tokenized again: 13a would split "&apos;" and score differently.
-    assert score != pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score)
+    assert score != pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a", lowercase=True).score)
 
 
 def test_corpus_bleu_decodes_ids_against_the_references(corpus):
@@ -268,7 +275,7 @@ def test_corpus_bleu_decodes_ids_against_the_references(corpus):
     refs = [corpus.references["val"][i] for i in (0, 2, 4)]
     decoded = [" ".join(corpus.tgt_vocab.decode(hyps[i])) for i in (0, 2, 4)]
     assert corpus_bleu(ds, hyps)[0] == pytest.approx(
-        sacrebleu.corpus_bleu(decoded, [refs], tokenize="none").score
+        sacrebleu.corpus_bleu(decoded, [refs], tokenize="none", lowercase=True).score
     )
 
 
@@ -403,6 +410,17 @@ def test_schedule_units_and_context(corpus):
 # A smoke fit
 
 
+class SeenBatches(pl.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[list[int]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.epochs[-1].extend(batch["index"].tolist())
+
+
 def fit(corpus, epochs: int = 1, model_cfg: dict | None = None, **train):
     cfg = TranslationTrain(
         **{"epochs": epochs, "batch_size": 16, "lr": 1e-2, "eval_batch_size": 16, "beam": 3, **train}
@@ -420,17 +438,24 @@ def fit(corpus, epochs: int = 1, model_cfg: dict | None = None, **train):
         enable_progress_bar=False,
         enable_model_summary=False,
         gradient_clip_val=cfg.clip,
+        callbacks=[seen := SeenBatches()],
     )
     dm = FAMILY.datamodule(corpus, cfg)
     trainer.fit(task, datamodule=dm)
-    task.fit_metrics = dict(trainer.callback_metrics)
+    task.fit_metrics, task.seen = dict(trainer.callback_metrics), seen.epochs
     task.test_metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
     return task
 
 
-def test_smoke_fit_logs_val_and_test_bleu(corpus):
-    task = fit(corpus, epochs=1, train_fraction=0.5)
+def test_smoke_fit_logs_val_and_test_bleu_and_reshuffles_every_epoch(corpus):
+    task = fit(corpus, epochs=2, train_fraction=0.5)
     assert {"val_bleu", "val_loss", "train_loss"} <= set(task.fit_metrics)
+    first, second = task.seen
+    assert sorted(first) == sorted(second) == list(range(150)) and first != second
+    expected = BucketBatchSampler(
+        *(s.lengths[:150] for s in (corpus.src["train"], corpus.tgt["train"])), 16, True, 0
+    )
+    assert [[i for b in expected for i in b] for _ in range(2)] == [first, second]
     assert 0 <= float(task.fit_metrics["val_bleu"]) <= 100 and "test_bleu" in task.test_metrics
     assert "tok:none" in task.metric_detail["bleu_signature"]
 

@@ -47,8 +47,9 @@ class PairDataset(Dataset):
 class BucketBatchSampler(Sampler[list[int]]):
     """Index batches of similar source length; ``shuffle=False`` gives consecutive batches in order.
 
-    With ``shuffle``, epoch e draws its order from ``seed + e`` (Lightning calls ``set_epoch``): every example
-    appears exactly once per epoch, and a rerun with the same seed sees the same batches.
+    With ``shuffle``, epoch e draws its order from ``seed + e``: every example appears exactly once per epoch,
+    and a rerun with the same seed sees the same batches. Each pass counts as the next epoch, unless
+    ``set_epoch`` says which (Lightning calls ``set_epoch`` on samplers only, never on a batch sampler).
     """
 
     def __init__(
@@ -82,7 +83,8 @@ class BucketBatchSampler(Sampler[list[int]]):
             for s in range(0, n, self.batch_size):
                 yield list(range(s, min(s + self.batch_size, n)))
             return
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        g = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(n, generator=g)
         # Sort key: source length, then target length; the stable sort keeps the shuffled order among ties.
         key = (

@@ -1,8 +1,8 @@
 """Where each corpus comes from: a local folder (SUITE_DATA_DIR), or a download when the machine is online.
 
 Local layout (the same for every user): <data_dir>/ptb/ptb.{train,valid,test}.txt,
-<data_dir>/wikitext-2/{train,valid,test}.txt. A user's own corpus is any folder with train.txt, valid.txt and
-test.txt. Downloads: PTB from its canonical public files (Zaremba et al.'s repository, checked by sha256),
+<data_dir>/wikitext-2/{train,valid,test}.txt, <data_dir>/multi30k-en-de/tok/ (see multi30k.py). A user's own
+corpus is any folder with train.txt, valid.txt and test.txt. Downloads: PTB from its canonical public files (Zaremba et al.'s repository, checked by sha256),
 WikiText-2 from the datasets hub (Salesforce/wikitext, config wikitext-2-v1).
 """
 

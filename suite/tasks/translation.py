@@ -3,8 +3,9 @@ Adam, teacher forcing, corpus BLEU by sacrebleu.
 
 BLEU is corpus BLEU on the lower-cased Moses-tokenized text of the official files, the text the model reads and
 writes, computed by sacrebleu with ``tokenize="none"`` (the text is tokenized already; sacrebleu's ``13a``
-would split it again, e.g. ``&apos;`` into three tokens), which reproduces multi-bleu.perl, the tokenized BLEU
-that papers report on this split. The sacrebleu signature is kept in the record (``metric_detail``).
+would split it again, e.g. ``&apos;`` into three tokens) and ``lowercase=True`` (a no-op on these files, so that
+the signature says ``case:lc``). This reproduces multi-bleu.perl -lc, the tokenized lower-cased BLEU that papers
+report on this split. The sacrebleu signature is kept in the record (``metric_detail``).
 
 Validation BLEU (``val_bleu``, the metric that selects, stops early and prunes) decodes greedily, which is cheap
 enough for every epoch; test BLEU (``test_bleu``) uses beam search with the preset's width.
@@ -132,7 +133,9 @@ class TranslationModel:
 
 def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     """Corpus BLEU of tokenized hypotheses against one tokenized reference each, and sacrebleu's signature."""
-    metric = BLEU(tokenize="none")
+    # lowercase: a no-op on these lower-cased files that makes the signature say ``case:lc``; force: the text is
+    # tokenized on purpose, so sacrebleu's warning about tokenized input does not apply.
+    metric = BLEU(tokenize="none", lowercase=True, force=True)
     score = metric.corpus_score(hypotheses, [references])
     return score.score, str(metric.get_signature())
 

@@ -72,19 +72,16 @@ class TranslationTrain(TrainSettings):
             non_negative_ints=("decay_after", "max_len_b"),
             positive=("max_len_a",),
         )
-        for name in ("lr_decay",):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 1 <= v < math.inf:
-                raise ConfigError(f"train.{name} must be a number >= 1 (1: constant rate), got {v!r}")
-        for name in ("label_smoothing", "length_alpha"):
-            v = getattr(self, name)
-            if (
-                not isinstance(v, (int, float))
-                or isinstance(v, bool)
-                or not 0 <= v < (1 if name == "label_smoothing" else math.inf)
-            ):
-                bound = "[0, 1)" if name == "label_smoothing" else ">= 0"
-                raise ConfigError(f"train.{name} must be a number {bound}, got {v!r}")
+        check_range(self, "train", "lr_decay", 1, math.inf, "a number >= 1 (1: a constant rate)")
+        check_range(self, "train", "label_smoothing", 0, 1, "in [0, 1)")
+        check_range(self, "train", "length_alpha", 0, math.inf, "a number >= 0")
+
+
+def check_range(obj, what: str, name: str, low: float, high: float, must: str) -> None:
+    """``low <= value < high`` for a number setting, else a ConfigError saying what it ``must`` be."""
+    v = getattr(obj, name)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v < high:
+        raise ConfigError(f"{what}.{name} must be {must}, got {v!r}")
 
 
 @dataclass
@@ -112,12 +109,7 @@ class TranslationModel:
         check_fields(self, "model", positive_ints=("hidden", "layers"), positive=("init",))
         if self.emb_size is not None:
             check_fields(self, "model", positive_ints=("emb_size",))
-        if (
-            not isinstance(self.dropout, (int, float))
-            or isinstance(self.dropout, bool)
-            or not 0 <= self.dropout < 1
-        ):
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        check_range(self, "model", "dropout", 0, 1, "in [0, 1)")
         if not isinstance(self.bidirectional, bool):
             raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
         if self.attention not in ATTENTION:

@@ -231,15 +231,14 @@ def _from_state(state: dict, origin: str, official: bool) -> ParallelCorpus:
 
 
 def load_multi30k(configured: str | None = None, min_freq: int = 2) -> ParallelCorpus:
-    """Multi30k en-de from the ``configured`` folder, else SUITE_DATA_DIR, else a download; the prepared form is cached by content.
+    """Multi30k en-de from the ``configured`` folder, else SUITE_DATA_DIR, else a download (sha256-checked).
 
+    The prepared form is cached under the suite's cache folder, keyed by the files' contents and ``min_freq``.
     Raises DataError (what to do: set SUITE_DATA_DIR or go online) when the files are missing or unreadable.
     """
     if not isinstance(min_freq, int) or isinstance(min_freq, bool) or min_freq < 1:
         raise ValueError(f"min_freq must be a positive integer, got {min_freq!r}")
-    paths = find(MULTI30K, configured)
-    if not isinstance(paths, dict):  # a hub id; this source has none
-        raise DataError("multi30k has no hub dataset; set SUITE_DATA_DIR or go online")
+    paths = find(MULTI30K, configured)  # file key -> path (this source has no hub id)
     digests = {key: sha256(path) for key, path in sorted(paths.items())}
     official = digests == dict(sorted(MULTI30K.sha256.items()))
     local = data_dir(configured)

@@ -30,7 +30,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +74,9 @@ class Clip:
     """Bytes on disk (part of the feature cache key)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class UtteranceSettings:
-    """How utterances are built from clips (the ``train`` settings of the speech family carry the same names)."""
+    """How utterances are built from clips (the speech family's ``train`` settings inherit these fields)."""
 
     train_utterances: int = 6000
     val_utterances: int = 500
@@ -90,8 +90,12 @@ class UtteranceSettings:
     """Takes 5 .. 4 + val_takes are validation clips; the training clips are the takes after them."""
     held_out_speaker: str | None = None
     """A speaker whose every clip is test and who is in neither train nor validation; None: the official split."""
-    seed: int = 0
+    utterance_seed: int = 0
     """Seed of the utterance builder (the data stays the same across training seeds)."""
+
+    def utterances(self) -> UtteranceSettings:
+        """These settings alone (a subclass's other fields left out): what the data cache is keyed by."""
+        return UtteranceSettings(**{f.name: getattr(self, f.name) for f in fields(UtteranceSettings)})
 
     def __post_init__(self) -> None:
         for name in (
@@ -125,8 +129,8 @@ class UtteranceSettings:
             raise ConfigError(
                 f"train.held_out_speaker must be a speaker's name or null, got {self.held_out_speaker!r}"
             )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"train.utterance_seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.utterance_seed, int) or isinstance(self.utterance_seed, bool):
+            raise ConfigError(f"train.utterance_seed must be an integer, got {self.utterance_seed!r}")
 
     def count(self, split: str) -> int:
         return {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}[
@@ -252,7 +256,7 @@ def build_utterances(
     clips: Sequence[Clip], members: Sequence[int], count: int, settings: UtteranceSettings, split: str
 ) -> list[Utterance]:
     """``count`` utterances from the clips ``members``, drawn from the split's own seeded stream."""
-    rng = np.random.default_rng([settings.seed, SPLITS.index(split)])
+    rng = np.random.default_rng([settings.utterance_seed, SPLITS.index(split)])
     pools: dict[str, dict[int, list[int]]] = {}
     for i in members:
         pools.setdefault(clips[i].speaker, {}).setdefault(clips[i].digit, []).append(i)
@@ -323,7 +327,7 @@ class FSDD:
             "speakers": sorted({c.speaker for c in self.clips}),
             "utterances": {s: len(v) for s, v in self.utterances.items()},
             "frames": {s: sum(self.frames(u) for u in v) for s, v in self.utterances.items()},
-            "settings": asdict(self.settings),
+            "settings": asdict(self.settings.utterances()),
             "features": f"log-mel {N_MELS} bins, {WIN * 1000 // SAMPLE_RATE} ms window, {HOP * 1000 // SAMPLE_RATE} ms hop",
             "feature_cache": self.cache_key,
         }

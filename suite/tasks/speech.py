@@ -28,9 +28,9 @@ from .base import DataContext, Example, Family, Metric, Task, TrainSettings, che
 
 
 @dataclass
-class SpeechTrain(TrainSettings):
+class SpeechTrain(TrainSettings, UtteranceSettings):
     """Training of the acoustic model: Adam, step decay of the learning rate, clipped gradient norm; and how the
-    utterances are built (fields named as in ``suite.data.fsdd.UtteranceSettings``)."""
+    utterances are built (the fields of ``suite.data.fsdd.UtteranceSettings``)."""
 
     epochs: int = 30
     batch_size: int = 32
@@ -41,40 +41,12 @@ class SpeechTrain(TrainSettings):
     """The learning rate is divided by this every epoch after ``decay_after`` (1: constant)."""
     decay_after: int = 0
     eval_batch_size: int = 64
-    train_utterances: int = 6000
-    val_utterances: int = 500
-    test_utterances: int = 1000
-    min_digits: int = 1
-    max_digits: int = 7
-    min_silence: float = 0.05
-    """Seconds of silence before, between and after the digits: uniform in [min_silence, max_silence]."""
-    max_silence: float = 0.3
-    val_takes: int = 5
-    """FSDD takes 5 .. 4 + val_takes are validation clips; training clips are the takes after them."""
-    held_out_speaker: str | None = None
-    """A speaker heard only in test (every take of it); None: FSDD's official split by take."""
-    utterance_seed: int = 0
-    """Seed of the utterance builder; the data stays the same across training seeds."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        TrainSettings.__post_init__(self)
+        UtteranceSettings.__post_init__(self)
         check_fields(self, "train", positive_ints=("eval_batch_size",), non_negative_ints=("decay_after",))
         check_fields(self, "train", positive=("lr_decay",))
-        self.utterance_settings()  # validates the utterance fields
-
-    def utterance_settings(self) -> UtteranceSettings:
-        return UtteranceSettings(
-            train_utterances=self.train_utterances,
-            val_utterances=self.val_utterances,
-            test_utterances=self.test_utterances,
-            min_digits=self.min_digits,
-            max_digits=self.max_digits,
-            min_silence=self.min_silence,
-            max_silence=self.max_silence,
-            val_takes=self.val_takes,
-            held_out_speaker=self.held_out_speaker,
-            seed=self.utterance_seed,
-        )
 
     def budget(self) -> dict:
         return {**super().budget(), "train_utterances": self.train_utterances}
@@ -294,7 +266,7 @@ class Speech(Family):
     def load_data(self, dataset, data_dir, train: SpeechTrain) -> FSDD:
         if dataset != "fsdd":
             raise ConfigError(f"the speech family reads dataset fsdd, got {dataset!r}")
-        return load_fsdd(data_dir, train.utterance_settings())
+        return load_fsdd(data_dir, train.utterances())
 
     def resolve_model(self, model: dict, data: FSDD) -> dict:
         return {**model, "features": data.n_mels}

@@ -1,5 +1,5 @@
-"""Command line: ``suite train|sweep|methods|report|figures|bench|prepare|baselines``. Errors the user can fix
-print one line and exit 2."""
+"""Command line: ``suite train|sweep|methods|report|figures|dashboard|bench|prepare|baselines``. Errors the user
+can fix print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -120,6 +120,32 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from .dashboard import dashboards
+
+    made = dashboards(
+        args.results,
+        task=args.task,
+        study=args.study,
+        entity=args.entity,
+        project=args.project,
+        report_only=args.report,
+        publish=args.publish,
+        out=args.out,
+    )
+    kind = "report" if args.report else "workspace"
+    for view, path in zip(made.views, made.files):
+        print(f"{kind} {view.title} ({len(view.records)} runs) -> {path}")
+    for url in made.urls:
+        print(f"published: {url}")
+    if not args.publish:
+        names = ("results", "task", "study", "entity", "project", "out")
+        flags = [f"--{k} {getattr(args, k)}" for k in names if getattr(args, k)]
+        again = " ".join(["suite dashboard", *flags, *(["--report"] if args.report else []), "--publish"])
+        print(f"offline definitions only; to publish: `wandb login`, then `{again}`")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from .config import parse_sets
     from .pipeline import load_params, use_threads
@@ -135,6 +161,8 @@ def cmd_sweep(args) -> int:
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     if args.results:
         sets["results_dir"] = args.results
+    if args.store:
+        sets["store"] = args.store
     spec = load_spec(args.spec, args.profile or (params.profile if params else None), sets)
     if args.status:
         print(status(spec, args.storage))
@@ -152,6 +180,7 @@ def cmd_sweep(args) -> int:
         ("--params", args.params),
         ("--results", args.results),
         ("--threads", args.threads),
+        ("--store", args.store),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -176,9 +205,8 @@ def cmd_prepare(args) -> int:
 
     check_file(args.out, "description file (--out)")
     info = prepare(args.dataset, args.out, args.data_dir)
-    print(
-        f"{args.dataset}: vocabulary {info['vocab']:,}, tokens {info['tokens']} ({info['origin']}) -> {args.out}"
-    )
+    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds"))
+    print(f"{args.dataset}: {facts} -> {args.out}")
     return 0
 
 
@@ -189,9 +217,10 @@ def cmd_baselines(args) -> int:
     params = load_params(_params_file(args.params), args.profile)
     check_file(args.out, "list of baselines (--out)")
     use_threads(params.threads)
-    info = baselines(args.preset, params, args.out)
+    info = baselines(args.preset, params, args.out, args.store)
     for r in info["runs"]:
-        print(f"{info['task']} dense seed {r['seed']}: test ppl {r['test_ppl']:.2f} ({r['run_id']})")
+        m = r["metric"]
+        print(f"{info['task']} dense seed {r['seed']}: test {m} {r[f'test_{m}']:.2f} ({r['run_id']})")
     print(f"-> {args.out}")
     return 0
 
@@ -265,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--params", default=None, help="params.yaml (its figures: section)")
     f.set_defaults(func=cmd_figures)
 
+    d = sub.add_parser(
+        "dashboard", help="W&B workspaces (or a report) that compare methods, from the records"
+    )
+    d.add_argument("--results", default="results")
+    d.add_argument("--task", default=None, help="only this task's runs (its own view and its studies')")
+    d.add_argument("--study", default=None, help="only this study's runs")
+    d.add_argument(
+        "--entity", default=None, help="W&B entity (default: WANDB_ENTITY, else your default entity)"
+    )
+    d.add_argument(
+        "--project", default=None, help="W&B project (default: WANDB_PROJECT, else compression-suite)"
+    )
+    d.add_argument("--report", action="store_true", help="a report per study (text and the same panels)")
+    d.add_argument("--publish", action="store_true", help="save to W&B (needs `wandb login`)")
+    d.add_argument(
+        "--out", default=None, help="folder of the offline definitions (default: <results>/dashboards)"
+    )
+    d.set_defaults(func=cmd_dashboard)
+
     s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
     s.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
@@ -285,11 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads per worker (default: params, else cores / workers)",
     )
+    s.add_argument(
+        "--store", default=None, help="sub-folder of results/runs for the trials' runs (pipeline stages)"
+    )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
 
     pr = sub.add_parser("prepare", help="load and cache a corpus, write its description (pipeline stage)")
-    pr.add_argument("dataset", help="ptb or wikitext2")
+    pr.add_argument("dataset", help="a dataset a task family loads (ptb, wikitext2, ...)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--data-dir", default=None, help="default: SUITE_DATA_DIR")
     pr.set_defaults(func=cmd_prepare)
@@ -299,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--out", required=True)
     bl.add_argument("--params", default=None, help="params.yaml (profile, seeds, fixed settings)")
     bl.add_argument("--profile", default=None)
+    bl.add_argument(
+        "--store", default=None, help="sub-folder of results/runs for these runs (pipeline stages)"
+    )
     bl.set_defaults(func=cmd_baselines)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")

@@ -36,6 +36,9 @@ class RunConfig:
     family: str = "lm"
     data_dir: str | None = None
     results_dir: str = "results"
+    store: str | None = None
+    """Sub-folder of results/runs this run is written to (each pipeline stage has its own, so that its runs are
+    its output); None: results/runs itself. Finished runs are found in any store. Not part of the identity."""
     wandb: str = "offline"
     """W&B mode: offline (default), online, disabled."""
     study: str | None = None
@@ -111,7 +114,7 @@ class RunConfig:
 
 def _check_top(cfg: RunConfig) -> None:
     """The run-level settings besides seed, profile and wandb: each of its type, or a ConfigError naming it."""
-    for name in ("data_dir", "study"):
+    for name in ("data_dir", "study", "store"):
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{name} must be a name or path, got {value!r}")
@@ -168,6 +171,7 @@ _TOP = {
     "profile",
     "data_dir",
     "results_dir",
+    "store",
     "wandb",
     "study",
     "trial",

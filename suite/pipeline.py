@@ -98,29 +98,44 @@ def use_threads(threads: int | None) -> None:
 
 
 def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> dict:
-    """Load (and cache) a corpus and write what it is: origin, vocabulary and token counts."""
-    from .data import load_corpus
+    """Load (and cache) a dataset with its task family's defaults and write what it is (origin, sizes)."""
+    from . import tasks
 
+    owners = [tasks.get(name) for name in tasks.available() if dataset in tasks.get(name).datasets]
+    if not owners:
+        known = sorted(d for name in tasks.available() for d in tasks.get(name).datasets)
+        raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    family = owners[0]
     t0 = time.perf_counter()
-    corpus = load_corpus(dataset, data_dir)
-    info = {"dataset": dataset, **corpus.describe(), "seconds": time.perf_counter() - t0}
+    data = family.load_data(dataset, data_dir, family.train_settings())
+    info = {"dataset": dataset, "family": family.name, **data.describe(), "seconds": time.perf_counter() - t0}
     write_json(Path(out), info)
     return info
 
 
-def baselines(preset: str | Path, params: Params, out: str | Path) -> dict:
-    """Train (or find) the dense runs of a task, one per seed, and list them."""
+def baselines(preset: str | Path, params: Params, out: str | Path, store: str | None = None) -> dict:
+    """Train (or find) the dense runs of a task, one per seed, into ``store`` (a folder of results/runs), and
+    list them."""
     from .train import train
 
     runs = []
     for seed in params.seeds:
-        cfg = load_run(preset, "dense", seed=seed, sets={**params.set, "profile": params.profile})
+        sets = {**params.set, "profile": params.profile, "seeds": list(params.seeds), "store": store}
+        cfg = load_run(preset, "dense", seed=seed, sets=sets)
         rec = train(cfg, progress_bar=False)
         if rec.status != "ok":
             raise SuiteError(
                 f"dense baseline {rec.run_id} of {cfg.task} (seed {seed}) {rec.status}: {rec.reason}"
             )
-        runs.append({"run_id": rec.run_id, "seed": seed, **rec.final, "wall_s": rec.timings.get("wall_s")})
+        runs.append(
+            {
+                "run_id": rec.run_id,
+                "seed": seed,
+                **rec.final,
+                "wall_s": rec.timings.get("wall_s"),
+                "metric": rec.metric,
+            }
+        )
     info = {"task": cfg.task, "profile": params.profile, "runs": runs}
     write_json(Path(out), info)
     return info

@@ -253,7 +253,7 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
     if not Path(results_dir).is_dir():
         what = "is a file, not a folder" if Path(results_dir).exists() else "does not exist"
         raise ConfigError(
-            f"results folder {results_dir} {what}; run `suite train` or a sweep first, or pass --results"
+            f"no runs under {results_dir}: it {what}; run `suite train` or a sweep first, or pass --results"
         )
     records, seen, left_out = [], set(), 0
     for rec in load_records(results_dir, status=None):

@@ -156,8 +156,23 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-def run_dir(results_dir: str | Path, task: str, method: str, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / task / method / run_id
+def run_dir(results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None) -> Path:
+    """results/runs/[<store>/]<task>/<method>/<run-id>: a store is the folder of one pipeline stage's runs."""
+    root = Path(results_dir) / "runs"
+    return (root / store if store else root) / task / method / run_id
+
+
+def locate(
+    results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None
+) -> Path | None:
+    """The folder holding this run's record: its own store first, then any store under results/runs."""
+    own = record_path(run_dir(results_dir, task, method, run_id, store))
+    if own.is_file():
+        return own.parent
+    for path in sorted((Path(results_dir) / "runs").glob(f"**/{task}/{method}/{run_id}/record.json")):
+        if not any(part.startswith(".") for part in path.parent.relative_to(results_dir).parts):
+            return path.parent
+    return None
 
 
 def record_path(folder: Path) -> Path:
@@ -172,10 +187,12 @@ def record_path(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> Iterator[None]:
+def run_lock(
+    results_dir: str | Path, task: str, method: str, run_id: str, store: str | None = None
+) -> Iterator[None]:
     """Exclusive, per run-id, between processes on this machine; the system drops it when its holder dies.
     Taking it repairs what a killed replacement of the run's folder left (``files.restore_aside``)."""
-    final = run_dir(results_dir, task, method, run_id)
+    final = run_dir(results_dir, task, method, run_id, store)
     path = final.with_name(f".{run_id}.lock")
     for attempt in range(3):
         make_dir(path.parent, "results folder")
@@ -196,13 +213,17 @@ def run_lock(results_dir: str | Path, task: str, method: str, run_id: str) -> It
 
 
 def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool = True) -> list[Record]:
-    """Every record under results/runs (optionally only those with ``status``); a file that is not a record is
-    left out with a note on stderr naming it (``echo``)."""
-    runs = Path(results_dir) / "runs"
-    folders = {p.parent for p in runs.glob("*/*/*/record.json") if not p.parent.name.startswith(".")}
-    for aside in runs.glob(f"*/*/.*{ASIDE}*"):  # a run whose replacement was killed half-way
-        name = aside.name[1:].rpartition(ASIDE)[0]
-        folders.add(aside.with_name(name))
+    """Every record under results/runs, in any store (optionally only those with ``status``); a file that is not
+    a record is left out with a note on stderr naming it (``echo``)."""
+    root = Path(results_dir)
+    folders = set()
+    for path in root.glob("runs/**/record.json"):
+        parts = path.parent.relative_to(root).parts
+        if not any(part.startswith(".") for part in parts):
+            folders.add(path.parent)
+        elif ASIDE in parts[-1] and not any(part.startswith(".") for part in parts[:-1]):
+            # A run whose replacement was killed half-way waits aside (a staging folder is left out).
+            folders.add(path.parent.with_name(parts[-1][1:].rpartition(ASIDE)[0]))
     out = []
     for folder in sorted(folders):
         path = record_path(folder)

@@ -28,7 +28,17 @@ from .context import DataContext
 from .errors import DataError, SuiteError, TrialDiverged
 from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
 from .tasks.base import Family
-from .track import History, Record, close_wandb, provenance, record_path, run_dir, run_lock, wandb_logger
+from .track import (
+    History,
+    Record,
+    close_wandb,
+    locate,
+    provenance,
+    record_path,
+    run_dir,
+    run_lock,
+    wandb_logger,
+)
 
 MODEL_FILE = "model.pt"
 
@@ -42,7 +52,7 @@ warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 def baseline_config(cfg: RunConfig) -> RunConfig:
     """The dense run that methods with ``init=trained`` start from: same task, data, model, training, seed."""
-    return cfg.replace(method="dense", compress={}, study=None, trial=None)
+    return cfg.replace(method="dense", compress={}, study=None, trial=None, seeds=None)
 
 
 def build_model(
@@ -81,10 +91,15 @@ def _remove_stale_staging(final_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(cfg: RunConfig) -> Record | None:
-    """The finished record of this exact configuration, if there is one; a record file that cannot be read is
-    a DataError naming it."""
-    path = record_path(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id))
+def find(cfg: RunConfig, anywhere: bool = False) -> Record | None:
+    """The finished record of this exact configuration (same run-id: config, seed and code version) in this
+    run's store (``anywhere``: in any store under results/runs), if there is one. A pipeline stage reuses only
+    its own runs, so that what it reports is its own output; the dense baseline a trained init starts from is
+    looked up everywhere (the baselines stage made it). A record file that cannot be read is a DataError
+    naming it."""
+    own = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
+    folder = locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) if anywhere else None
+    path = record_path(folder or own)
     if path.is_file():
         try:
             rec = Record.load(path)
@@ -113,9 +128,9 @@ def train(
     if not force and (done := find(cfg)) is not None:
         return done
     setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
-    created = missing_dirs(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id).parent)
+    created = missing_dirs(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store).parent)
     try:
-        with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id):
+        with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store):
             if not force and (done := find(cfg)) is not None:
                 return done
             return _run(cfg, setup, callbacks, progress_bar)
@@ -176,12 +191,12 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
         dry.init = "scratch"
         build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
         t_base = time.perf_counter()
-        found = find(baseline_config(cfg))
+        found = find(baseline_config(cfg), anywhere=True)
         base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
         baseline_s = None if found else time.perf_counter() - t_base
-        state = torch.load(run_dir(cfg.results_dir, base.task, "dense", base.run_id) / MODEL_FILE)
+        state = torch.load(locate(cfg.results_dir, base.task, "dense", base.run_id, cfg.store) / MODEL_FILE)
         if mcfg.finetune_epochs is not None:
             epochs = mcfg.finetune_epochs
         final_lr = mcfg.finetune_lr or lr_at(cfg.train.epochs - 1)
@@ -200,7 +215,7 @@ def _run(
 ) -> Record:
     method, mcfg, family = registry.get(cfg.method), cfg.method_config, setup.family
     model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
-    final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id)
+    final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
     make_dir(staging, "run folder")

@@ -294,7 +294,7 @@ def test_pareto_front_keeps_only_non_dominated_points():
 def test_pipeline_stages_params_and_specs_agree():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["prepare", "baselines", "sweeps", "report", "bench", "figures"]
+    assert list(stages) == ["prepare", "baselines", "sweeps", "report", "bench", "figures", "dashboards"]
     for task, info in params["tasks"].items():
         assert (ROOT / "tasks" / f"{task}.yaml").is_file() and info["dataset"] in params["datasets"]
     for profile in ("smoke", "paper"):

@@ -42,8 +42,8 @@ def tiny(tmp_path, monkeypatch):
         yield tmp_path, preset
 
 
-def load(spec_path: Path, storage: str | None = None) -> optuna.Study:
-    spec = load_spec(spec_path)
+def load(spec_path: Path, storage: str | None = None, profile: str | None = None) -> optuna.Study:
+    spec = load_spec(spec_path, profile)
     where = storage or str(Path(spec.set["results_dir"]) / "sweeps" / spec.name / "journal.log")
     return optuna.load_study(study_name=spec.study_name, storage=open_storage(where, create=False))
 
@@ -357,4 +357,5 @@ def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
     assert main(["sweep", str(spec)]) == 2
     assert "made from a different spec" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
-    assert len(load_spec(spec, "smoke").study_name) and len(load(spec).trials) == 2
+    assert load_spec(spec, "smoke").study_name != load_spec(spec).study_name
+    assert len(load(spec, profile="smoke").trials) == 2 and len(load(spec).trials) == 2

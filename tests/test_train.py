@@ -4,8 +4,11 @@ import json
 import math
 
 import pytest
+import torch
+from torch import nn
 
 from suite.config import load_run
+from suite.tasks.lm import LanguageModelTask
 from suite.track import load_records
 from suite.train import find, train
 
@@ -33,10 +36,13 @@ def test_dense_run_writes_a_complete_record(tiny_preset, results):
 
 def test_finished_run_is_found_not_redone(tiny_preset, results):
     cfg, rec = run(tiny_preset, results)
+    folder = results / "runs" / cfg.task / "dense" / cfg.run_id
+    (folder / "marker").write_text("the first run's folder")
     again = train(cfg)
-    assert again.created == rec.created and find(cfg).run_id == rec.run_id
-    redone = train(cfg, force=True)
-    assert redone.created >= rec.created and len(load_records(results)) == 1
+    assert again.created == rec.created and find(cfg).run_id == rec.run_id and (folder / "marker").exists()
+    redone = train(cfg, force=True, progress_bar=False)
+    assert not (folder / "marker").exists()  # the run was redone into a new folder
+    assert redone.timings["wall_s"] != rec.timings["wall_s"] and len(load_records(results)) == 1
 
 
 def test_same_config_same_run_id_and_seed_changes_it(tiny_preset, results):
@@ -90,3 +96,19 @@ def test_a_killed_runs_staging_folder_is_cleaned_up(tiny_preset, results):
     (stale / "csv").mkdir(parents=True)
     train(cfg, progress_bar=False)
     assert not stale.exists() and (parent / cfg.run_id / "record.json").is_file()
+
+
+def test_uniform_logits_give_the_vocabulary_size_as_perplexity():
+    class Uniform(nn.Module):
+        vocab = 37
+
+        def init_hidden(self, batch):
+            return (torch.zeros(1, batch, 1), torch.zeros(1, batch, 1))
+
+        def forward(self, x, hidden=None):
+            return torch.zeros(*x.shape, self.vocab), hidden
+
+    task = LanguageModelTask(Uniform(), lambda e: 1.0)
+    batches = [(torch.randint(37, (5, 3)), torch.randint(37, (5, 3))) for _ in range(4)]
+    assert task.evaluate(batches) == pytest.approx(37, rel=1e-5)
+    assert math.isclose(math.log(task.evaluate(batches)), math.log(37), rel_tol=1e-6)

@@ -1,8 +1,8 @@
 """Where each corpus comes from: a local folder (SUITE_DATA_DIR), or a download when the machine is online.
 
 Local layout (the same for every user): <data_dir>/ptb/ptb.{train,valid,test}.txt,
-<data_dir>/wikitext-2/{train,valid,test}.txt. A user's own corpus is any folder with train.txt, valid.txt and
-test.txt. Downloads: PTB from its canonical public files (Zaremba et al.'s repository, checked by sha256),
+<data_dir>/wikitext-2/{train,valid,test}.txt, <data_dir>/multi30k-en-de/tok/ (see multi30k.py). A user's own
+corpus is any folder with train.txt, valid.txt and test.txt. Downloads: PTB from its canonical public files (Zaremba et al.'s repository, checked by sha256),
 WikiText-2 from the datasets hub (Salesforce/wikitext, config wikitext-2-v1).
 """
 
@@ -136,28 +136,33 @@ def locate(
         return str(dataset.get("name", folder.name)), paths
     if dataset not in SOURCES:
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(SOURCES)} or {{path: <folder>}}")
-    source = SOURCES[dataset]
+    return dataset, find(SOURCES[dataset], configured_dir)
+
+
+def find(source: TextSource, configured_dir: str | None = None) -> dict[str, Path] | tuple[str, str]:
+    """A source's files: from the local data folder when it holds them all, else downloaded (sha256-checked),
+    else its hub id; DataError saying what to do when none of these works."""
     root = data_dir(configured_dir)
     looked = []
     if root is not None:
         folder = root / source.folder
         paths = local_files(folder, source.files)
         if paths is not None:
-            return dataset, paths
+            return paths
         looked.append(f"{folder}/ ({', '.join(source.files.values())})")
     if os.environ.get("SUITE_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         reason = "offline mode is set"
     else:
         try:
             if source.hub is not None:
-                return dataset, source.hub
-            return dataset, download(source)
+                return source.hub
+            return download(source)
         except DataError:
             raise
         except Exception as e:  # network errors come in many types
             reason = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     where = f"looked in {looked[0]}" if looked else "SUITE_DATA_DIR is not set"
     raise DataError(
-        f"{dataset} not found: {where}, and {reason}; set SUITE_DATA_DIR to a folder holding "
+        f"{source.name} not found: {where}, and {reason}; set SUITE_DATA_DIR to a folder holding "
         f"{source.folder}/ or go online to download it"
     )

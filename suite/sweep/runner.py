@@ -122,7 +122,7 @@ class Objective:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:
                 pruned = Record.load(
-                    run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id) / "record.json"
+                    run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) / "record.json"
                 )
                 self.note(
                     trial, [*records, pruned], [*epochs, pruning.reports if pruning else len(pruned.epochs)]

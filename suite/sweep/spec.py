@@ -105,7 +105,7 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         for key in ("n_trials", "path"):
             d.pop(key)
-        where = ("results_dir", "data_dir")  # where things live is not what the study is
+        where = ("results_dir", "data_dir", "store")  # where things live is not what the study is
         d["set"] = {k: v for k, v in d["set"].items() if k not in where}
         return d
 

@@ -137,6 +137,20 @@ def make_settings(cls: type, values: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"bad {what} settings: {e}") from None
 
 
+@dataclass
+class Example:
+    """A tiny model of a family and what the shared test matrix runs it on (``Family.example``)."""
+
+    model: dict
+    """Resolved settings of a tiny model (as ``resolve_model`` returns them)."""
+    batch: Any
+    """One batch as the family's loaders yield it."""
+    loss: Callable[[nn.Module, Any], Any]
+    """``loss(model, batch)``: the bare model's training loss (a scalar tensor)."""
+    context: DataContext
+    """What a method may ask of the data, for this model (row frequencies of its vocabulary matrices, ...)."""
+
+
 class Task(pl.LightningModule):
     """Base of every family's LightningModule: the model, the metric, and what method callbacks may ask of it.
 
@@ -209,6 +223,10 @@ class Family:
     def train_units(self, datamodule: pl.LightningDataModule) -> int:
         """How many ``units`` one training epoch processes (for throughput)."""
         return 0
+
+    def example(self, seed: int = 0) -> Example:
+        """A tiny model and batch for the shared method matrix (tests/test_methods.py)."""
+        raise NotImplementedError
 
     def context(self, data: Any, datamodule: pl.LightningDataModule, needs: frozenset[str]) -> DataContext:
         """The DataContext fields in ``needs``; a family that cannot give one raises ConfigError saying so."""

@@ -17,7 +17,7 @@ from ..data import BPTTWindows, Corpus, batchify, load_corpus, prefix
 from ..errors import ConfigError, TrialDiverged
 from ..models.lm import build_lm, detach
 from . import register
-from .base import DataContext, Family, Metric, Task, TrainSettings, check_fields
+from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
 
 FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
@@ -242,6 +242,17 @@ class LanguageModeling(Family):
 
     def train_units(self, datamodule: LanguageModelData) -> int:
         return datamodule.train_tokens
+
+    def example(self, seed: int = 0) -> Example:
+        model = {**self.check_model({"hidden": 32, "layers": 2}), "vocab": 50}
+        g = torch.Generator().manual_seed(seed)
+        batch = (
+            torch.randint(50, (7, 3), generator=g),
+            torch.randint(50, (7, 3), generator=g),
+        )  # (T, B) each
+        counts = torch.arange(50, 0, -1).float()  # Zipf-like: row i is the (i+1)-th most frequent word
+        ctx = DataContext({"embedding.weight": counts, "decoder.weight": counts}, [batch], _bare_loss)
+        return Example(model, batch, _bare_loss, ctx)
 
     def context(self, data: Corpus, datamodule: LanguageModelData, needs: frozenset[str]) -> DataContext:
         fields = {}

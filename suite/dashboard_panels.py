@@ -1,0 +1,173 @@
+"""The panels of the comparison dashboards (wandb_workspaces objects), shared by workspaces and reports.
+
+Every key a panel names is one the runs log (suite/train.py, track.History): history keys for line plots (x =
+``epoch``, which Lightning logs beside each of its metrics), summary keys (``final.val_<metric>``, ``status``) and
+config keys (``method``, ``factor``, ``cmr``, ``achieved_cf``, ``train.lr``). A panel whose key no run of the view
+logs is left out.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .dashboard import Keys
+
+#: One colour per method (matplotlib's tab10), the same in every view.
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+@dataclass
+class Panels:
+    """What the panels of one view depend on: its metric and direction, the keys its runs log, its methods."""
+
+    metric: str
+    direction: str
+    keys: Keys
+    doped: list[str]
+    """Methods whose runs log the co-matrix adaptation columns (``d_sparsity``, ...)."""
+    methods: list[str]
+    cma_title: str = "Co-matrix adaptation (doped methods)"
+
+    @property
+    def val_key(self) -> str:
+        return f"final.val_{self.metric}"
+
+    @property
+    def grouping(self) -> list[str]:
+        """Runs are grouped by method and CF (and CMR rate where doped runs are compared), seeds averaged."""
+        keys = ["method", "factor"] + (["cmr"] if self.doped else [])
+        return [k for k in keys if k in self.keys.config]
+
+    @property
+    def columns(self) -> list[str]:
+        """The runs table's pinned columns (``<section>:<key>``; config values sit under ``.value``)."""
+        config = [k for k in ("method", "factor", "achieved_cf", "model_cf") if k in self.keys.config]
+        finals = [f"final.{s}_{self.metric}" for s in ("val", "test")] + ["status"]
+        return (
+            ["run:displayName"]
+            + [f"config:{k}.value" for k in config]
+            + [f"summary:{k}" for k in finals if k in self.keys.summary]
+            + ["run:state"]
+        )
+
+    @property
+    def colors(self) -> dict[str, str]:
+        """Method -> colour of its group (the first grouping level)."""
+        return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(self.methods)}
+
+
+@functools.cache
+def _flat_config_column_class():
+    import wandb_workspaces.reports.v2 as wr
+    from pydantic.dataclasses import dataclass as pydantic_dataclass
+    from wandb_workspaces.reports.v2.interface import dataclass_config
+
+    @pydantic_dataclass(config=dataclass_config, repr=False)
+    class FlatConfigColumn(wr.ParallelCoordinatesPlotColumn):
+        """A column of a flat dotted config key: train.py logs the flattened config, so W&B stores
+        ``{"train.lr": {"value": ...}}`` and the accessor is ``config:train.lr.value``, where the library's
+        Config column assumes a nested dict (``config:train.value.lr``)."""
+
+        def _to_model(self):
+            model = super()._to_model()
+            model.accessor = f"config:{self.metric.name}.value"
+            return model
+
+    return FlatConfigColumn
+
+
+def _flat_config_column(name: str):
+    import wandb_workspaces.reports.v2 as wr
+
+    return _flat_config_column_class()(wr.Config(name), display_name=name)
+
+
+def _line(wr, title: str, y: list[str]):
+    return wr.LinePlot(
+        title=title, x="epoch", y=y, groupby_aggfunc="mean", groupby_rangefunc="minmax", title_x="epoch"
+    )
+
+
+def sections(p: Panels) -> list[tuple[str, list[Any]]]:
+    """(title, panels) of each section with at least one panel whose keys the runs log."""
+    import wandb_workspaces.reports.v2 as wr
+
+    m, hist, summ, conf = p.metric, p.keys.history, p.keys.summary, p.keys.config
+    val, test = f"val_{m}", f"test_{m}"
+    out: list[tuple[str, list[Any]]] = []
+
+    scatter = [
+        wr.ScatterPlot(
+            title=f"{label} {m} vs achieved CF (log x), one colour per method",
+            x=wr.Config("achieved_cf"),
+            y=wr.SummaryMetric(f"final.{key}"),
+            log_x=True,
+        )
+        for key, label in ((val, "validation (selection)"), (test, "test"))
+        if f"final.{key}" in summ and "achieved_cf" in conf
+    ]
+    out.append((f"{m} vs compression factor", scatter))
+
+    curves = [
+        _line(wr, f"{key} by method and CF", [key]) for key in (val, "val_loss", "train_loss") if key in hist
+    ]
+    out.append(("Learning curves", curves))
+
+    names = ["method", "factor", "cmr"]
+    columns = [wr.ParallelCoordinatesPlotColumn(wr.Config(k), display_name=k) for k in names if k in conf]
+    if "train.lr" in conf:
+        columns.append(_flat_config_column("train.lr"))
+    if p.val_key in summ:
+        columns.append(
+            wr.ParallelCoordinatesPlotColumn(
+                wr.SummaryMetric(p.val_key), display_name=f"val {m}", inverted=p.direction == "maximize"
+            )
+        )
+    sweep = (
+        [wr.ParallelCoordinatesPlot(title=f"settings -> val {m}", columns=columns)]
+        if len(columns) > 1
+        else []
+    )
+    out.append(("Sweep at a glance", sweep))
+
+    cma = [
+        _line(wr, title, [k for k in keys if k in hist])
+        for title, keys in (
+            ("sparsity of D (d_sparsity)", ["d_sparsity"]),
+            (f"{val} with and without D", [val, f"{val}_without_d"]),
+            ("||(M * D) x|| / ||S x|| (d_to_s_ratio)", ["d_to_s_ratio"]),
+        )
+        if p.doped and keys[-1] in hist
+    ]
+    out.append((p.cma_title, cma))
+
+    speed = [
+        wr.BarPlot(
+            title=f"{key.removeprefix('epoch/')} per method",
+            metrics=[key],
+            groupby=wr.Config("method"),
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
+        for key in sorted(hist)
+        if re.fullmatch(r"epoch/train_\w+_per_s", key) and "method" in conf
+    ]
+    out.append(("Training throughput", speed))
+
+    out.append(("Runs", [wr.RunComparer(diff_only="split")]))
+    return [(title, panels) for title, panels in out if panels]

@@ -1,0 +1,315 @@
+"""Speech (family ``speech``): connected spoken digits from FSDD, log-mel features, a (bi)LSTM acoustic model
+trained with CTC, greedy decoding, word error rate by jiwer.
+
+WER is reported as a fraction (0.05 = 5%): jiwer's corpus-level (substitutions + deletions + insertions) over
+the reference words of the whole split. The ten digit words are the vocabulary (``zero`` .. ``nine``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data.audio import N_MELS
+from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd
+from ..data.utterances import Batch, LengthBuckets, Utterances, collate
+from ..errors import ConfigError, TrialDiverged
+from ..models.acoustic import BLANK, CLASSES, build_acoustic, greedy_decode
+from . import register
+from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
+
+
+@dataclass
+class SpeechTrain(TrainSettings, UtteranceSettings):
+    """Training of the acoustic model: Adam, step decay of the learning rate, clipped gradient norm; and how the
+    utterances are built (the fields of ``suite.data.fsdd.UtteranceSettings``)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Adam's learning rate for epochs 1..decay_after."""
+    clip: float = 5.0
+    lr_decay: float = 1.0
+    """The learning rate is divided by this every epoch after ``decay_after`` (1: constant)."""
+    decay_after: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        TrainSettings.__post_init__(self)
+        UtteranceSettings.__post_init__(self)
+        check_fields(self, "train", positive_ints=("eval_batch_size",), non_negative_ints=("decay_after",))
+        check_fields(self, "train", positive=("lr_decay",))
+
+    def budget(self) -> dict:
+        return {**super().budget(), "train_utterances": self.train_utterances}
+
+
+@dataclass
+class SpeechModel:
+    """The acoustic model's settings (``features`` comes from the data)."""
+
+    hidden: int = 128
+    layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.0
+    """Between LSTM layers and before the head."""
+    stack: int = 3
+    """Feature frames joined into one LSTM step (3: 30 ms steps); see suite.models.acoustic."""
+    features: int | None = None
+    """Feature bins per frame (40), filled in from the data."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model", positive_ints=("hidden", "layers", "stack"))
+        if self.stack > 8:
+            raise ConfigError(
+                f"model.stack must be at most 8 (a short digit must keep several steps), got {self.stack}"
+            )
+        if not isinstance(self.bidirectional, bool):
+            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
+        if (
+            not isinstance(self.dropout, (int, float))
+            or isinstance(self.dropout, bool)
+            or not 0 <= self.dropout < 1
+        ):
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.features is not None:
+            check_fields(self, "model", positive_ints=("features",))
+
+
+def step_decay(cfg: SpeechTrain) -> Callable[[int], float]:
+    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
+    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
+
+
+# Transcripts and the metric -------------------------------------------------------------------------------
+
+
+def transcript(labels: Sequence[int]) -> str:
+    """Class ids (digit + 1; the blank never appears) -> the digit words, space separated."""
+    return " ".join(DIGIT_WORDS[c - 1] for c in labels)
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus-level WER (a fraction) of hypotheses against non-empty references, by jiwer."""
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        return math.nan
+    return float(jiwer.wer(list(references), list(hypotheses)))
+
+
+# Data -----------------------------------------------------------------------------------------------------
+
+
+class SpeechData(pl.LightningDataModule):
+    """Length-bucketed, zero-padded batches of the train/valid/test utterances."""
+
+    def __init__(self, data: FSDD, cfg: SpeechTrain) -> None:
+        super().__init__()
+        self.data, self.cfg = data, cfg
+        self.sets = {
+            "train": Utterances(data, "train", cfg.train_fraction),
+            "valid": Utterances(data, "valid", cfg.eval_fraction),
+            "test": Utterances(data, "test", cfg.eval_fraction),
+        }
+
+    @property
+    def train_frames(self) -> int:
+        return sum(self.sets["train"].lengths)
+
+    def _loader(self, split: str) -> DataLoader:
+        ds, train = self.sets[split], split == "train"
+        size = self.cfg.batch_size if train else self.cfg.eval_batch_size
+        return DataLoader(
+            ds, batch_sampler=LengthBuckets(ds.lengths, size, shuffle=train), collate_fn=collate
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+# The LightningModule --------------------------------------------------------------------------------------
+
+
+def ctc_losses(model_out: tuple[Tensor, Tensor], labels: Tensor, label_lengths: Tensor) -> Tensor:
+    """(B,) CTC loss of each utterance divided by its number of labels (infinite losses become 0)."""
+    logits, out_lengths = model_out  # (B, T', C), (B,)
+    log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T', B, C)
+    loss = F.ctc_loss(
+        log_probs, labels, out_lengths, label_lengths, blank=BLANK, reduction="none", zero_infinity=True
+    )
+    return loss / label_lengths.to(loss.dtype)
+
+
+class SpeechTask(Task):
+    """Trains an acoustic model ((B, T, 40), lengths -> (B, T', 11) logits, lengths) with CTC; the metric is the
+    WER of greedy decoding. Logged losses are the CTC loss per label, averaged over utterances."""
+
+    metric = Metric("wer", "minimize", "word error rate")
+
+    def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
+        super().__init__(model, lr_at)
+        self._eval: dict[str, dict] = {}
+        self.metric_detail = {
+            "wer": f"corpus word error rate of greedy CTC decoding over digit words, a fraction (jiwer {version('jiwer')})"
+        }
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)  # lr = lr_at(epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, lengths, labels, label_lengths = batch
+        loss = ctc_losses(self(x, lengths), labels, label_lengths).mean()
+        if not torch.isfinite(loss):
+            raise TrialDiverged(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
+            )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=x.size(0))
+        return loss
+
+    def _decode(self, batch: Batch) -> tuple[Tensor, list[str], list[str]]:
+        x, lengths, labels, label_lengths = batch
+        out = self(x, lengths)
+        losses = ctc_losses(out, labels, label_lengths)
+        hyps = [transcript(h) for h in greedy_decode(*out)]
+        refs = [transcript(y[:n]) for y, n in zip(labels.tolist(), label_lengths.tolist())]
+        return losses, refs, hyps
+
+    def _eval_start(self, split: str) -> None:
+        self._eval[split] = {"loss": 0.0, "count": 0, "refs": [], "hyps": []}
+
+    def _eval_step(self, split: str, batch: Batch) -> None:
+        losses, refs, hyps = self._decode(batch)
+        acc = self._eval[split]
+        acc["loss"] += losses.sum().item()
+        acc["count"] += losses.numel()
+        acc["refs"] += refs
+        acc["hyps"] += hyps
+
+    def _eval_end(self, split: str) -> None:
+        acc = self._eval.pop(split)
+        loss = acc["loss"] / max(acc["count"], 1)
+        if split == "val" and not math.isfinite(loss):
+            raise TrialDiverged(f"validation loss became {loss} at epoch {self.current_epoch + 1}")
+        self.log(f"{split}_loss", loss)
+        self.log(f"{split}_wer", word_error_rate(acc["refs"], acc["hyps"]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return tuple(t.to(self.device) for t in batch)  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> float:
+        """WER over a loader outside the Trainer (diagnostics such as 'val with D removed')."""
+        was_training = self.model.training
+        self.model.eval()
+        refs, hyps = [], []
+        for batch in loader:
+            _, r, h = self._decode(self._to_device(batch))
+            refs += r
+            hyps += h
+        self.model.train(was_training)
+        return word_error_rate(refs, hyps)
+
+    @torch.no_grad()
+    def run_batch(self, batch: Batch) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        x, lengths, *_ = self._to_device(batch)
+        self(x, lengths)
+        self.model.train(was_training)
+
+
+class Speech(Family):
+    name = "speech"
+    metric = SpeechTask.metric
+    train_settings = SpeechTrain
+    model_settings = SpeechModel
+    datasets = ("fsdd",)
+    units = "frames"
+
+    def load_data(self, dataset, data_dir, train: SpeechTrain) -> FSDD:
+        if dataset != "fsdd":
+            raise ConfigError(f"the speech family reads dataset fsdd, got {dataset!r}")
+        return load_fsdd(data_dir, train.utterances())
+
+    def resolve_model(self, model: dict, data: FSDD) -> dict:
+        return {**model, "features": data.n_mels}
+
+    def example(self, seed: int = 0) -> Example:
+        model = {**self.check_model({"hidden": 32, "layers": 2, "stack": 2}), "features": N_MELS}
+        g = torch.Generator().manual_seed(seed)
+        items = [
+            (torch.randn(n, N_MELS, generator=g), torch.randint(1, CLASSES, (k,), generator=g))
+            for n, k in ((23, 3), (17, 2), (9, 1))
+        ]
+        batch = collate(items)  # (3, 23, 40) features, lengths, (3, 3) labels, label lengths
+        return Example(model, batch, _bare_loss, DataContext(calibration=[batch], loss=_bare_loss))
+
+    def build_model(self, model: dict) -> nn.Module:
+        return build_acoustic(model)
+
+    def datamodule(self, data: FSDD, train: SpeechTrain) -> SpeechData:
+        return SpeechData(data, train)
+
+    def task(self, model, train, lr_at) -> SpeechTask:
+        return SpeechTask(model, lr_at)
+
+    def lr_at(self, train: SpeechTrain) -> Callable[[int], float]:
+        return step_decay(train)
+
+    def train_units(self, datamodule: SpeechData) -> int:
+        """Input feature frames (10 ms each, before stacking) of one training epoch."""
+        return datamodule.train_frames
+
+    def context(self, data: FSDD, datamodule: SpeechData, needs: frozenset[str]) -> DataContext:
+        unknown = needs - {"calibration"}
+        if unknown:
+            raise ConfigError(f"task family speech cannot give methods {', '.join(sorted(unknown))}")
+        if not needs:
+            return DataContext()
+        loader = datamodule.train_dataloader()
+        return DataContext(calibration=[b for _, b in zip(range(4), loader)], loss=_bare_loss)
+
+
+def _bare_loss(model: nn.Module, batch: Batch) -> Tensor:
+    x, lengths, labels, label_lengths = batch
+    return ctc_losses(model(x, lengths), labels, label_lengths).mean()
+
+
+register(Speech())

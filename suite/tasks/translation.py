@@ -1,0 +1,382 @@
+"""Translation (family ``translation``): Multi30k English -> German with an attention LSTM encoder-decoder,
+Adam, teacher forcing, corpus BLEU by sacrebleu.
+
+BLEU is corpus BLEU on the lower-cased Moses-tokenized text of the official files, the text the model reads and
+writes, computed by sacrebleu with ``tokenize="none"`` (the text is tokenized already; sacrebleu's ``13a``
+would split it again, e.g. ``&apos;`` into three tokens) and ``lowercase=True`` (a no-op on these files, so that
+the signature says ``case:lc``). This reproduces multi-bleu.perl -lc, the tokenized lower-cased BLEU that papers
+report on this split. The sacrebleu signature is kept in the record (``metric_detail``).
+
+Validation BLEU (``val_bleu``, the metric that selects, stops early and prunes) decodes greedily, which is cheap
+enough for every epoch; test BLEU (``test_bleu``) uses beam search with the preset's width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from sacrebleu.metrics import BLEU
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
+
+from ..data.buckets import BucketBatchSampler, PairDataset, collate
+from ..data.multi30k import PAD_ID, ParallelCorpus, load_multi30k
+from ..errors import ConfigError, TrialDiverged
+from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
+from . import register
+from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
+
+FLOAT32_MAX_LOG = 88.7  # log of the largest float32
+CALIBRATION_BATCHES = 4
+
+
+@dataclass
+class TranslationTrain(TrainSettings):
+    """Optimisation and decoding of a translation model: Adam, an optional step decay, clipped gradients."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    clip: float = 5.0
+    lr_decay: float = 1.0
+    """The learning rate is divided by this every epoch after ``decay_after`` (1: constant). A schedule by
+    epoch, not on plateau, so that the rate of every epoch is known in advance (fine-tuning from a trained
+    baseline starts at the rate it ended with)."""
+    decay_after: int = 10
+    """Epochs 1..decay_after run at ``lr``; epoch e > decay_after at lr / lr_decay ** (e - decay_after)."""
+    label_smoothing: float = 0.1
+    """Of the training loss only; ``val_loss`` is the plain per-token NLL."""
+    eval_batch_size: int = 128
+    beam: int = 5
+    """Beam width of test decoding (validation decodes greedily)."""
+    length_alpha: float = 1.0
+    """Beam search ranks finished hypotheses by log-probability / length ** length_alpha (0: no normalization)."""
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    """A hypothesis has at most floor(max_len_a * source words + max_len_b) words."""
+    min_freq: int = 2
+    """Vocabularies keep the training words seen at least this often; the rest is ``<unk>``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(
+            self,
+            "train",
+            positive_ints=("eval_batch_size", "beam", "min_freq"),
+            non_negative_ints=("decay_after", "max_len_b"),
+            positive=("max_len_a",),
+        )
+        check_range(self, "train", "lr_decay", 1, math.inf, "a number >= 1 (1: a constant rate)")
+        check_range(self, "train", "label_smoothing", 0, 1, "in [0, 1)")
+        check_range(self, "train", "length_alpha", 0, math.inf, "a number >= 0")
+
+
+def check_range(obj, what: str, name: str, low: float, high: float, must: str) -> None:
+    """``low <= value < high`` for a number setting, else a ConfigError saying what it ``must`` be."""
+    v = getattr(obj, name)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v < high:
+        raise ConfigError(f"{what}.{name} must be {must}, got {v!r}")
+
+
+@dataclass
+class TranslationModel:
+    """The encoder-decoder's settings (``src_vocab`` and ``tgt_vocab`` come from the data)."""
+
+    hidden: int = 256
+    """Units of each LSTM layer (of each direction in the encoder) and of the attentional hidden."""
+    layers: int = 1
+    """LSTM layers of the encoder and of the decoder."""
+    emb_size: int | None = None
+    """Word embedding size of both languages; None: ``hidden``."""
+    bidirectional: bool = True
+    """A bidirectional encoder (its final states reach the decoder through a bridge)."""
+    dropout: float = 0.3
+    """On embeddings, between LSTM layers and on the attentional hidden."""
+    attention: str = "general"
+    """Luong score: ``general`` (h^T W_a m) or ``dot`` (h^T m; needs a unidirectional encoder)."""
+    init: float = 0.1
+    """Every weight uniform in [-init, init]."""
+    src_vocab: int | None = None
+    tgt_vocab: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model", positive_ints=("hidden", "layers"), positive=("init",))
+        if self.emb_size is not None:
+            check_fields(self, "model", positive_ints=("emb_size",))
+        check_range(self, "model", "dropout", 0, 1, "in [0, 1)")
+        if not isinstance(self.bidirectional, bool):
+            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
+        if self.attention not in ATTENTION:
+            raise ConfigError(
+                f"model.attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}"
+            )
+        if self.attention == "dot" and self.bidirectional:
+            raise ConfigError("model.attention dot needs bidirectional: false (or use attention: general)")
+        for name in ("src_vocab", "tgt_vocab"):
+            if getattr(self, name) is not None:
+                check_fields(self, "model", positive_ints=(name,))
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    """Corpus BLEU of tokenized hypotheses against one tokenized reference each, and sacrebleu's signature."""
+    # lowercase: a no-op on these lower-cased files that makes the signature say ``case:lc``; force: the text is
+    # tokenized on purpose, so sacrebleu's warning about tokenized input does not apply.
+    metric = BLEU(tokenize="none", lowercase=True, force=True)
+    score = metric.corpus_score(hypotheses, [references])
+    return score.score, str(metric.get_signature())
+
+
+def step_decay(cfg: TranslationTrain) -> Callable[[int], float]:
+    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
+    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
+
+
+def _leading(n: int, fraction: float) -> int:
+    return n if fraction >= 1 else max(1, int(n * fraction))
+
+
+class TranslationData(pl.LightningDataModule):
+    """Length-bucketed, shuffled training batches (reseeded every epoch); validation and test in file order."""
+
+    def __init__(self, corpus: ParallelCorpus, cfg: TranslationTrain) -> None:
+        super().__init__()
+        self.corpus, self.cfg = corpus, cfg
+        n = _leading(corpus.pairs("train"), cfg.train_fraction)
+        self.train_set = PairDataset(corpus.src["train"], corpus.tgt["train"], n)
+        self.eval_sets = {}
+        for split in ("val", "test"):
+            n = _leading(corpus.pairs(split), cfg.eval_fraction)
+            refs = corpus.references[split][:n]
+            self.eval_sets[split] = PairDataset(
+                corpus.src[split], corpus.tgt[split], n, refs, corpus.tgt_vocab
+            )
+
+    @property
+    def train_tokens(self) -> int:
+        """Target tokens the decoder predicts in one epoch (words and ``<eos>``)."""
+        return int((self.corpus.tgt["train"].lengths[: len(self.train_set)] - 1).sum())
+
+    def train_loader(self, seed: int) -> DataLoader:
+        ds = self.train_set
+        sampler = BucketBatchSampler(
+            ds.lengths, ds.tgt.lengths[: len(ds)], self.cfg.batch_size, shuffle=True, seed=seed
+        )
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        # Batch order follows the run's seed (train() seeds torch before fitting).
+        return self.train_loader(torch.initial_seed())
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.eval_sets[split]
+        sampler = BucketBatchSampler(
+            ds.lengths, ds.tgt.lengths[: len(ds)], self.cfg.eval_batch_size, shuffle=False
+        )
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+def token_nll(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> tuple[Tensor, int]:
+    """Summed teacher-forced cross-entropy over the batch's target tokens (padding ignored) and their count."""
+    logits = model(batch["src"], batch["src_len"], batch["tgt_in"])  # (B, T, V)
+    target = batch["tgt_out"]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        target.reshape(-1),
+        ignore_index=PAD_ID,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    return loss, int((target != PAD_ID).sum())
+
+
+class TranslationTask(Task):
+    """Trains with teacher forcing on the mean token cross-entropy (label-smoothed); evaluates BLEU."""
+
+    metric = Metric("bleu", "maximize", "BLEU")
+
+    def __init__(self, model: Seq2Seq, lr_at: Callable[[int], float], cfg: TranslationTrain) -> None:
+        super().__init__(model, lr_at)
+        self.cfg = cfg
+        self._eval: dict[str, dict] = {}
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def _to(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, tokens = token_nll(self, batch, self.cfg.label_smoothing)
+        loss = loss / max(tokens, 1)
+        if not torch.isfinite(loss):
+            raise TrialDiverged(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
+            )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=tokens)
+        return loss
+
+    def decode(self, batch: dict[str, Tensor], beam: int = 1) -> list[list[int]]:
+        """Hypotheses (word ids) for a batch: greedy with ``beam`` 1, else beam search; every parametrized
+        weight is evaluated once for the whole decoding."""
+        c = self.cfg
+        src, src_len = batch["src"].to(self.device), batch["src_len"].to(self.device)
+        with parametrize.cached():
+            if beam == 1:
+                return greedy(self.model, src, src_len, c.max_len_a, c.max_len_b)
+            return beam_search(self.model, src, src_len, beam, c.max_len_a, c.max_len_b, c.length_alpha)
+
+    # Evaluation: corpus BLEU over the hypotheses of the whole split, and the per-token NLL.
+    def _eval_start(self, split: str) -> None:
+        self._eval[split] = {"nll": 0.0, "tokens": 0, "hyps": {}}
+
+    def _eval_step(self, split: str, batch, beam: int) -> None:
+        acc = self._eval[split]
+        nll, tokens = token_nll(self, self._to(batch))
+        acc["nll"] += nll.item()
+        acc["tokens"] += tokens
+        for i, hyp in zip(batch["index"].tolist(), self.decode(batch, beam)):
+            acc["hyps"][i] = hyp
+
+    def _eval_end(self, split: str, dataset: PairDataset) -> None:
+        acc = self._eval.pop(split)
+        loss = acc["nll"] / max(acc["tokens"], 1)
+        if split == "val" and not loss < FLOAT32_MAX_LOG:
+            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
+        score, signature = corpus_bleu(dataset, acc["hyps"])
+        self.metric_detail = {"bleu_signature": signature}
+        self.log(f"{split}_loss", loss)
+        self.log(f"{split}_bleu", score)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch, beam=1)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val", self.trainer.val_dataloaders.dataset)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, beam=self.cfg.beam)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test", self.trainer.test_dataloaders.dataset)
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, beam: int = 1) -> float:
+        """BLEU over a loader of ``PairDataset`` batches outside the Trainer; greedy by default, as val_bleu."""
+        was_training = self.model.training
+        self.model.eval()
+        hyps = {}
+        for batch in loader:
+            for i, hyp in zip(batch["index"].tolist(), self.decode(batch, beam)):
+                hyps[i] = hyp
+        self.model.train(was_training)
+        return corpus_bleu(loader.dataset, hyps)[0]
+
+    @torch.no_grad()
+    def run_batch(self, batch) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        b = self._to(batch)
+        self(b["src"], b["src_len"], b["tgt_in"])
+        self.model.train(was_training)
+
+
+def corpus_bleu(dataset: PairDataset, hyps: dict[int, list[int]]) -> tuple[float, str]:
+    """BLEU of hypotheses (example index -> word ids) against the dataset's references of those examples."""
+    order = sorted(hyps)
+    vocab = dataset.tgt_vocab
+    return bleu([" ".join(vocab.decode(hyps[i])) for i in order], [dataset.references[i] for i in order])
+
+
+class Translation(Family):
+    name = "translation"
+    metric = TranslationTask.metric
+    train_settings = TranslationTrain
+    model_settings = TranslationModel
+    datasets = ("multi30k",)
+    units = "tokens"
+
+    def load_data(self, dataset, data_dir, train: TranslationTrain) -> ParallelCorpus:
+        if dataset not in self.datasets:
+            raise ConfigError(
+                f"task family translation reads dataset(s) {', '.join(self.datasets)}, got {dataset!r}"
+            )
+        return load_multi30k(data_dir, train.min_freq)
+
+    def resolve_model(self, model: dict, data: ParallelCorpus) -> dict:
+        return {**model, "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab)}
+
+    def build_model(self, model: dict) -> Seq2Seq:
+        return build_seq2seq(model)
+
+    def datamodule(self, data: ParallelCorpus, train: TranslationTrain) -> TranslationData:
+        return TranslationData(data, train)
+
+    def task(self, model, train: TranslationTrain, lr_at) -> TranslationTask:
+        return TranslationTask(model, lr_at, train)
+
+    def lr_at(self, train: TranslationTrain) -> Callable[[int], float]:
+        return step_decay(train)
+
+    def train_units(self, datamodule: TranslationData) -> int:
+        return datamodule.train_tokens
+
+    def example(self, seed: int = 0) -> Example:
+        model = {**self.check_model({"hidden": 32, "emb_size": 32}), "src_vocab": 30, "tgt_vocab": 40}
+        g = torch.Generator().manual_seed(seed)
+        items = [
+            (i, torch.randint(4, 30, (n,), generator=g), torch.randint(4, 40, (k,), generator=g))
+            for i, (n, k) in enumerate(((7, 6), (5, 8), (3, 4)))
+        ]
+        batch = collate(items)  # (3, 7) source, (3, 7) target in and out, pads where shorter
+        src, tgt = torch.arange(30, 0, -1).float(), torch.arange(40, 0, -1).float()
+        ctx = DataContext(
+            {"encoder.embedding.weight": src, "decoder.embedding.weight": tgt, "decoder.output.weight": tgt},
+            [batch],
+            _bare_loss,
+        )
+        return Example(model, batch, _bare_loss, ctx)
+
+    def context(
+        self, data: ParallelCorpus, datamodule: TranslationData, needs: frozenset[str]
+    ) -> DataContext:
+        fields = {}
+        if "row_frequencies" in needs:
+            src, tgt = data.src_counts, data.tgt_counts
+            fields["row_frequencies"] = {
+                "encoder.embedding.weight": src,
+                "decoder.embedding.weight": tgt,
+                "decoder.output.weight": tgt,
+            }
+        if "calibration" in needs:
+            loader = datamodule.train_loader(seed=0)
+            fields["calibration"] = [b for _, b in zip(range(CALIBRATION_BATCHES), loader)]
+            fields["loss"] = _bare_loss
+        return DataContext(**fields)
+
+
+def _bare_loss(model: nn.Module, batch) -> Tensor:
+    loss, tokens = token_nll(model, batch)
+    return loss / max(tokens, 1)
+
+
+register(Translation())

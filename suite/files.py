@@ -72,7 +72,7 @@ def atomic(path: str | Path, what: str = "output file") -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder; give a file name")
-    make_dir(path.parent, f"folder of {what} {path}")
+    make_dir(path.parent, "output folder")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp

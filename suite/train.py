@@ -25,7 +25,7 @@ from . import tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
-from .errors import DataError, SuiteError, TrialDiverged
+from .errors import ConfigError, DataError, SuiteError, TrialDiverged
 from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
 from .tasks.base import Family
 from .track import (
@@ -80,6 +80,17 @@ def build_model(
         model.load_state_dict(state)
     method.apply(model, mcfg, ctx if ctx is not None else DataContext())
     return model, reference
+
+
+def resolve_model(family: Family, model: dict, data: object) -> dict:
+    """The model settings plus what the data fixes (vocabulary sizes, feature dimension); a setting the data
+    fixes is refused when given (it would name another run with the very same result)."""
+    for key, value in model.items():
+        if value is not None and family.resolve_model({**model, key: None}, data).get(key) is not None:
+            raise ConfigError(
+                f"model.{key} comes from the data; remove it from the preset and --set (got {value!r})"
+            )
+    return family.resolve_model(model, data)
 
 
 def _remove_stale_staging(final_dir: Path) -> None:
@@ -152,7 +163,7 @@ def check(cfg: RunConfig, data: object | None = None) -> object:
     ctx = family.context(data, datamodule, method.needs)
     dry = copy.copy(cfg.method_config)
     dry.init = "scratch"
-    build_model(family, family.resolve_model(cfg.model, data), cfg.method, dry, ctx=ctx)
+    build_model(family, resolve_model(family, cfg.model, data), cfg.method, dry, ctx=ctx)
     return data
 
 
@@ -181,7 +192,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     mcfg = cfg.method_config
     data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
-    model_cfg = family.resolve_model(cfg.model, data)
+    model_cfg = resolve_model(family, cfg.model, data)
     ctx = family.context(data, datamodule, method.needs)
     epochs, lr_at = cfg.train.epochs, family.lr_at(cfg.train)
     state, baseline_s = None, None

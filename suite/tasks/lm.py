@@ -78,11 +78,6 @@ class LMModel:
             raise ConfigError(f"model.tie_weights must be true or false, got {self.tie_weights!r}")
         if self.tie_weights and (self.emb_size or self.hidden) != self.hidden:
             raise ConfigError("model.tie_weights needs emb_size == hidden")
-        if self.vocab is not None:
-            raise ConfigError(
-                "model.vocab comes from the data (the words of train); cap it with the dataset's max_vocab "
-                f"or train.max_vocab instead of setting it (got {self.vocab!r})"
-            )
 
 
 def step_decay(cfg: LMTrain) -> Callable[[int], float]:

@@ -195,18 +195,10 @@ def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
     return tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
 
 
-def compress_targets(
-    model: nn.Module,
-    patterns: list[str],
-    make: Callable[[str, Tensor], Structured],
-    fresh: bool = False,
-) -> list[str]:
-    """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
-
-    Targets are collected first and swapped after, so the walk never sees its own changes. A parameter shared
-    by several modules (tied weights) cannot be compressed through one of its names only. With ``fresh``
-    (a scratch init) each matrix's factors are then drawn by its parametrization (``Structured.fresh``).
-    """
+def find_targets(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module, str, Tensor]]:
+    """(qualified name, module, tensor name, parameter) of every 2-D parameter matching ``patterns`` that is not
+    parametrized yet, in ``named_modules`` order; ConfigError for a tied or non-matrix target, or none at all.
+    Methods that size something over all their targets (a pool shared by every matrix) call it first."""
     seen: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -234,6 +226,22 @@ def compress_targets(
     if not chosen:
         names = ", ".join(n for n, _ in model.named_parameters())
         raise ConfigError(f"no parameter matches targets {patterns}; the model's parameters are: {names}")
+    return chosen
+
+
+def compress_targets(
+    model: nn.Module,
+    patterns: list[str],
+    make: Callable[[str, Tensor], Structured],
+    fresh: bool = False,
+) -> list[str]:
+    """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
+
+    Targets are collected first (``find_targets``) and swapped after, so the walk never sees its own changes. A
+    parameter shared by several modules (tied weights) cannot be compressed through one of its names only. With
+    ``fresh`` (a scratch init) each matrix's factors are then drawn by its parametrization (``Structured.fresh``).
+    """
+    chosen = find_targets(model, patterns)
     for qual, module, tensor_name, p in chosen:
         w = p.detach()
         structured = make(qual, w)

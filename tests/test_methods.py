@@ -1,7 +1,10 @@
 """The shared matrix: every registered method goes through the same checks.
 
 Adding a method means adding it to the registry; it is picked up here automatically. A method that cannot
-reach the default test CF on the tiny model names another in FACTORS.
+reach the default test CF on the tiny model names another in FACTORS. A method that asks for data (``needs``)
+gets a made-up DataContext of the tiny model (Zipf-like word counts for its vocabulary matrices, a calibration
+batch); one that refuses the default targets with a ConfigError (a method for vocabulary matrices only) is
+tried on a vocabulary matrix of that context.
 """
 
 import pytest
@@ -12,6 +15,8 @@ from torch.nn.utils import parametrize
 from suite import tasks
 from suite.compressors import available, make_config, registry
 from suite.compressors.accounting import parametrized_tensors
+from suite.context import DataContext
+from suite.errors import ConfigError
 from suite.models import LSTMLanguageModel
 from suite.models.lm import build_lm
 from suite.train import build_model
@@ -21,18 +26,44 @@ FACTORS = {"dense": 1.0}
 DEFAULT_FACTOR = 4.0
 
 
-def compressed(method: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    mcfg = make_config(method, {"factor": FACTORS.get(method, DEFAULT_FACTOR)})
-    model, _ = build_model(tasks.get("lm"), dict(MODEL), method, mcfg)
-    return model
-
-
 def batch(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(MODEL["vocab"], (7, 3), generator=g), torch.randint(
         MODEL["vocab"], (7, 3), generator=g
     )
+
+
+def context(method: str) -> DataContext:
+    """What the method asks of the data, made up for the tiny model."""
+    needs = registry.get(method).needs
+    fields = {}
+    if "row_frequencies" in needs:
+        counts = torch.arange(
+            MODEL["vocab"], 0, -1
+        ).float()  # Zipf-like: word i is the (i+1)-th most frequent
+        fields["row_frequencies"] = {"embedding.weight": counts, "decoder.weight": counts}
+    if "calibration" in needs:
+        fields["calibration"] = [batch()]
+        fields["loss"] = lambda model, b: nn.functional.cross_entropy(
+            model(b[0])[0].reshape(-1, MODEL["vocab"]), b[1].reshape(-1)
+        )
+    return DataContext(**fields)
+
+
+def compressed(method: str, seed: int = 0) -> nn.Module:
+    ctx = context(method)
+    settings = {"factor": FACTORS.get(method, DEFAULT_FACTOR)}
+    torch.manual_seed(seed)
+    try:
+        model, _ = build_model(tasks.get("lm"), dict(MODEL), method, make_config(method, settings), ctx=ctx)
+    except ConfigError:
+        if not ctx.row_frequencies:
+            raise
+        vocabulary = list(ctx.row_frequencies)[-1:]  # the softmax: a method for vocabulary matrices only
+        torch.manual_seed(seed)
+        mcfg = make_config(method, {**settings, "targets": vocabulary})
+        model, _ = build_model(tasks.get("lm"), dict(MODEL), method, mcfg, ctx=ctx)
+    return model
 
 
 @pytest.fixture(params=available())

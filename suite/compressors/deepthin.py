@@ -134,6 +134,9 @@ class DeepThin(Structured):
         w = self(*factors).contiguous()  # rebuilt once (module docstring)
         return lambda x: torch.mv(w, x)
 
+    def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor:
+        return self(*factors).contiguous()
+
 
 @dataclass
 class DeepThinConfig(CompressorConfig):

@@ -178,6 +178,9 @@ class Hashed(Structured):
         w = self(*factors).contiguous()  # expanded once (module docstring)
         return lambda x: torch.mv(w, x)
 
+    def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor:
+        return self(*factors).contiguous()
+
 
 @dataclass
 class HashedConfig(CompressorConfig):

@@ -186,6 +186,12 @@ class Structured(nn.Module):
         None), so that a layer can fuse the sparse parts of its matrices into one sparse product."""
         return self.deploy(factors), None
 
+    def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor | None:
+        """The matrix itself when the deployment form is the materialized matrix (a hashed or DeepThin matrix
+        is rebuilt once and multiplied densely), so that a layer can fuse it with its neighbours as a dense
+        layer does; None for a compact deployment form."""
+        return None
+
 
 def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
     """The stored tensors (factors) of one parametrized weight, in the order ``forward`` takes them."""
@@ -283,6 +289,13 @@ def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tenso
     structured, factors = _structured_and_factors(module, tensor_name)
     with torch.no_grad():
         return structured.deploy_parts(factors)
+
+
+def deployed_dense(module: nn.Module, tensor_name: str) -> Tensor | None:
+    """``Structured.deploy_dense`` of one parametrized weight: the rebuilt matrix, or None."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy_dense(factors)
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig, DataContext], Structured]):

@@ -152,3 +152,14 @@ def test_the_trained_shared_pool_is_the_joint_least_squares_fit():
     loss = sum(((getattr(model.lstm, n) - w) ** 2).sum() for n, w in weights.items())
     (grad,) = torch.autograd.grad(loss, pool)
     assert grad.abs().max() < 1e-5 * pool.abs().max()  # stationary in the pool: the least-squares optimum
+
+
+def test_a_shared_pool_run_trains_and_counts_the_pool_once(tiny_preset, results):
+    from suite.config import load_run
+    from suite.train import train
+
+    sets = {"results_dir": str(results), "wandb": "disabled", "shared_pool": True}
+    rec = train(load_run(tiny_preset, "hashed", 6, sets=sets), progress_bar=False)
+    assert rec.status == "ok" and rec.accounting["cf"] >= 6
+    (pool,) = rec.accounting["shared"]
+    assert len(pool["users"]) == 4 and rec.accounting["targeted_stored"] == pool["values"] + 4

@@ -170,10 +170,16 @@ def layer_csr(parts: list[Tensor | None], shapes: list[tuple[int, int]]) -> Tens
 
 def deployed_step(lstm: nn.LSTM) -> Step:
     """One batch-1 step with each weight's deployment form (``registry.deployed_parts``), never building W.
-    Sparse parts (doped matrices) are fused into one CSR product on [x; h], as the dense step fuses W."""
+    Sparse parts (doped matrices, pruned ones) are fused into one CSR product on [x; h], as the dense step fuses
+    W; methods whose deployment is the rebuilt matrix itself (``registry.deployed_dense``: hashed, DeepThin)
+    run as the dense step on their rebuilt matrices."""
     names = ("weight_ih_l0", "weight_hh_l0")
-    (f_ih, sp_ih), (f_hh, sp_hh) = (registry.deployed_parts(lstm, n) for n in names)
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    rebuilt = [registry.deployed_dense(lstm, n) for n in names]
+    if all(w is not None for w in rebuilt):
+        w = torch.cat(rebuilt, 1).contiguous()  # (4H, in + H)
+        return lambda x, h, c: lstm_cell(torch.addmv(bias, w, torch.cat((x, h))), c)
+    (f_ih, sp_ih), (f_hh, sp_hh) = (registry.deployed_parts(lstm, n) for n in names)
     if sp_ih is None and sp_hh is None:
 
         def step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:

@@ -99,3 +99,46 @@ def test_a_cf_is_displayed_rounded_down():
     from suite.compressors.accounting import format_cf
 
     assert format_cf(3.999) == "3.99" and format_cf(4.0) == "4.00" and format_cf(None) == "-"
+
+
+def test_8_bit_values_count_their_bytes():
+    s = Storage(values=30, q8_values=1000, indices=11)  # 1000 bytes of values with 30 fp32 scales
+    assert s.q8_equiv == 250 and s.total_values == 280 and s.total == 291
+    assert (s + Storage(values=2, q8_values=3)).q8_values == 1003
+    assert Storage(q8_values=3).total == 0.75  # never rounded down to zero
+    assert isinstance(Storage(values=3).total_values, int)  # plain counts stay integers
+
+
+def test_a_shared_tensor_is_counted_once_with_shares_by_dense_size():
+    from suite.compressors.registry import Structured
+
+    pool = nn.Parameter(torch.randn(10))
+
+    class Pooled(Structured):
+        method = "pooled"
+
+        def __init__(self, shape):
+            super().__init__(shape)
+            self.pool = pool
+
+        def forward(self, scale):
+            return scale * self.pool.sum() * torch.ones(self.shape)
+
+        def right_inverse(self, w):
+            return (w.mean().reshape(1),)
+
+        def storage(self):
+            return Storage(values=1)
+
+        def shared_storage(self):
+            return [("pool", self.pool, Storage(values=self.pool.numel()))]
+
+    model = nn.Module()
+    model.a, model.b = nn.Linear(10, 30, bias=False), nn.Linear(10, 10, bias=False)
+    registry.compress_targets(model, ["a.weight", "b.weight"], lambda n, w: Pooled(tuple(w.shape)))
+    acc = account(model, ["a.weight", "b.weight"])
+    assert acc.targeted_storage.total == 10 + 2 and acc.cf == 400 / 12
+    assert acc.model_stored == 12 and acc.model_dense == 400
+    shares = {m.name: m.shared for m in acc.matrices}
+    assert shares == {"a.weight": 7.5, "b.weight": 2.5}
+    assert acc.to_dict()["shared"][0]["users"] == ["a.weight", "b.weight"]

@@ -8,15 +8,30 @@ from sweep_fixtures import ROOT
 from torch import nn
 
 from suite import cli
-from suite.bench import bench_infer, bench_train, compressed_lstm, dense_step, deployed_step, layer_csr
+from suite.bench import (
+    bench_infer,
+    bench_train,
+    compressed_lstm,
+    dense_step,
+    deployed_step,
+    infer_methods,
+    layer_csr,
+)
 from suite.errors import ConfigError
+
+
+def test_every_deployable_method_is_timed():
+    assert {"kp", "lmf", "doped_kp", "prune", "deepthin", "lp_lowrank", "hashed", "circulant"} <= set(
+        infer_methods()
+    )
+    assert "groupreduce" not in infer_methods()  # needs word counts: not for a bare LSTM
 
 
 def test_deployed_steps_equal_the_dense_step_with_materialized_weights():
     torch.manual_seed(0)
     base = nn.LSTM(24, 32)
     x, h, c = torch.randn(24), torch.randn(32), torch.randn(32)
-    for name in ("kp", "lmf", "hmd", "doped_kp", "doped_lmf", "doped_hmd"):
+    for name in infer_methods():
         lstm, acc = compressed_lstm(base, name, 4)
         assert acc["cf"] >= 4 * (1 - 1e-9)
         dense = nn.LSTM(24, 32)

@@ -223,3 +223,57 @@ def test_sparse_ratio_and_removal():
         assert all(not t.param.sparse_enabled for t in doped_tensors(model))
     assert not torch.allclose(full, without)
     assert all(t.param.sparse_enabled for t in doped_tensors(model))
+
+
+def test_replayed_inputs_of_a_bidirectional_lstm_on_packed_sequences():
+    """Both directions, two layers, padded batch: the replayed hidden states are nn.LSTM's own outputs, and
+    padded steps are left out."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 6, num_layers=2, bidirectional=True).eval()
+    x = torch.randn(7, 3, 5)  # (T, B, in)
+    lengths = torch.tensor([7, 4, 2])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    inputs = lstm_matrix_inputs(lstm, lambda: lstm(packed))
+    assert set(inputs) == {
+        f"weight_{k}_l{i}{d}" for k in ("ih", "hh") for i in (0, 1) for d in ("", "_reverse")
+    }
+    valid = int(lengths.sum())
+    assert all(v.size(0) == valid for v in inputs.values())  # one vector per valid step and direction
+    # Layer 1 multiplies W_ih with layer 0's outputs of both directions: those of a one-layer LSTM with
+    # layer 0's weights, at the valid steps in step order (the reverse direction visits them backwards).
+    first = nn.LSTM(5, 6, bidirectional=True).eval()
+    first.load_state_dict({k: v for k, v in lstm.state_dict().items() if "_l0" in k})
+    y, _ = pad_packed_sequence(first(packed)[0])  # (T, B, 2H)
+    mask = torch.arange(7)[:, None] < lengths[None, :]
+    expected = torch.stack([y[t, b] for t in range(7) for b in range(3) if mask[t, b]])
+    torch.testing.assert_close(inputs["weight_ih_l1"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inputs["weight_ih_l1_reverse"].sum(0), expected.sum(0), atol=1e-4, rtol=1e-4)
+    # W_hh of layer 0's forward direction sees the previous step's forward output (zero at the first step)
+    prev = torch.cat([torch.zeros(1, 3, 6), y[:-1, :, :6]])
+    expected_hh = torch.stack([prev[t, b] for t in range(7) for b in range(3) if mask[t, b]])
+    torch.testing.assert_close(inputs["weight_hh_l0"], expected_hh, atol=1e-5, rtol=1e-5)
+
+
+def test_replayed_inputs_of_lstm_cells_step_by_step():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(4, 3).eval()
+    xs = torch.randn(5, 2, 4)
+
+    def run():
+        h = c = torch.zeros(2, 3)
+        for x in xs:
+            h, c = cell(x, (h, c))
+
+    inputs = lstm_matrix_inputs(cell, run)
+    assert inputs["weight_ih"].shape == (10, 4) and inputs["weight_hh"].shape == (10, 3)
+    torch.testing.assert_close(inputs["weight_ih"], xs.reshape(10, 4))
+    h = torch.zeros(2, 3)
+    c = torch.zeros(2, 3)
+    prev = []
+    with torch.no_grad():
+        for x in xs:
+            prev.append(h)
+            h, c = cell(x, (h, c))
+    torch.testing.assert_close(inputs["weight_hh"], torch.cat(prev))

@@ -2,8 +2,13 @@
 
 CF = dense parameters of the targeted matrices / what is stored for them after compression. "Stored" counts
 factor values, sparse values and sparse indices, the index bytes converted to value-equivalents at fp32
-(an int32 index costs exactly one fp32 value). The values-only CF is reported beside it. Biases, embeddings and
-every other untouched parameter enter the whole-model CF as stored dense values.
+(an int32 index costs exactly one fp32 value). Values kept in 8 bits (quantized factors) count their bytes: a
+quarter of an fp32 value each, their fp32 scales as ordinary values. The values-only CF is reported beside it.
+Biases, embeddings and every other untouched parameter enter the whole-model CF as stored dense values.
+
+A tensor that several matrices read (a hashed pool shared across layers) is counted once, by identity: its
+storage enters the targeted and whole-model totals once, and each matrix's row carries a share of it in
+proportion to its dense size (the shares add up to the tensor's storage).
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from torch.nn.utils import parametrize
 
 VALUE_BYTES = 4  # fp32 values
 INDEX_BYTES = 4  # int32 indices, as the deployed CSR kernels use them
+Q8_BYTES = 1  # 8-bit quantized values
 
 
 @dataclass
 class Storage:
-    """What a compressed matrix keeps: dense factor values, sparse values and sparse index entries."""
+    """What a compressed matrix keeps: dense factor values (fp32), sparse values, sparse index entries and
+    8-bit values (quantized factors; their per-row fp32 scales are counted in ``values``)."""
 
     values: int = 0
     sparse_values: int = 0
     indices: int = 0
+    q8_values: int = 0
 
     @property
     def index_equiv(self) -> float:
@@ -33,18 +41,26 @@ class Storage:
         return self.indices * INDEX_BYTES / VALUE_BYTES
 
     @property
-    def total(self) -> float:
-        return self.values + self.sparse_values + self.index_equiv
+    def q8_equiv(self) -> float:
+        """8-bit values expressed as fp32 value-equivalents (their bytes / 4)."""
+        return self.q8_values * Q8_BYTES / VALUE_BYTES
 
     @property
-    def total_values(self) -> int:
-        return self.values + self.sparse_values
+    def total(self) -> float:
+        return self.total_values + self.index_equiv
+
+    @property
+    def total_values(self) -> float:
+        """Every stored value in fp32 value-equivalents, indices left out (the values-only CF's denominator)."""
+        plain = self.values + self.sparse_values
+        return plain + self.q8_equiv if self.q8_values else plain
 
     def __add__(self, other: Storage) -> Storage:
         return Storage(
             self.values + other.values,
             self.sparse_values + other.sparse_values,
             self.indices + other.indices,
+            self.q8_values + other.q8_values,
         )
 
 
@@ -69,6 +85,11 @@ class MatrixAccount:
     method: str
     storage: Storage
     detail: dict = field(default_factory=dict)
+    shared: float = 0.0
+    """This matrix's share (by dense size) of the tensors it shares with others, in value-equivalents; the
+    totals count each shared tensor once instead."""
+    shared_values: float = 0.0
+    """The same share, indices left out."""
 
     @property
     def dense(self) -> int:
@@ -76,11 +97,11 @@ class MatrixAccount:
 
     @property
     def cf(self) -> float:
-        return self.dense / self.storage.total
+        return self.dense / (self.storage.total + self.shared)
 
     @property
     def cf_values(self) -> float:
-        return self.dense / self.storage.total_values
+        return self.dense / (self.storage.total_values + self.shared_values)
 
     def to_dict(self) -> dict:
         return {
@@ -89,7 +110,8 @@ class MatrixAccount:
             "method": self.method,
             "dense": self.dense,
             **asdict(self.storage),
-            "stored": self.storage.total,
+            "shared": self.shared,
+            "stored": self.storage.total + self.shared,
             "cf": self.cf,
             "cf_values": self.cf_values,
             "detail": self.detail,
@@ -97,12 +119,33 @@ class MatrixAccount:
 
 
 @dataclass
+class SharedAccount:
+    """A tensor several compressed matrices read (``Structured.shared_storage``), counted once."""
+
+    label: str
+    shape: tuple[int, ...]
+    storage: Storage
+    users: list[str] = field(default_factory=list)
+    """Qualified names of the matrices that read it."""
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "shape": list(self.shape),
+            **asdict(self.storage),
+            "stored": self.storage.total,
+            "users": list(self.users),
+        }
+
+
+@dataclass
 class Accounting:
-    """Per-matrix table plus targeted and whole-model totals."""
+    """Per-matrix table, the shared tensors, and targeted and whole-model totals."""
 
     matrices: list[MatrixAccount]
     model_dense: int
     model_stored: float
+    shared: list[SharedAccount] = field(default_factory=list)
 
     @property
     def targeted_dense(self) -> int:
@@ -110,9 +153,12 @@ class Accounting:
 
     @property
     def targeted_storage(self) -> Storage:
+        """Own storage of every targeted matrix plus each shared tensor once."""
         total = Storage()
         for m in self.matrices:
             total = total + m.storage
+        for s in self.shared:
+            total = total + s.storage
         return total
 
     @property
@@ -137,6 +183,7 @@ class Accounting:
             "model_dense": self.model_dense,
             "model_stored": self.model_stored,
             "matrices": [m.to_dict() for m in self.matrices],
+            "shared": [s.to_dict() for s in self.shared],
         }
 
 
@@ -170,7 +217,8 @@ def account(
 ) -> Accounting:
     """Count what ``model`` stores against its dense reference.
 
-    Parametrized tensors report their own storage (``storage()``). Plain parameters matching ``targets``
+    Parametrized tensors report their own storage (``storage()``) and the tensors they share with others
+    (``shared_storage()``), which are counted once by identity. Plain parameters matching ``targets``
     are targeted matrices stored dense (the ``dense`` and ``small_dense`` methods). ``reference`` is the dense
     model of the same configuration, needed only when compression changed the shapes themselves
     (``small_dense``); by default the reference is ``model`` with every parametrization materialized.
@@ -181,6 +229,7 @@ def account(
         ref_shapes = {n: tuple(p.shape) for n, p in reference.named_parameters()}
 
     matrices: list[MatrixAccount] = []
+    shared: dict[int, SharedAccount] = {}
     model_dense = 0
     model_stored = 0.0
     for qual, _, _, param in parametrized_tensors(model):
@@ -188,6 +237,16 @@ def account(
         matrices.append(acc)
         model_dense += acc.dense
         model_stored += acc.storage.total
+        for label, tensor, storage in param.shared_storage():
+            entry = shared.setdefault(id(tensor), SharedAccount(label, tuple(tensor.shape), storage))
+            entry.users.append(qual)
+    by_name = {m.name: m for m in matrices}
+    for entry in shared.values():
+        model_stored += entry.storage.total
+        users_dense = sum(by_name[u].dense for u in entry.users)
+        for u in entry.users:
+            by_name[u].shared += entry.storage.total * by_name[u].dense / users_dense
+            by_name[u].shared_values += entry.storage.total_values * by_name[u].dense / users_dense
     for name, p in plain.items():
         model_stored += p.numel()
         if matches(name, targets) and p.dim() == 2:
@@ -200,4 +259,4 @@ def account(
     else:
         model_dense += sum(p.numel() for p in plain.values())
     matrices.sort(key=lambda m: m.name)
-    return Accounting(matrices, model_dense, model_stored)
+    return Accounting(matrices, model_dense, model_stored, list(shared.values()))

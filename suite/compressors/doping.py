@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +31,15 @@ from .hybrid import HMDConfig, make_hmd
 from .kronecker import KPConfig, make_kp
 from .lowrank import LMFConfig, make_lowrank
 from .registry import CompressorConfig, Method, Structured, apply_structured, budget_detail, register
-from .sparse import Masked, SparseTensor, SparsityAnnealing, finish, sparse_tensors
+from .sparse import (
+    Masked,
+    SparseTensor,
+    SparsityAnnealing,
+    check_annealing,
+    finish,
+    masked_csr,
+    sparse_tensors,
+)
 
 
 def drop_entries(sparse: Tensor, p: float) -> Tensor:
@@ -125,13 +132,7 @@ class Doped(Masked, Structured):
 
     def csr(self, d: Tensor) -> Tensor:
         """M * D in CSR with int32 indices: exactly the entries the mask keeps (what ``storage`` counts)."""
-        m, n = self.shape
-        rows, cols = self.mask.nonzero(as_tuple=True)  # row-major order
-        crow = torch.zeros(m + 1, dtype=torch.int32, device=d.device)
-        crow[1:] = torch.bincount(rows, minlength=m).cumsum(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(crow, cols.int(), d[rows, cols].contiguous(), (m, n))
+        return masked_csr(d, self.mask)
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         return self.structured.matvec(factors[:-1], x) + self.csr(factors[-1]) @ x
@@ -178,20 +179,12 @@ class DopedConfig(CompressorConfig):
         super().__post_init__()
         checks = [
             ("structured_share", self.structured_share, lambda v: 0 < v < 1, "in (0, 1)"),
-            ("initial_sparsity", self.initial_sparsity, lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("anneal_start", self.anneal_start, lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("anneal_end", self.anneal_end, lambda v: self.anneal_start < v <= 1, "in (anneal_start, 1]"),
             ("cmr", self.cmr, lambda v: 0 <= v < 1, "in [0, 1)"),
         ]
         for name, value, ok, what in checks:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
                 raise ConfigError(f"{name} must be a number {what}, got {value!r}")
-        if (
-            not isinstance(self.prune_every, int)
-            or isinstance(self.prune_every, bool)
-            or self.prune_every < 1
-        ):
-            raise ConfigError(f"prune_every must be a positive integer (steps), got {self.prune_every!r}")
+        check_annealing(self)
         if self.cmr_mode not in CMR_MODES:
             raise ConfigError(f"cmr_mode must be one of {', '.join(CMR_MODES)}, got {self.cmr_mode!r}")
         if self.init == "trained" and self.finetune_epochs == 0:

@@ -186,6 +186,12 @@ class Structured(nn.Module):
         None), so that a layer can fuse the sparse parts of its matrices into one sparse product."""
         return self.deploy(factors), None
 
+    def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor | None:
+        """The matrix itself when the deployment form is the materialized matrix (a hashed or DeepThin matrix
+        is rebuilt once and multiplied densely), so that a layer can fuse it with its neighbours as a dense
+        layer does; None for a compact deployment form."""
+        return None
+
 
 def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
     """The stored tensors (factors) of one parametrized weight, in the order ``forward`` takes them."""
@@ -195,18 +201,10 @@ def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
     return tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
 
 
-def compress_targets(
-    model: nn.Module,
-    patterns: list[str],
-    make: Callable[[str, Tensor], Structured],
-    fresh: bool = False,
-) -> list[str]:
-    """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
-
-    Targets are collected first and swapped after, so the walk never sees its own changes. A parameter shared
-    by several modules (tied weights) cannot be compressed through one of its names only. With ``fresh``
-    (a scratch init) each matrix's factors are then drawn by its parametrization (``Structured.fresh``).
-    """
+def find_targets(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module, str, Tensor]]:
+    """(qualified name, module, tensor name, parameter) of every 2-D parameter matching ``patterns`` that is not
+    parametrized yet, in ``named_modules`` order; ConfigError for a tied or non-matrix target, or none at all.
+    Methods that size something over all their targets (a pool shared by every matrix) call it first."""
     seen: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -234,6 +232,22 @@ def compress_targets(
     if not chosen:
         names = ", ".join(n for n, _ in model.named_parameters())
         raise ConfigError(f"no parameter matches targets {patterns}; the model's parameters are: {names}")
+    return chosen
+
+
+def compress_targets(
+    model: nn.Module,
+    patterns: list[str],
+    make: Callable[[str, Tensor], Structured],
+    fresh: bool = False,
+) -> list[str]:
+    """Parametrize every 2-D parameter whose qualified name matches ``patterns``; returns their names.
+
+    Targets are collected first (``find_targets``) and swapped after, so the walk never sees its own changes. A
+    parameter shared by several modules (tied weights) cannot be compressed through one of its names only. With
+    ``fresh`` (a scratch init) each matrix's factors are then drawn by its parametrization (``Structured.fresh``).
+    """
+    chosen = find_targets(model, patterns)
     for qual, module, tensor_name, p in chosen:
         w = p.detach()
         structured = make(qual, w)
@@ -275,6 +289,13 @@ def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tenso
     structured, factors = _structured_and_factors(module, tensor_name)
     with torch.no_grad():
         return structured.deploy_parts(factors)
+
+
+def deployed_dense(module: nn.Module, tensor_name: str) -> Tensor | None:
+    """``Structured.deploy_dense`` of one parametrized weight: the rebuilt matrix, or None."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy_dense(factors)
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig, DataContext], Structured]):

@@ -7,8 +7,13 @@ tensor it masks (S + D * M is then one fused addcmul), the index of that tensor 
 the mask still has, so a pruned entry never comes back; pruned values are zeroed. The mask computation is
 torch.nn.utils.prune's L1-unstructured one (keep the largest |values|), restricted to live entries.
 
+Scope. A masked matrix of scope ``matrix`` is pruned alone, to its own final nnz. The matrices of scope
+``global`` in one model are pruned together, as one group: one magnitude threshold across all of them (the
+largest |values| among their live entries, wherever they are), to the sum of their final nnz; how the nonzeros
+spread over the matrices is then decided by the magnitudes.
+
 Annealing (Zhu and Gupta, 2017). Pruning events k = 0..n at steps t_0 + k dt, with t_0 = start * T and
-n dt <= (end - start) * T for T training steps; at event k every masked matrix is pruned to
+n dt <= (end - start) * T for T training steps; at event k every group is pruned to
 s_k = s_f + (s_0 - s_f)(1 - k / n)^3, the last event exactly to s_f (its final nnz). dt is ``every``, shortened
 when the window would hold fewer than 10 events. The method's ``finalize`` prunes to s_f when training ends
 (``finish``), so a record is always counted at its final sparsity.
@@ -17,16 +22,19 @@ when the window would hold fewer than 10 events. The method's ``finalize`` prune
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .accounting import parametrized_tensors
 from .registry import originals
 
 MIN_EVENTS = 10
+SCOPES = ("matrix", "global")
 
 
 class Masked:
@@ -36,6 +44,8 @@ class Masked:
     final_nnz: int
     sparse_factor: int = -1
     """Index, among the stored factors, of the tensor the mask applies to."""
+    scope: str = "matrix"
+    """``matrix``: pruned alone; ``global``: pruned with the model's other global matrices (module docstring)."""
 
     @property
     def live(self) -> Tensor:
@@ -79,16 +89,49 @@ def magnitude_mask(values: Tensor, live: Tensor, keep: int) -> Tensor:
 @torch.no_grad()
 def prune_to(t: SparseTensor, keep: int) -> None:
     """Keep the ``keep`` largest-magnitude live entries of the masked tensor; zero the pruned values."""
-    if keep >= t.param.nnz:
+    prune_group([t], keep)
+
+
+@torch.no_grad()
+def prune_group(group: list[SparseTensor], keep: int) -> None:
+    """Keep the ``keep`` largest-magnitude live entries over all tensors of ``group`` together (one threshold);
+    zero the pruned values."""
+    if keep >= sum(t.param.nnz for t in group):
         return
-    t.param.mask.copy_(magnitude_mask(t.values, t.param.live, keep))
-    t.values.mul_(t.param.mask)
+    values = torch.cat([t.values.detach().flatten() for t in group])
+    live = torch.cat([t.param.live.flatten() for t in group])
+    kept = magnitude_mask(values, live, keep)
+    start = 0
+    for t in group:
+        numel = t.values.numel()
+        t.param.mask.copy_(kept[start : start + numel].view_as(t.param.mask))
+        t.values.mul_(t.param.mask)
+        start += numel
+
+
+def groups(tensors: list[SparseTensor]) -> list[list[SparseTensor]]:
+    """The pruning groups: each ``matrix``-scope tensor alone, every ``global``-scope one together."""
+    alone = [[t] for t in tensors if t.param.scope != "global"]
+    together = [t for t in tensors if t.param.scope == "global"]
+    return alone + ([together] if together else [])
 
 
 def finish(model: nn.Module) -> None:
-    """Prune every masked weight to its final sparsity s_f (the deployed state)."""
-    for t in sparse_tensors(model):
-        prune_to(t, t.param.final_nnz)
+    """Prune every masked weight (each group) to its final sparsity s_f (the deployed state)."""
+    for group in groups(sparse_tensors(model)):
+        prune_group(group, sum(t.param.final_nnz for t in group))
+
+
+def masked_csr(values: Tensor, mask: Tensor) -> Tensor:
+    """values * mask in CSR with int32 indices: exactly the entries the mask keeps (what a CSR storage counts:
+    nnz values, nnz column indices, rows + 1 row pointers)."""
+    m, n = values.shape
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major order
+    crow = torch.zeros(m + 1, dtype=torch.int32, device=values.device)
+    crow[1:] = torch.bincount(rows, minlength=m).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols.int(), values[rows, cols].contiguous(), (m, n))
 
 
 def cubic_sparsity(k: int, n: int, s0: float, sf: float) -> float:
@@ -116,14 +159,31 @@ class Schedule:
         return -1 if step < self.t0 else min(self.n, (step - self.t0) // self.dt)
 
 
-def keep_count(t: SparseTensor, k: int, n: int, s0: float) -> int:
-    """Nonzeros of one masked matrix after event k: the cubic schedule, ending exactly at its final nnz."""
-    numel = t.values.numel()
+def keep_count(group: list[SparseTensor], k: int, n: int, s0: float) -> int:
+    """Nonzeros of a pruning group after event k: the cubic schedule, ending exactly at its final nnz."""
+    numel = sum(t.values.numel() for t in group)
+    final = sum(t.param.final_nnz for t in group)
     if k >= n:
-        return t.param.final_nnz
-    sf = 1 - t.param.final_nnz / numel
+        return final
+    sf = 1 - final / numel
     sparsity = cubic_sparsity(k, n, min(s0, sf), sf)
-    return max(t.param.final_nnz, round(numel * (1 - sparsity)))
+    return max(final, round(numel * (1 - sparsity)))
+
+
+def check_annealing(cfg) -> None:
+    """Validate the annealing settings a config shares (``initial_sparsity``, ``anneal_start``, ``anneal_end``,
+    ``prune_every``): one ConfigError naming the setting and what it must be."""
+    checks = [
+        ("initial_sparsity", cfg.initial_sparsity, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("anneal_start", cfg.anneal_start, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("anneal_end", cfg.anneal_end, lambda v: cfg.anneal_start < v <= 1, "in (anneal_start, 1]"),
+    ]
+    for name, value, ok, what in checks:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"{name} must be a number {what}, got {value!r}")
+    every = cfg.prune_every
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"prune_every must be a positive integer (steps), got {every!r}")
 
 
 class SparsityAnnealing(pl.Callback):
@@ -147,6 +207,6 @@ class SparsityAnnealing(pl.Callback):
         """Run the pruning event due after ``step`` optimizer steps, if it has not run yet."""
         k = self.schedule.events_done(step)
         if k > self.done:
-            for t in sparse_tensors(module):
-                prune_to(t, keep_count(t, k, self.schedule.n, self.s0))
+            for group in groups(sparse_tensors(module)):
+                prune_group(group, keep_count(group, k, self.schedule.n, self.s0))
             self.done = k

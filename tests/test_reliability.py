@@ -470,3 +470,18 @@ def test_figures_are_moved_into_place_only_once_all_are_drawn(tmp_path, monkeypa
     with pytest.raises(SuiteError):
         figures.make_figures(tmp_path / "no-tables", out)
     assert snapshot(tmp_path) == before  # the old figures as they were, no staging folder left
+
+
+def test_a_method_no_run_of_which_can_start_gets_a_note_and_the_others_run(work, capsys):
+    from suite.sweep.preflight import preflight
+    from suite.sweep.runner import location
+
+    spec = load_spec(
+        sweep_of(work, "tiny.yaml", methods=["small_dense", "groupreduce"], space={"factor": [2]})
+    )
+    capsys.readouterr()
+    before = snapshot(work)
+    preflight(spec, location(spec))  # groupreduce applies to vocabulary matrices only; small_dense can start
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "no run of groupreduce can start" in notes[0]
+    assert snapshot(work) == before

@@ -1,14 +1,16 @@
 """What every trial of a sweep would hit is found before its study is created: a results folder or storage that
-cannot be written, data that is missing or too short for the batches, a method that cannot build at any of the
-settings validation tries. Such a sweep is refused with one error and writes nothing; what fails only at some
-settings (a CF one method cannot reach) fails those trials alone, each with its reason."""
+cannot be written, data that is missing or too short for the batches, settings with which no method can build.
+Such a sweep is refused with one error and writes nothing. A method that cannot start at any of the settings
+validation tries (say ``methods: all`` picks one that applies only to other matrices) gets a note, and its
+trials fail, each with that reason, while the others run."""
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SuiteError
 from ..files import check_dir, check_file
 from ..train import check
 from . import storage as st
@@ -22,16 +24,24 @@ def preflight(spec: SweepSpec, where: str) -> None:
     if not st.is_url(where):
         check_file(where, "study journal")
     loaded: dict[str, object] = {}
+    stuck: dict[str, SuiteError] = {}
     for method, configs in spec.tried_runs().items():
-        errors: list[ConfigError] = []
+        errors: list[SuiteError] = []
         for cfg in configs:
             key = json.dumps([cfg.family, cfg.dataset, cfg.data_dir, asdict(cfg.train)], default=str)
             try:
                 loaded[key] = check(cfg, loaded.get(key))
                 break
-            except DataError as e:
-                raise DataError(f"{spec.path}: {e}") from None
-            except ConfigError as e:
+            except (ConfigError, DataError) as e:
                 errors.append(e)
-        else:
-            raise ConfigError(f"{spec.path}: no run of {method} can start ({errors[0]})")
+        else:  # no tried setting of this method can start
+            stuck[method] = errors[0]
+    if len(stuck) == len(spec.methods):
+        first = stuck[spec.methods[0]]
+        raise type(first)(f"{spec.path}: {first}")
+    for method, e in stuck.items():
+        print(
+            f"note: {spec.path}: no run of {method} can start at the settings tried ({e}); its trials will "
+            "fail with this reason",
+            file=sys.stderr,
+        )

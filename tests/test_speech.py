@@ -266,6 +266,8 @@ def _compressed(method: str, seed: int = 0):
 
 @pytest.mark.parametrize("method", available())
 def test_every_compressor_applies_to_the_acoustic_model(method):
+    if "row_frequencies" in registry.get(method).needs:
+        pytest.skip(f"{method} compresses vocabulary matrices; the acoustic model has none")
     model, reference, cfg = _compressed(method)
     assert isinstance(model.lstm, nn.LSTM)
     task = SpeechTask(model, lambda e: 1e-3)  # forward evaluates each parametrization once (cached)

@@ -225,7 +225,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
         raise ConfigError(f"{path}: the search space is empty; add space: {{factor: [2, 4, 8]}} or a range")
     space = {_bare(k): Param.parse(_bare(k), v) for k, v in space_raw.items()}
     check_known_ranges(space)
-    methods = _resolve_methods(raw.get("methods"), space, fixed, path)
+    methods = _resolve_methods(raw.get("methods"), space, fixed, path, family)
     if raw.get("methods") == "all":  # "all" adapts to what is registered: a setting nobody has is left out
         for key in [k for k in space if not _known(k, family)]:
             print(
@@ -259,9 +259,35 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     return spec
 
 
-def _resolve_methods(value: Any, space: dict[str, Param], fixed: dict, path: Path) -> list[str]:
+def applies(family: str, method: str, settings: dict[str, Any], space: dict[str, Param]) -> str | None:
+    """None if ``method`` can compress the task family's models with ``settings`` (tried on the family's tiny
+    example model at CF 2, with each searched ``targets`` choice), else why not."""
+    from ..train import build_model
+
+    fam = tasks.get(family)
+    example = fam.example()
+    choices = space["targets"].choices if "targets" in space and space["targets"].choices else [None]
+    why = None
+    for targets in choices:
+        cfg = {**settings, "factor": 2.0 if method != "dense" else 1.0}
+        if targets is not None:
+            cfg["targets"] = targets
+        try:
+            build_model(
+                fam, dict(example.model), method, registry.make_config(method, cfg), ctx=example.context
+            )
+            return None
+        except ConfigError as e:
+            why = str(e)
+    return why
+
+
+def _resolve_methods(
+    value: Any, space: dict[str, Param], fixed: dict, path: Path, family: str = "lm"
+) -> list[str]:
     """A list of registered methods, or ``all``: every registered compressor (not dense) that accepts the fixed
-    settings. Explicit lists are strict: each method must accept the settings and each method setting in the
+    settings and applies to the task's models (a method for vocabulary matrices does not apply to recurrent
+    targets). Explicit lists are strict: each method must accept the settings and each method setting in the
     space must belong to at least one listed method."""
     fields = _method_fields()
     if value == "all":
@@ -269,10 +295,18 @@ def _resolve_methods(value: Any, space: dict[str, Param], fixed: dict, path: Pat
         for m in registry.available():
             if m == "dense":
                 continue
+            settings = {_bare(k): v for k, v in fixed.items() if _bare(k) in fields[m]}
             try:
-                registry.make_config(m, {_bare(k): v for k, v in fixed.items() if _bare(k) in fields[m]})
+                registry.make_config(m, settings)
             except ConfigError as e:
                 print(f"note: {path}: methods: all leaves out {m} ({e})", file=sys.stderr)
+                continue
+            why = applies(family, m, settings, space)
+            if why is not None:
+                print(
+                    f"note: {path}: methods: all leaves out {m} (it does not apply here: {why})",
+                    file=sys.stderr,
+                )
                 continue
             methods.append(m)
         if not methods:

@@ -14,6 +14,7 @@ enough for every epoch; test BLEU (``test_bleu``) uses beam search with the pres
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -241,14 +242,17 @@ class TranslationTask(Task):
 
     # Evaluation: corpus BLEU over the hypotheses of the whole split, and the per-token NLL.
     def _eval_start(self, split: str) -> None:
-        self._eval[split] = {"nll": 0.0, "tokens": 0, "hyps": {}}
+        self._eval[split] = {"nll": 0.0, "tokens": 0, "hyps": {}, "decode_s": 0.0}
 
     def _eval_step(self, split: str, batch, beam: int) -> None:
         acc = self._eval[split]
         nll, tokens = token_nll(self, self._to(batch))
         acc["nll"] += nll.item()
         acc["tokens"] += tokens
-        for i, hyp in zip(batch["index"].tolist(), self.decode(batch, beam)):
+        t0 = time.perf_counter()
+        hyps = self.decode(batch, beam)
+        acc["decode_s"] += time.perf_counter() - t0
+        for i, hyp in zip(batch["index"].tolist(), hyps):
             acc["hyps"][i] = hyp
 
     def _eval_end(self, split: str, dataset: PairDataset) -> None:
@@ -257,7 +261,13 @@ class TranslationTask(Task):
         if split == "val" and not loss < FLOAT32_MAX_LOG:
             raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
         score, signature = corpus_bleu(dataset, acc["hyps"])
-        self.metric_detail = {"bleu_signature": signature}
+        # Decoding speed of the split (greedy on val, beam search on test), the model as it trains.
+        speed = len(acc["hyps"]) / acc["decode_s"] if acc["decode_s"] > 0 else None
+        self.metric_detail = {
+            **self.metric_detail,
+            "bleu_signature": signature,
+            f"{split}_sentences_per_s": speed,
+        }
         self.log(f"{split}_loss", loss)
         self.log(f"{split}_bleu", score)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from suite.compressors import account, registry
-from suite.compressors.doping import Doped, doped_tensors, finish_annealing
+from suite.compressors.doping import Doped, DopedConfig, doped_tensors, finish_annealing
 from suite.compressors.doping_callbacks import (
     lstm_matrix_inputs,
     sparse_disabled,
@@ -17,6 +17,8 @@ from suite.compressors.doping_callbacks import (
 from suite.compressors.sparse import Schedule, SparsityAnnealing, cubic_sparsity, prune_to
 from suite.errors import ConfigError
 from suite.models.lm import build_lm
+
+DOPED = [m for m in registry.available() if issubclass(registry.get(m).config, DopedConfig)]
 
 
 class OneMatrix(nn.Module):
@@ -37,7 +39,7 @@ def fake_trainer(total: int) -> SimpleNamespace:
     return SimpleNamespace(estimated_stepping_batches=total, global_step=0)
 
 
-@pytest.mark.parametrize("name", ["doped_kp", "doped_lmf", "doped_hmd"])
+@pytest.mark.parametrize("name", DOPED)
 def test_final_sparsity_fills_the_budget_exactly(name):
     model, p = doped(name, 6, shape=(200, 48))
     m, n = p.shape

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 from suite.compressors import account, registry
 from suite.compressors.accounting import parametrized_tensors
-from suite.compressors.doping import doped_tensors, finish_annealing
+from suite.compressors.doping import DopedConfig, doped_tensors, finish_annealing
 from suite.models.lm import build_lm
 
-METHODS = ["doped_kp", "doped_lmf", "doped_hmd"]
+METHODS = [m for m in registry.available() if issubclass(registry.get(m).config, DopedConfig)]
 MODEL = {"vocab": 40, "hidden": 24, "layers": 2, "dropout": 0.0, "init": 0.1, "emb_size": 24}
 
 

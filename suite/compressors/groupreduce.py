@@ -281,11 +281,15 @@ class GroupReduceConfig(CompressorConfig):
 def make_groupreduce(name: str, w: Tensor, cfg: GroupReduceConfig, ctx: DataContext) -> GroupReduce:
     freqs = ctx.row_frequencies.get(name)
     if freqs is None:
-        known = ", ".join(ctx.row_frequencies) or "none given"
+        vocab = list(ctx.row_frequencies)
+        hint = (
+            f"set targets={vocab[-1]} (vocabulary matrices: {', '.join(vocab)})"
+            if vocab
+            else "this task has none"
+        )
         raise ConfigError(
             f"groupreduce applies only to vocabulary matrices (an embedding or a softmax, one row per word); "
-            f"{name} has no word frequencies in the task's data (vocabulary matrices: {known}); "
-            "set targets=decoder.weight or targets=embedding.weight"
+            f"{name} has no word frequencies in the task's data; {hint}"
         )
     if freqs.numel() != w.size(0):
         raise ConfigError(f"{name} has {w.size(0)} rows but {freqs.numel()} word frequencies")

@@ -22,12 +22,26 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import DataError, SuiteError  # noqa: E402
-from .files import atomic, make_dir, missing_dirs, remove_new_dirs, write_text  # noqa: E402
+from .errors import DataError  # noqa: E402
+from .files import make_dir, missing_dirs, remove_new_dirs, write_text  # noqa: E402
+from .plots import (  # noqa: E402
+    color,
+    dense_line,
+    errorbar,
+    log_axis,
+    metric_label,
+    one_setup,
+    pareto,
+    points_csv,
+    save,
+    setups,
+    subplots_row,
+    targets_of,
+    write_csv,
+)
 from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
 
 Made = tuple[list[Path], str]  # files written, or none and why
@@ -72,125 +86,28 @@ def _read(tables: Path, name: str) -> pd.DataFrame:
     return frame
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for path, dpi in zip(paths, (150, None)):
-        with atomic(path, "figure") as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi or "figure", bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def _write_csv(table: pd.DataFrame, path: Path) -> Path:
-    with atomic(path, "table") as tmp:
-        table.to_csv(tmp, index=False)
-    return path
-
-
-def _panels(n: int, width: float = 5.2, height: float = 3.8):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, list(axes[0])
-
-
-def _log(ax, which: str = "x") -> None:
-    """Log scale with plain numbers at 1, 2, 5 x 10^k (no crowded minor labels)."""
-    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def color(method: str):
-    """One colour per method in every figure (the registry's order; methods it does not know come after)."""
-    from .compressors import registry
-
-    names = registry.available()
-    index = names.index(method) if method in names else len(names) + sum(map(ord, method)) % 7
-    return plt.get_cmap("tab10")(index % 10)
-
-
-def _metric_label(metric: str, direction: str | None = None, split: str = "test") -> str:
-    name = {"ppl": "perplexity", "bleu": "BLEU", "wer": "word error rate"}.get(metric, metric)
-    if direction is None:
-        direction = "maximize" if metric in ("bleu", "acc", "accuracy") else "minimize"
-    better = "lower" if direction == "minimize" else "higher"
-    return f"{split} {name} ({better} is better)"
-
-
-class MixedBudgets(SuiteError):
-    """Rows of different profiles or training budgets were about to share a curve, a front or a panel."""
-
-
-def one_setup(rows: pd.DataFrame, what: str) -> pd.DataFrame:
-    """``rows`` if they share one setup (task, data, model, profile, training budget), else MixedBudgets."""
-    if "setup_id" in rows and rows["setup_id"].nunique() > 1:
-        kinds = rows.drop_duplicates("setup_id")
-        desc = "; ".join(f"{r.task} {r.profile} {r.budget}" for r in kinds.itertuples())
-        raise MixedBudgets(f"{what} would mix profiles or training budgets ({desc}); draw one per setup")
-    return rows
-
-
-def _setups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per task and setup: one panel each, so budgets and profiles never share one."""
-    out = []
-    for (task, _), rows in df.groupby(["task", "setup_id"], sort=True):
-        first = rows.iloc[0]
-        out.append((f"{task} ({first['profile']}, {first['budget']})", rows))
-    return out
-
-
-def _targets(df: pd.DataFrame) -> pd.Series:
-    return df["targets"].fillna(DEFAULT_TARGETS) if "targets" in df else pd.Series(DEFAULT_TARGETS, df.index)
-
-
-def _dense_line(ax, rows: pd.DataFrame) -> None:
-    dense = rows[rows["method"] == "dense"]
-    if len(dense):
-        best = best_by_val(dense, ["setup_id"])
-        ax.axhline(best["test_mean"].iloc[0], color="black", ls="--", lw=1, label="dense (CF 1)")
-
-
-def _errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str) -> None:
-    """Test metric of chosen settings with its 95% CI; a mean over fewer seeds than asked is drawn hollow."""
-    err = pts["test_ci95"].where(np.isfinite(pts["test_ci95"]), 0)
-    line = ax.errorbar(
-        pts[x], pts["test_mean"], yerr=err, marker="o", capsize=3, label=label, color=color(method)
-    )
-    partial = pts[pts["partial"].astype(bool)] if "partial" in pts else pts.iloc[:0]
-    if len(partial):
-        ax.scatter(
-            partial[x],
-            partial["test_mean"],
-            s=90,
-            facecolors="white",
-            edgecolors=line[0].get_color(),
-            zorder=3,
-        )
-
-
 def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
     if summ.empty or not (summ["method"] != "dense").any():
         return [], "no compressed runs"
-    summ = summ[_targets(summ) == DEFAULT_TARGETS]
-    panels = _setups(summ)
-    fig, axes = _panels(len(panels))
+    summ = summ[targets_of(summ) == DEFAULT_TARGETS]
+    panels = setups(summ)
+    fig, axes = subplots_row(len(panels))
     partial, plotted = False, []
     for ax, (title, rows) in zip(axes, panels):
         rows = one_setup(rows, "F1")
         metric, direction = rows["metric"].iloc[0], rows["direction"].iloc[0]
-        _dense_line(ax, rows)
+        dense_line(ax, rows)
         chosen = best_by_val(rows[rows["method"] != "dense"], ["method", "factor"])  # setting chosen on val
         plotted.append(chosen.assign(panel=title))
         for method, best in chosen.groupby("method"):
-            _errorbar(ax, best.sort_values("cf"), "cf", method, method)
+            errorbar(ax, best.sort_values("cf"), "cf", method, method)
         partial |= bool(chosen["partial"].any()) if "partial" in chosen else False
-        _log(ax)
+        log_axis(ax)
         if direction == "minimize" and metric == "ppl":
-            _log(ax, "y")  # perplexities of weak and strong runs on one readable axis
+            log_axis(ax, "y")  # perplexities of weak and strong runs on one readable axis
         ax.set_title(title)
         ax.set_xlabel("achieved CF of the recurrent matrices (x; log)")
-        ax.set_ylabel(_metric_label(metric, direction))
+        ax.set_ylabel(metric_label(metric, direction))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     note = "; hollow: fewer seeds than asked" if partial else ""
@@ -199,35 +116,8 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
         f"chosen on validation{note})",
         y=1.02,
     )
-    paths = _save(fig, out, "F1_metric_vs_cf")
-    return [*paths, _points(plotted, out / "F1_metric_vs_cf.csv")], ""
-
-
-POINT_COLUMNS = (
-    "panel",
-    "task",
-    "profile",
-    "budget",
-    "method",
-    "factor",
-    "targets",
-    "cmr",
-    "lr",
-    "cf",
-    "val_mean",
-    "test_mean",
-    "test_ci95",
-    "n_ok",
-    "n_asked",
-    "partial",
-    "config_id",
-)
-
-
-def _points(frames: list[pd.DataFrame], path: Path) -> Path:
-    """The plotted points beside the figure: which configuration each is, its val and test metric."""
-    table = pd.concat(frames, ignore_index=True)
-    return _write_csv(table[[c for c in POINT_COLUMNS if c in table]], path)
+    paths = save(fig, out, "F1_metric_vs_cf")
+    return [*paths, points_csv(plotted, out / "F1_metric_vs_cf.csv")], ""
 
 
 def _chosen_per_cmr(summ: pd.DataFrame) -> pd.DataFrame:
@@ -276,7 +166,7 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
                 )
             bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), marker="o", label=name)
         top.set_title(f"{method} at CF {factor:g}: co-matrix adaptation")
-        top.set_ylabel(_metric_label(metric, m["direction"].iloc[0], "validation"))
+        top.set_ylabel(metric_label(metric, m["direction"].iloc[0], "validation"))
         top.grid(alpha=0.3)
         top.legend(fontsize=8)
         bottom.set_xlabel("epoch")
@@ -290,7 +180,7 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
         y=1.0,
     )
     fig.tight_layout()
-    return _save(fig, out, "F2_cma"), ""
+    return save(fig, out, "F2_cma"), ""
 
 
 def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
@@ -302,19 +192,19 @@ def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> 
     rows = rows[np.isclose(rows["factor"], cf)]
     if rows.empty:
         return [], f"no runs with a CMR rate at CF {cf:g}"
-    panels = _setups(rows)
-    fig, axes = _panels(len(panels))
+    panels = setups(rows)
+    fig, axes = subplots_row(len(panels))
     for ax, (title, m_rows) in zip(axes, panels):
         m_rows = one_setup(m_rows, "F3")
         for method, m in m_rows.groupby("method"):
-            _errorbar(ax, m.sort_values("cmr"), "cmr", method, method)
+            errorbar(ax, m.sort_values("cmr"), "cmr", method, method)
         ax.set_xlabel("co-matrix dropout rate p (CMR)")
-        ax.set_ylabel(_metric_label(m_rows["metric"].iloc[0], m_rows["direction"].iloc[0]))
+        ax.set_ylabel(metric_label(m_rows["metric"].iloc[0], m_rows["direction"].iloc[0]))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"F3  test metric vs CMR rate at CF {cf:g} (learning rate chosen on validation)", y=1.02)
-    return _save(fig, out, "F3_metric_vs_cmr"), ""
+    return save(fig, out, "F3_metric_vs_cmr"), ""
 
 
 def read_bench(bench: Path) -> tuple[dict, pd.DataFrame] | None:
@@ -340,28 +230,20 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
     if rows.empty or not speed or not {"method", "factor"} <= set(rows.columns):
         return [], f"{bench} has no speed-up column"
     rows = rows[rows["method"] != "dense"]
-    fig, axes = _panels(1)
+    fig, axes = subplots_row(1)
     ax = axes[0]
     for method, m in rows.groupby("method"):
         m = m.sort_values("factor")
         ax.plot(m["factor"], m[speed[0]], marker="o", label=method, color=color(method))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
-    _log(ax)
+    log_axis(ax)
     ax.set_xlabel("compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
     device = data.get("device", "")
     ax.set_title("F4  batch-1 inference speed-up vs CF" + (f" ({device})" if device else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, out, "F4_speedup_vs_cf"), ""
-
-
-def pareto(points: pd.DataFrame, x: str, y: str, direction: str = "minimize") -> pd.DataFrame:
-    """The points not dominated in (x minimized, y in ``direction``), sorted by x."""
-    pts = points.dropna(subset=[x, y])
-    key = pts[y] if direction == "minimize" else -pts[y]
-    pts = pts.assign(_k=key).sort_values([x, "_k"])
-    return pts[pts["_k"] < pts["_k"].cummin().shift(fill_value=np.inf)].drop(columns="_k")
+    return save(fig, out, "F4_speedup_vs_cf"), ""
 
 
 def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
@@ -369,11 +251,11 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
     configurations (means over seeds); the front's test metric is listed in pareto.csv beside the figure."""
     if summ.empty or "targeted_stored" not in summ or summ["targeted_stored"].isna().all():
         return [], "no finished runs"
-    summ = summ[(_targets(summ) == DEFAULT_TARGETS) & summ["val_mean"].notna()]
+    summ = summ[(targets_of(summ) == DEFAULT_TARGETS) & summ["val_mean"].notna()]
     latency = pd.DataFrame()
     if "latency_ms" in trials:
         latency = trials[(trials["state"] == "complete") & trials["latency_ms"].notna()]
-    panels = [(title, rows, "targeted_stored") for title, rows in _setups(summ)]
+    panels = [(title, rows, "targeted_stored") for title, rows in setups(summ)]
     panels += (
         [
             (study, latency[latency["study"] == study], "latency_ms")
@@ -382,7 +264,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         if len(latency)
         else []
     )
-    fig, axes = _panels(len(panels))
+    fig, axes = subplots_row(len(panels))
     fronts = []
     for ax, (name, pts, x) in zip(axes, panels):
         if x == "targeted_stored":
@@ -403,15 +285,15 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         ax.scatter(
             front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front (val)"
         )
-        _log(ax)
+        log_axis(ax)
         if metric == "ppl":
-            _log(ax, "y")
-        ax.set_ylabel(_metric_label(metric, direction, "validation"))
+            log_axis(ax, "y")
+        ax.set_ylabel(metric_label(metric, direction, "validation"))
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)", y=1.02)
-    paths = _save(fig, out, "F5_pareto")
+    paths = save(fig, out, "F5_pareto")
     table = pd.concat(fronts, ignore_index=True).rename(columns={"y": "val"})
     keep = [
         c
@@ -431,14 +313,14 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         )
         if c in table
     ]
-    _write_csv(table[keep], out / "F5_pareto.csv")
+    write_csv(table[keep], out / "F5_pareto.csv")
     return [*paths, out / "F5_pareto.csv"], ""
 
 
 def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
     if summ.empty:
         return [], "no runs"
-    targets = _targets(summ)
+    targets = targets_of(summ)
     no_ft = summ["finetune_epochs"].fillna(-1).eq(0) if "finetune_epochs" in summ else False
     rows = summ[(targets != DEFAULT_TARGETS) & no_ft]
     if rows.empty:
@@ -446,23 +328,23 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
     panels = []
     for (task, setup, target), sel in rows.groupby(["task", "setup_id", "targets"], sort=True):
         panels.append((task, setup, target, sel))
-    fig, axes = _panels(len(panels))
+    fig, axes = subplots_row(len(panels))
     for ax, (task, setup, target, sel) in zip(axes, panels):
         sel = one_setup(sel, "F6")
-        _dense_line(ax, summ[(summ["setup_id"] == setup) & (summ["method"] == "dense")])
+        dense_line(ax, summ[(summ["setup_id"] == setup) & (summ["method"] == "dense")])
         for method, m in best_by_val(sel, ["method", "factor"]).groupby("method"):
-            _errorbar(ax, m.sort_values("cf"), "cf", method, method)
-        _log(ax, "x")
+            errorbar(ax, m.sort_values("cf"), "cf", method, method)
+        log_axis(ax, "x")
         if sel["test_mean"].max() > 3 * sel["test_mean"].min():  # perplexity can explode without fine-tuning
-            _log(ax, "y")
+            log_axis(ax, "y")
         first = sel.iloc[0]
         ax.set_xlabel(f"achieved CF of {target} (x; log)")
-        ax.set_ylabel(_metric_label(first["metric"], first["direction"]))
+        ax.set_ylabel(metric_label(first["metric"], first["direction"]))
         ax.set_title(f"{task} ({first['profile']}, {first['budget']}): {target}, no fine-tuning")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("F6  embedding / softmax compression without fine-tuning", y=1.02)
-    return _save(fig, out, "F6_embedding_softmax"), ""
+    return save(fig, out, "F6_embedding_softmax"), ""
 
 
 def make_figures(

@@ -13,8 +13,9 @@ from sweep_fixtures import ROOT, one_thread, write_corpus
 
 from suite.cli import main
 from suite.compressors.registry import LSTM_TARGETS
-from suite.figures import make_figures, pareto
+from suite.figures import make_figures
 from suite.pipeline import load_params
+from suite.plots import pareto
 from suite.report import load, runs_frame, selected, summary
 from suite.sweep import load_spec
 from suite.track import Record, run_dir
@@ -244,7 +245,7 @@ def test_partial_failed_and_pruned_seeds_are_counted_and_marked(tmp_path):
 
 
 def test_budgets_and_profiles_never_share_a_row_or_a_panel(tmp_path):
-    from suite.figures import MixedBudgets, one_setup
+    from suite.plots import MixedBudgets, one_setup
 
     results = tmp_path / "results"
     for epochs in (3, 6):

@@ -32,6 +32,7 @@ from .plots import (  # noqa: E402
     dense_line,
     errorbar,
     log_axis,
+    marker,
     metric_label,
     one_setup,
     pareto,
@@ -90,6 +91,9 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
     if summ.empty or not (summ["method"] != "dense").any():
         return [], "no compressed runs"
     summ = summ[targets_of(summ) == DEFAULT_TARGETS]
+    # A grid's asked CFs (whole numbers): CFs drawn by a search (TPE, Pareto) would each add a point of their own
+    # to a line; those runs are in F5.
+    summ = summ[summ["factor"] == summ["factor"].round()]
     panels = setups(summ)
     fig, axes = subplots_row(len(panels))
     partial, plotted = False, []
@@ -109,7 +113,7 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
         ax.set_xlabel("achieved CF of the recurrent matrices (x; log)")
         ax.set_ylabel(metric_label(metric, direction))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2 if len(ax.get_legend_handles_labels()[1]) > 6 else 1)
     note = "; hollow: fewer seeds than asked" if partial else ""
     fig.suptitle(
         "F1  test metric vs compression factor (mean and 95% CI over seeds; per method and CF the setting "
@@ -234,7 +238,7 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
     ax = axes[0]
     for method, m in rows.groupby("method"):
         m = m.sort_values("factor")
-        ax.plot(m["factor"], m[speed[0]], marker="o", label=method, color=color(method))
+        ax.plot(m["factor"], m[speed[0]], marker=marker(method), label=method, color=color(method))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
     log_axis(ax)
     ax.set_xlabel("compression factor (x; log)")
@@ -278,7 +282,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
             direction, metric = pts["direction"].iloc[0], pts["objective"].iloc[0].removeprefix("val_")
             ax.set_xlabel("batch-1 latency, recurrent matrices (ms; log)")
         for method, m in pts.groupby("method"):
-            ax.scatter(m[x], m["y"], label=method, alpha=0.8, color=color(method))
+            ax.scatter(m[x], m["y"], label=method, alpha=0.8, color=color(method), marker=marker(method))
         front = pareto(pts, x, "y", direction)
         fronts.append(front.assign(panel=name, x=x))
         ax.step(front[x], front["y"], where="post", color="black", lw=1)
@@ -289,7 +293,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         if metric == "ppl":
             log_axis(ax, "y")
         ax.set_ylabel(metric_label(metric, direction, "validation"))
-        ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
+        ax.set_title(f"{name}\nmetric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)", y=1.02)
@@ -340,7 +344,7 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
         first = sel.iloc[0]
         ax.set_xlabel(f"achieved CF of {target} (x; log)")
         ax.set_ylabel(metric_label(first["metric"], first["direction"]))
-        ax.set_title(f"{task} ({first['profile']}, {first['budget']}): {target}, no fine-tuning")
+        ax.set_title(f"{task} ({first['profile']}, {first['budget']})\n{target}, no fine-tuning")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("F6  embedding / softmax compression without fine-tuning", y=1.02)

@@ -48,13 +48,23 @@ def log_axis(ax, which: str = "x") -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def color(method: str):
-    """One colour per method in every figure (the registry's order; methods it does not know come after)."""
+def _index(method: str) -> int:
     from .compressors import registry
 
     names = registry.available()
-    index = names.index(method) if method in names else len(names) + sum(map(ord, method)) % 7
-    return plt.get_cmap("tab10")(index % 10)
+    return names.index(method) if method in names else len(names) + sum(map(ord, method)) % 7
+
+
+def color(method: str):
+    """One colour per method in every figure, distinct for up to 20 methods (the registry's order: tab20's dark
+    shades first, then its light ones; methods it does not know come after)."""
+    i = _index(method) % 20
+    return plt.get_cmap("tab20")(2 * i if i < 10 else 2 * (i - 10) + 1)
+
+
+def marker(method: str) -> str:
+    """One marker per method as well, so that methods stay apart in print and for colour-blind readers."""
+    return "osD^vP*Xhp<>d8H"[_index(method) % 15]
 
 
 def metric_label(metric: str, direction: str | None = None, split: str = "test") -> str:
@@ -102,7 +112,7 @@ def errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str) -> None:
     """Test metric of chosen settings with its 95% CI; a mean over fewer seeds than asked is drawn hollow."""
     err = pts["test_ci95"].where(np.isfinite(pts["test_ci95"]), 0)
     line = ax.errorbar(
-        pts[x], pts["test_mean"], yerr=err, marker="o", capsize=3, label=label, color=color(method)
+        pts[x], pts["test_mean"], yerr=err, marker=marker(method), capsize=3, label=label, color=color(method)
     )
     partial = pts[pts["partial"].astype(bool)] if "partial" in pts else pts.iloc[:0]
     if len(partial):

@@ -50,6 +50,7 @@ def cmd_train(args) -> int:
     from .compressors.accounting import format_cf
     from .config import load_run, parse_sets
     from .pipeline import use_threads
+    from .track import format_metric
     from .train import find, train
 
     use_threads(args.threads)
@@ -65,8 +66,8 @@ def cmd_train(args) -> int:
     acc = rec.accounting
     base = rec.timings.get("baseline_s")
     print(
-        f"{rec.task} {rec.method} seed {rec.seed}: test {rec.metric} {rec.test:.2f}, val {rec.metric} "
-        f"{rec.val:.2f}, CF {format_cf(acc['cf'])} (values only {format_cf(acc['cf_values'])}, whole model "
+        f"{rec.task} {rec.method} seed {rec.seed}: test {rec.metric} {format_metric(rec.test)}, val {rec.metric} "
+        f"{format_metric(rec.val)}, CF {format_cf(acc['cf'])} (values only {format_cf(acc['cf_values'])}, whole model "
         f"{format_cf(acc['model_cf'])}), {rec.timings['wall_s']:.0f} s"
         + (f" (+ {base:.0f} s training its dense baseline)" if base else "")
         + f" -> {path}"
@@ -213,6 +214,7 @@ def cmd_prepare(args) -> int:
 def cmd_baselines(args) -> int:
     from .files import check_file
     from .pipeline import baselines, load_params, use_threads
+    from .track import format_metric
 
     params = load_params(_params_file(args.params), args.profile)
     check_file(args.out, "list of baselines (--out)")
@@ -220,7 +222,9 @@ def cmd_baselines(args) -> int:
     info = baselines(args.preset, params, args.out, args.store)
     for r in info["runs"]:
         m = r["metric"]
-        print(f"{info['task']} dense seed {r['seed']}: test {m} {r[f'test_{m}']:.2f} ({r['run_id']})")
+        print(
+            f"{info['task']} dense seed {r['seed']}: test {m} {format_metric(r[f'test_{m}'])} ({r['run_id']})"
+        )
     print(f"-> {args.out}")
     return 0
 

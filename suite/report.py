@@ -32,7 +32,7 @@ from .compressors.accounting import format_cf
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .files import atomic
-from .track import Record, load_records, write_json
+from .track import Record, format_metric, load_records, write_json
 
 DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 
@@ -303,7 +303,7 @@ def settings_text(row: pd.Series) -> str:
 def _mean_std(mean: float, std: float) -> str:
     if not np.isfinite(mean):
         return "-"
-    return f"{mean:.2f} +- {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
+    return f"{format_metric(mean)} +- {format_metric(std)}" if np.isfinite(std) else format_metric(mean)
 
 
 def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
@@ -338,7 +338,7 @@ def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
             "metric": df["metric"] + np.where(df["direction"] == "maximize", " (higher)", " (lower)"),
             "val mean +- std": [_mean_std(m, s) for m, s in zip(df["val_mean"], df["val_std"])],
             "test mean +- std": [_mean_std(m, s) for m, s in zip(df["test_mean"], df["test_std"])],
-            "test ci95": df["test_ci95"].map(lambda x: f"{x:.2f}" if np.isfinite(x) else "-"),
+            "test ci95": df["test_ci95"].map(lambda x: format_metric(x) if np.isfinite(x) else "-"),
             "seeds": seeds,
         }
     )

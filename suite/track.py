@@ -140,6 +140,13 @@ def _shape_problem(data: Any) -> str | None:
     return None
 
 
+def format_metric(value: float | None) -> str:
+    """A metric for people: two decimals, four below 1 (a word error rate of 0.0041 is not 0.00)."""
+    if value is None or not isinstance(value, (int, float)) or value != value:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+
+
 def write_json(path: Path, data: Any, what: str = "output file") -> None:
     """Write atomically (a temporary file renamed over ``path``)."""
     text = json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n"
@@ -384,7 +391,11 @@ class History(pl.Callback):
                 if "train_ppl" in row
                 else f"train loss {row.get('train_loss', float('nan')):.4g}"
             )
-            extra = f" {self.metric.replace('_', ' ')} {row[self.metric]:.2f}" if self.metric in row else ""
+            extra = (
+                f" {self.metric.replace('_', ' ')} {format_metric(row[self.metric])}"
+                if self.metric in row
+                else ""
+            )
             print(
                 f"[{self.label}] epoch {row['epoch']}/{self.epochs} lr {row['lr']:.4g} {train}{extra} "
                 f"({row['seconds']:.0f} s, {row[rate] or 0:,.0f} {self.unit}/s)",

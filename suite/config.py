@@ -90,6 +90,12 @@ class RunConfig:
             "compress": self.compress,
             "seed": self.seed,
             "code": self.code_version,
+            # a run started from the trained dense baseline depends on the code that trained it too
+            **(
+                {"baseline_code": code_version(self.family, "dense")}
+                if self.compress.get("init") == "trained"
+                else {}
+            ),
         }
 
     @property

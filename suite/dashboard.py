@@ -10,11 +10,9 @@ inside the functions that use it, so training never needs it.
 from __future__ import annotations
 
 import hashlib
-import json
 import netrc
 import os
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .dashboard_panels import Panels, sections
 from .errors import ConfigError, SuiteError
-from .track import Record, flatten, write_json
+from .track import Record, flatten, format_metric, write_json
 
 DEFAULT_PROJECT = "compression-suite"  # track.wandb_logger's default
 #: Per-epoch keys that track.History adds itself and logs under ``epoch/``; every other key of an epoch row is
@@ -49,7 +47,14 @@ def wandb_config(record: Record) -> dict[str, Any]:
     """The flattened W&B run config of a record, as train.py logs it (method settings also at the top level)."""
     compress, acc = record.config.get("compress", {}), record.accounting or {}
     top = {k: v for k, v in compress.items() if k not in record.config}
-    return flatten({**top, **record.config, "achieved_cf": acc.get("cf"), "model_cf": acc.get("model_cf")})
+    extra = {
+        "metric": record.metric,
+        "direction": record.direction,
+        "lr": record.config.get("train", {}).get("lr"),
+        "achieved_cf": acc.get("cf"),
+        "model_cf": acc.get("model_cf"),
+    }
+    return flatten({**top, **record.config, **extra})
 
 
 def logged_keys(records: list[Record]) -> Keys:
@@ -104,13 +109,19 @@ class View:
         return logged_keys(self.records)
 
     def filters(self) -> list[tuple[str, Any]]:
-        """(config key, value) pairs the runset keeps: the task or study, one profile, one training budget."""
+        """(config key, value) pairs the runset keeps: the task or study, one profile, one training budget; the
+        runs of the current code are kept by ``code_versions``."""
         return [
             (self.kind, self.key),
             ("profile", self.profile),
             ("train.epochs", self.epochs),
             ("train.train_fraction", self.train_fraction),
         ]
+
+    @property
+    def code_versions(self) -> list[str]:
+        """The code versions of the view's runs (the current code's: tables leave older runs out)."""
+        return sorted({r.code_version for r in self.records if r.code_version})
 
 
 def _budget(r: Record) -> tuple[str, int, float]:
@@ -139,41 +150,30 @@ def views(records: list[Record], task: str | None = None, study: str | None = No
 
 
 def best_settings(view: View) -> list[dict[str, Any]]:
-    """Per method, the setting with the best mean validation metric over its seeds, with its test metric."""
-    val, test = f"val_{view.metric}", f"test_{view.metric}"
-    groups: dict[tuple[str, str], list[Record]] = {}
-    for r in view.records:
-        if r.status == "ok" and r.final.get(val) is not None:
-            setting = json.dumps(r.config.get("compress", {}), sort_keys=True, default=str)
-            groups.setdefault((r.method, setting), []).append(r)
-    sign = 1 if view.direction == "minimize" else -1
-    best: dict[str, dict[str, Any]] = {}
-    for (method, _), recs in groups.items():
-        mean_val = statistics.fmean(r.final[val] for r in recs)
-        if method in best and sign * mean_val >= sign * best[method]["val"]:
-            continue
-        tests = [r.final[test] for r in recs if r.final.get(test) is not None]
-        cfs = [r.accounting.get("cf") for r in recs if r.accounting.get("cf") is not None]
-        best[method] = {
-            "method": method,
-            "settings": recs[0].config.get("compress", {}),
-            "val": mean_val,
-            "test": statistics.fmean(tests) if tests else None,
-            "cf": statistics.fmean(cfs) if cfs else None,
-            "n": len(recs),
-        }
-    # Show the settings that vary between a method's configurations (always the CF of a compressed one).
-    for method, row in best.items():
-        settings = [json.loads(s) for (m, s) in groups if m == method]
-        varying = {k for s in settings for k in s if len({json.dumps(x.get(k)) for x in settings}) > 1}
-        if method != "dense":
-            varying.add("factor")
-        row["setting"] = " ".join(f"{k}={_fmt(row['settings'].get(k))}" for k in sorted(varying)) or "-"
-    return sorted(best.values(), key=lambda row: (row["method"] != "dense", row["method"]))
+    """Per method and asked CF (and targets), the setting chosen on the mean validation metric over its seeds,
+    learning rate included, with its test metric: the report's own choice (``report.selected``)."""
+    from .compressors.accounting import format_cf
+    from .report import runs_frame, selected, settings_text, summary
 
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else ",".join(map(str, x)) if isinstance(x, list) else str(x)
+    chosen = selected(summary(runs_frame(view.records)))
+    rows = []
+    for _, r in chosen.iterrows():
+        setting = settings_text(r)
+        lr = r.get("lr")
+        if isinstance(lr, (int, float)) and lr == lr:
+            setting = f"{setting} lr={lr:g}" if setting != "-" else f"lr={lr:g}"
+        rows.append(
+            {
+                "method": r["method"],
+                "factor": r["factor"],
+                "setting": setting,
+                "cf": format_cf(r["cf"]),
+                "val": r["val_mean"],
+                "test": r["test_mean"],
+                "n": f"{int(r['n_ok'])}/{int(r['n_asked'])}",
+            }
+        )
+    return sorted(rows, key=lambda row: (row["method"] != "dense", row["method"], row["factor"]))
 
 
 def summary_text(view: View) -> str:
@@ -188,17 +188,16 @@ def summary_text(view: View) -> str:
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + f" of {len(view.records)} runs.",
         "",
-        f"Best setting per method, chosen on the validation {m} ({view.direction}d); the test {m} is reported "
-        "for what was chosen, averaged over its seeds (n).",
+        f"Setting per method and CF (learning rate included), chosen on the validation {m} ({view.direction}d); "
+        f"the test {m} is reported for what was chosen, averaged over its seeds (n: finished / asked).",
         "",
         f"| method | setting | CF | val {m} | test {m} | n |",
         "|---|---|---|---|---|---|",
     ]
     for row in best_settings(view):
-        cf = "-" if row["cf"] is None else f"{row['cf']:.2f}"
-        test = "-" if row["test"] is None else f"{row['test']:.2f}"
         lines.append(
-            f"| {row['method']} | {row['setting']} | {cf} | {row['val']:.2f} | {test} | {row['n']} |"
+            f"| {row['method']} | {row['setting']} | {row['cf']} | {format_metric(row['val'])} | "
+            f"{format_metric(row['test'])} | {row['n']} |"
         )
     return "\n".join(lines)
 
@@ -235,7 +234,10 @@ def workspace(view: View, entity: str, project: str):
         sections=built,
         settings=ws.WorkspaceSettings(max_runs=max(10, len(view.records))),
         runset_settings=ws.RunsetSettings(
-            filters=ws.And(*(ws.Config(k) == v for k, v in view.filters())),
+            filters=ws.And(
+                *(ws.Config(k) == v for k, v in view.filters()),
+                ws.Config("code_version").isin(view.code_versions),
+            ),
             groupby=[ws.Config(k) for k in spec.grouping],
             order=[ws.Ordering(ws.Summary(spec.val_key), ascending=view.direction == "minimize")],
             pinned_columns=spec.columns,
@@ -259,6 +261,7 @@ def report(view: View, entity: str, project: str, resolve_runsets: bool = False)
     blocks = [wr.MarkdownBlock(text=summary_text(view))]
     for title, panels in sections(spec):
         filters = [expr.Config(k) == v for k, v in view.filters()]
+        filters.append(expr.Config("code_version").isin(view.code_versions))  # runs of older code left out
         if title == spec.cma_title:
             filters.append(expr.Config("method").isin(spec.doped))
         for i, panel in enumerate(panels):

@@ -49,8 +49,9 @@ class Panels:
 
     @property
     def grouping(self) -> list[str]:
-        """Runs are grouped by method and CF (and CMR rate where doped runs are compared), seeds averaged."""
-        keys = ["method", "factor"] + (["cmr"] if self.doped else [])
+        """Runs are grouped by method, CF and learning rate (and CMR rate where doped runs are compared), seeds
+        averaged."""
+        keys = ["method", "factor", "lr"] + (["cmr"] if self.doped else [])
         return [k for k in keys if k in self.keys.config]
 
     @property

@@ -222,7 +222,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 #: What a chosen setting is chosen among: one method at one asked CF and targets, in one setup.
-SELECT_KEYS = ["task", "setup_id", "method", "factor", "targets"]
+SELECT_KEYS = ["task", "setup_id", "code_version", "method", "factor", "targets"]
 
 
 def best_by_val(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -374,21 +374,24 @@ def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
 
 
 def headline(summ: pd.DataFrame, trials: pd.DataFrame) -> dict:
-    """Small JSON for DVC metrics: per task and profile, the dense metric and each method's chosen setting at
-    each whole-number asked CF (a grid's; default targets), chosen on val, its test metric reported; per study,
-    trial counts, epochs trained and the best trial by its (validation) objective."""
+    """Small JSON for DVC metrics: per task, profile and training budget, the dense metric and each method's
+    chosen setting at each whole-number asked CF (a grid's; default targets), chosen on val, its test metric
+    reported with the achieved CF and the seeds; per study, trial counts, epochs trained and the best trial by its
+    (validation) objective. Runs of older code are not in ``summ`` (see ``load``)."""
     out: dict[str, Any] = {}
     if not summ.empty:
         chosen = selected(summ)
-        chosen = chosen[chosen["targets"] == DEFAULT_TARGETS]
+        chosen = chosen[(chosen["targets"] == DEFAULT_TARGETS) & ~chosen["stale"].astype(bool)]
         chosen = chosen[chosen["factor"] == chosen["factor"].round()]  # searched CFs would each add a key
         for row in chosen.itertuples():
             key = "metric" if row.method == "dense" else f"cf{row.factor:g}"
-            where = out.setdefault(f"{row.task}/{row.profile}", {}).setdefault(row.method, {})
+            where = out.setdefault(f"{row.task}/{row.profile}/{row.budget}", {}).setdefault(row.method, {})
             where[key] = {
                 f"val_{row.metric}": round(float(row.val_mean), 4),
                 f"test_{row.metric}": round(float(row.test_mean), 4),
+                "cf": math.floor(float(row.cf) * 1e4) / 1e4,  # never rounded up
                 "n": int(row.n_ok),
+                "n_asked": int(row.n_asked),
             }
     if not trials.empty:
         for study, rows in trials.groupby("study"):

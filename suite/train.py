@@ -269,6 +269,7 @@ def _run(
             **record.config,
             "metric": metric.name,
             "direction": metric.direction,
+            "lr": cfg.train.lr,  # undotted, so that W&B can group by it
             "achieved_cf": setup.accounting.cf,
             "model_cf": setup.accounting.model_cf,
         },

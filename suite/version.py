@@ -4,8 +4,9 @@ A run's result is decided by the training loop (suite/train.py), its task family
 and whatever those import from this package: the model, the data code, the compressor registry and accounting,
 the config. The version is a hash of the contents of exactly those files, found by following the package's own
 imports (``import`` statements, read with ``ast``) from the three starting modules. Modules that only look at
-results (report, figures, sweeps, benchmarks, the CLI) are never imported by them, so changing them never
-retrains anything; a change in suite/compressors/lowrank.py changes the version of lmf, svd, hmd and the doped
+results (report, figures, sweeps, benchmarks, the CLI) are never imported by them, and the ones train() imports
+only to write and show a run (``VIEWS``: the record format, W&B, progress, atomic writes) are not followed, so
+changing them never retrains anything; a change in suite/compressors/lowrank.py changes the version of lmf, svd, hmd and the doped
 methods (which import it) but not of kp. Modules found only by discovery (every method module, every family
 module) are not followed: each run depends on its own method and family.
 """
@@ -22,6 +23,9 @@ from pathlib import Path
 PACKAGE = __name__.split(".")[0]
 ROOTS = (f"{PACKAGE}.train",)
 """Modules every run depends on, besides its family's and its method's."""
+VIEWS = (f"{PACKAGE}.track", f"{PACKAGE}.files")
+"""Modules train() imports that only write, log or show a run (the record's file format, W&B and CSV logs,
+progress lines, atomic file writes): they never decide a result, so they are not followed."""
 
 
 def _module_file(name: str) -> Path | None:
@@ -71,7 +75,7 @@ def closure(modules: tuple[str, ...]) -> dict[str, Path]:
     todo = list(modules)
     while todo:
         name = todo.pop()
-        if name in seen or name == PACKAGE:
+        if name in seen or name == PACKAGE or name in VIEWS:
             continue
         path = _module_file(name)
         if path is None:
@@ -88,25 +92,25 @@ def files_version(files: dict[str, Path]) -> str:
     return h.hexdigest()[:12]
 
 
-@functools.cache
-def code_version(family: str, method: str) -> str:
-    """The version of the code deciding a run of ``method`` on a task of ``family`` (a 12-hex-digit hash)."""
+def _starts(family: str, method: str) -> tuple[str, ...]:
     from . import tasks
     from .compressors import registry
 
-    starts = (*ROOTS, type(tasks.get(family)).__module__, registry.get(method).config.__module__)
-    return files_version(closure(starts))
+    entry = registry.get(method)
+    return (*ROOTS, type(tasks.get(family)).__module__, entry.config.__module__, entry.apply.__module__)
+
+
+@functools.cache
+def code_version(family: str, method: str) -> str:
+    """The version of the code deciding a run of ``method`` on a task of ``family`` (a 12-hex-digit hash)."""
+    return files_version(closure(_starts(family, method)))
 
 
 def code_files(family: str, method: str) -> list[str]:
     """The files ``code_version`` hashes, relative to the package's parent folder (for docs and tests)."""
-    from . import tasks
-    from .compressors import registry
-
-    starts = (*ROOTS, type(tasks.get(family)).__module__, registry.get(method).config.__module__)
     root = Path(__file__).resolve().parent.parent
     out = []
-    for path in closure(starts).values():
+    for path in closure(_starts(family, method)).values():
         p = path.resolve()
         out.append(str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
     return sorted(out)

@@ -10,6 +10,7 @@ import pytest
 
 from suite import dashboard
 from suite.cli import main
+from suite.compressors.registry import LSTM_TARGETS
 from suite.track import Record, flatten, load_records
 from suite.version import code_version
 
@@ -52,7 +53,7 @@ def _record(
         "method": method,
         "compress": {
             "factor": 1.0,
-            "targets": ["*weight_ih_l*", "*weight_hh_l*"],
+            "targets": list(LSTM_TARGETS),
             "init": "scratch",
             **compress,
         },
@@ -63,6 +64,7 @@ def _record(
         "study": study,
         "trial": None,
         "run_id": run_id,
+        "code_version": code_version("lm", method),
         "model_resolved": {"hidden": 16, "layers": 2, "vocab": 60},
         "epochs_run": 2,
         "data": {"vocab": 60},
@@ -151,7 +153,11 @@ def _logged(records: list[Record]) -> dict[str, set[str]]:
                 own = k in ("lr", "train_ppl", "seconds") or k.endswith("_per_s")  # History logs them itself
                 history.add(f"epoch/{k}" if own else k)
         summary |= {f"final.{k}" for k in r.final}
-        config |= set(flatten(r.config)) | set(r.config["compress"]) | {"achieved_cf", "model_cf"}
+        config |= (
+            set(flatten(r.config))
+            | set(r.config["compress"])
+            | {"achieved_cf", "model_cf", "metric", "direction", "lr"}
+        )
     return {
         "history": history,
         "summary": summary | history,
@@ -265,13 +271,21 @@ def test_ptb_workspace_sections_grouping_and_filters(results):
     assert (speed["metrics"], speed["groupBy"]) == (["epoch/train_tokens_per_s"], "method.value")
 
     runset = spec["spec"]["section"]["runSets"][0]
-    assert [g["name"] for g in runset["grouping"]] == ["method.value", "factor.value", "cmr.value"]
+    assert [g["name"] for g in runset["grouping"]] == [
+        "method.value",
+        "factor.value",
+        "lr.value",
+        "cmr.value",
+    ]
     filters = {f["key"]["name"]: f["value"] for f in runset["filters"]["filters"]}
     assert filters == {
         "task": "ptb-small",
         "profile": "smoke",
         "train.epochs": 2,
         "train.train_fraction": 0.5,
+        "code_version": sorted(
+            {code_version("lm", m) for m in ("dense", "kp", "doped_kp")}
+        ),  # current code only
     }
     assert list(runset["runFeed"]["columnPinned"]) == [
         "run:displayName",
@@ -309,14 +323,18 @@ def test_bleu_workspace_follows_the_record_metric(results):
 def test_report_text_selects_on_validation(results):
     views = {v.key: v for v in dashboard.views(load_records(results))}
     for key, expected in (
-        ("multi30k", "| lmf | factor=2 | 2.02 | 30.00 | 29.00 | 1 |"),
-        (STUDY, "| doped_kp | cmr=0.5 factor=4 | 4.04 | 145.00 | 148.00 | 1 |"),
+        ("multi30k", "| lmf | lr=1 | 2.02 | 30.00 | 29.00 | 1/1 |"),
+        (
+            STUDY,
+            "| doped_kp | cmr=0.5 lr=1 | 4.04 | 145.00 | 148.00 | 1/1 |",
+        ),  # not cmr 0: worse val, better test
     ):
         rep = dashboard.report(views[key], "", "proj")
         spec = dashboard.spec_of(rep)
         blocks = spec["spec"]["blocks"]
         text = next(b["content"] for b in blocks if b["type"] == "markdown-block")
         assert expected in text, text
+        assert "150.00 | 140.00" not in text  # doped_kp without CMR: worse val, better test, never chosen
         assert "**Budget** profile smoke, 2 epochs, 50% of the training data; **seeds** 0" in text
         grids = [b for b in blocks if b["type"] == "panel-grid"]
         assert grids and all(

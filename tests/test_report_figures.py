@@ -145,8 +145,8 @@ def test_report_writes_tables_and_metrics_and_figures_are_drawn(results, tmp_pat
     for name in ("runs", "summary", "selected", "epochs", "trials"):
         assert len(pd.read_csv(tables / f"{name}.csv")) > 0
     head = json.loads(metrics.read_text())
-    assert head["tiny/smoke"]["dense"]["metric"]["test_ppl"] == pytest.approx(101)
-    assert head["tiny/smoke"]["svd"]["cf4"]["test_ppl"] == pytest.approx(
+    assert head["tiny/smoke/3ep"]["dense"]["metric"]["test_ppl"] == pytest.approx(101)
+    assert head["tiny/smoke/3ep"]["svd"]["cf4"]["test_ppl"] == pytest.approx(
         122
     )  # LSTM targets only: the decoder run is not mixed in
     assert head["sweeps"]["tiny-pareto-smoke"]["best_val_ppl"] == 120.0
@@ -213,7 +213,13 @@ def test_every_choice_is_made_on_validation_and_reports_test(tmp_path, capsys):
     chosen = pd.read_csv(tables / "selected.csv").query("method == 'lmf'")
     assert chosen["lr"].tolist() == [0.5] and chosen["test_mean"].tolist() == [110]
     head = json.loads(metrics.read_text())
-    assert head["tiny/smoke"]["lmf"]["cf4"] == {"val_ppl": 120, "test_ppl": 110, "n": 2}
+    assert head["tiny/smoke/3ep"]["lmf"]["cf4"] == {
+        "val_ppl": 120,
+        "test_ppl": 110,
+        "cf": 3.92,
+        "n": 2,
+        "n_asked": 2,
+    }
     assert head["sweeps"]["tiny-cf-smoke"] == {
         "complete": 2,
         "pruned": 0,

@@ -359,3 +359,17 @@ def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
     assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
     assert load_spec(spec, "smoke").study_name != load_spec(spec).study_name
     assert len(load(spec, profile="smoke").trials) == 2 and len(load(spec).trials) == 2
+
+
+def test_a_study_of_older_code_is_refused_not_resumed(tiny, capsys, monkeypatch):
+    """After a change in the code deciding a method's runs, resuming would count stale trials as done."""
+    from suite.sweep.spec import SweepSpec
+
+    folder, preset = tiny
+    spec = write_spec(folder, preset, n_trials=1)
+    assert main(["sweep", str(spec)]) == 0
+    real = SweepSpec.code_versions
+    monkeypatch.setattr(SweepSpec, "code_versions", lambda self: {m: "0" * 12 for m in real(self)})
+    capsys.readouterr()
+    assert main(["sweep", str(spec)]) == 2
+    assert "made by older code of small_dense" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def _replay_lstm(lstm: nn.LSTM, prefix: str, args: tuple, out: dict[str, list[Te
         lengths = torch.full((x.size(1),), x.size(0))
     hx = args[1] if len(args) > 1 and args[1] is not None else None
     steps, batch = x.size(0), x.size(1)
-    valid = torch.arange(steps)[:, None] < lengths[None, :]  # (T, B)
+    valid = torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]  # (T, B)
     dirs = 2 if lstm.bidirectional else 1
     for layer in range(lstm.num_layers):
         outs = []

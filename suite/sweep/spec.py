@@ -40,6 +40,7 @@ class SweepSpec:
     set: dict[str, Any]
     profile: str
     path: str = ""
+    family: str = "lm"
 
     @property
     def study_name(self) -> str:
@@ -59,7 +60,11 @@ class SweepSpec:
     def params_for(self, method: str) -> list[Param]:
         """The searched settings that apply to ``method`` (a method setting applies only to methods having it;
         the learning rate only to methods that train from scratch)."""
-        return [p for p in self.space.values() if _applies(p.name, method, self.set)]
+        return [
+            p
+            for p in self.space.values()
+            if _applies(p.name, method, self.set) and not _refused(p, method, self.set)
+        ]
 
     def sets_for(self, method: str) -> dict[str, Any]:
         return {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
@@ -107,7 +112,14 @@ class SweepSpec:
             d.pop(key)
         where = ("results_dir", "data_dir", "store")  # where things live is not what the study is
         d["set"] = {k: v for k, v in d["set"].items() if k not in where}
+        d["code"] = self.code_versions()
         return d
+
+    def code_versions(self) -> dict[str, str]:
+        """The code version of each method's runs: trials of older code would be stale in every table."""
+        from ..version import code_version
+
+        return {m: code_version(self.family, m) for m in self.methods}
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
@@ -140,6 +152,22 @@ def trained_init(method: str, fixed: dict[str, Any]) -> bool:
         return registry.make_config(method, {k: v for k, v in fixed.items() if k in fields}).init == "trained"
     except ConfigError:
         return False
+
+
+def _refused(param: Param, method: str, fixed: dict[str, Any]) -> bool:
+    """Whether ``method`` refuses every value ``param`` can take (dense and a compression factor): it is then
+    not searched for that method, which runs at its own fixed value."""
+    fields = _method_fields()[method]
+    if _bare(param.name) not in fields:
+        return False
+    base = {k: v for k, v in fixed.items() if k in fields}
+    for value in param.ends():
+        try:
+            registry.make_config(method, {**base, _bare(param.name): value})
+            return False
+        except ConfigError:
+            continue
+    return True
 
 
 def _applies(key: str, method: str, fixed: dict[str, Any] | None = None) -> bool:
@@ -251,7 +279,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds repeat: {seeds}")
     spec = SweepSpec(
-        name, task, methods, space, objectives, 0, sampler, pruner, seeds, fixed, profile, str(path)
+        name, task, methods, space, objectives, 0, sampler, pruner, seeds, fixed, profile, str(path), family
     )
     spec.n_trials = _n_trials(raw.get("n_trials"), spec, path)
     _check_components(spec, path)
@@ -285,16 +313,16 @@ def applies(family: str, method: str, settings: dict[str, Any], space: dict[str,
 def _resolve_methods(
     value: Any, space: dict[str, Param], fixed: dict, path: Path, family: str = "lm"
 ) -> list[str]:
-    """A list of registered methods, or ``all``: every registered compressor (not dense) that accepts the fixed
-    settings and applies to the task's models (a method for vocabulary matrices does not apply to recurrent
-    targets). Explicit lists are strict: each method must accept the settings and each method setting in the
+    """A list of registered methods, or ``all``: every registered compressor that accepts the fixed settings and
+    applies to the task's models (a method for vocabulary matrices does not apply to recurrent targets), and the
+    dense model when the space searches the learning rate (so that the reference gets its own best rate too). Explicit lists are strict: each method must accept the settings and each method setting in the
     space must belong to at least one listed method."""
     fields = _method_fields()
     if value == "all":
         methods = []
         for m in registry.available():
-            if m == "dense":
-                continue
+            if m == "dense" and not any(_bare(k) in LR_KEYS for k in space):
+                continue  # the dense reference joins only to get its own best learning rate
             settings = {_bare(k): v for k, v in fixed.items() if _bare(k) in fields[m]}
             try:
                 registry.make_config(m, settings)

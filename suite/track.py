@@ -246,8 +246,10 @@ def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool 
 
 
 def _git(*args: str) -> str | None:
+    """git in the checkout that holds this package (wherever the command was started from)."""
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path.cwd())
+        where = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=where)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -58,7 +58,8 @@ def test_fit_to_a_trained_weight_beats_a_random_start_and_imputation_never_hurts
     for iters in (0, 3):
         p = DeepThin((128, 32), rank=7, fit_iters=iters)
         errors.append(float((p(*p.right_inverse(w)) - w).norm()))
-    assert errors[1] <= errors[0] < float(w.norm())
+    # the fit keeps an imputation round only if it lowers the error (in float64); float32 rounding aside
+    assert errors[1] <= errors[0] * (1 + 1e-5) and errors[0] < float(w.norm())
 
 
 def test_deployment_is_the_rebuilt_matrix():

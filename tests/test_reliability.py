@@ -399,6 +399,9 @@ def test_ctrl_c_during_train_exits_130_and_leaves_no_staging(tmp_path, corpus_di
             env=env(tmp_path),
             stdout=subprocess.DEVNULL,
             stderr=err,
+            # A shell without job control starts background commands with Ctrl-C ignored, and the child would
+            # inherit that: give it the terminal's default, as a user's Ctrl-C finds it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.time() + 120
         while "epoch 1/400" not in log.read_text():

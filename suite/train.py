@@ -150,6 +150,16 @@ def train(
         raise
 
 
+def _context(cfg: RunConfig, family: Family, method, data, datamodule) -> DataContext:
+    """What the method needs of the task's data; a task that cannot give it means the method does not apply."""
+    try:
+        return family.context(data, datamodule, method.needs)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{cfg.method} does not apply to task {cfg.task} ({e}); choose another method (suite methods -v)"
+        ) from None
+
+
 def check(cfg: RunConfig, data: object | None = None) -> object:
     """The checks ``train(cfg)`` makes before it writes anything, without training (not even the dense baseline
     of a trained init): the method and its settings, the data (``data``: already loaded for this config's
@@ -160,7 +170,7 @@ def check(cfg: RunConfig, data: object | None = None) -> object:
     if data is None:
         data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
-    ctx = family.context(data, datamodule, method.needs)
+    ctx = _context(cfg, family, method, data, datamodule)
     dry = copy.copy(cfg.method_config)
     dry.init = "scratch"
     build_model(family, resolve_model(family, cfg.model, data), cfg.method, dry, ctx=ctx)
@@ -193,7 +203,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
     model_cfg = resolve_model(family, cfg.model, data)
-    ctx = family.context(data, datamodule, method.needs)
+    ctx = _context(cfg, family, method, data, datamodule)
     epochs, lr_at = cfg.train.epochs, family.lr_at(cfg.train)
     state, baseline_s = None, None
     if mcfg.init == "trained":

@@ -319,7 +319,7 @@ def test_presets_resolve_with_and_without_their_smoke_profile(preset):
     assert (full.train.held_out_speaker is None) == (preset == "fsdd-digits.yaml")
 
 
-def test_train_runs_the_speech_family_end_to_end(data_root, tmp_path):
+def _digits_preset(tmp_path) -> Path:
     preset = tmp_path / "digits.yaml"
     preset.write_text(
         yaml.safe_dump(
@@ -332,13 +332,24 @@ def test_train_runs_the_speech_family_end_to_end(data_root, tmp_path):
             }
         )
     )
+    return preset
+
+
+def test_train_runs_the_speech_family_end_to_end(data_root, tmp_path):
     sets = {"results_dir": str(tmp_path / "results"), "wandb": "disabled", "data_dir": str(data_root)}
-    record = train(load_run(preset, "lmf", 2, sets=sets), progress_bar=False)
+    record = train(load_run(_digits_preset(tmp_path), "lmf", 2, sets=sets), progress_bar=False)
     assert record.status == "ok" and record.metric == "wer" and record.direction == "minimize"
     assert set(record.final) == {"val_wer", "test_wer"} and 0 <= record.test
     assert {m["name"] for m in record.accounting["matrices"]} == {
         f"lstm.weight_{k}_l0{d}" for k in ("ih", "hh") for d in ("", "_reverse")
     }
+
+
+def test_a_method_needing_word_frequencies_does_not_apply_and_says_so(data_root, tmp_path):
+    sets = {"results_dir": str(tmp_path / "results"), "wandb": "disabled", "data_dir": str(data_root)}
+    with pytest.raises(ConfigError, match=r"groupreduce does not apply to task digits .*another method"):
+        train(load_run(_digits_preset(tmp_path), "groupreduce", 2, sets=sets), progress_bar=False)
+    assert not (tmp_path / "results").exists()
 
 
 def test_length_buckets_cover_every_utterance_once():

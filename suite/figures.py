@@ -342,8 +342,15 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
     for ax, (task, setup, target, sel) in zip(axes, panels):
         sel = one_setup(sel, "F6")
         dense_line(ax, summ[(summ["setup_id"] == setup) & (summ["method"] == "dense")])
-        for method, m in best_by_val(sel, ["method", "factor"]).groupby("method"):
-            errorbar(ax, m.sort_values("cf"), "cf", method, method)
+        # One curve per method and l_p exponent (the criterion F6 compares), the best other settings per CF.
+        exps = sel["p"] if "p" in sel else pd.Series(np.nan, index=sel.index)
+        sel = sel.assign(curve=[m if pd.isna(e) else f"{m} p={e:g}" for m, e in zip(sel["method"], exps)])
+        drawn: dict[str, int] = {}
+        for curve, m in best_by_val(sel, ["curve", "factor"]).groupby("curve"):
+            method = m["method"].iloc[0]
+            style = ("-", "--", ":", "-.")[drawn.setdefault(method, 0) % 4]
+            drawn[method] += 1
+            errorbar(ax, m.sort_values("cf"), "cf", curve, method, linestyle=style)
         log_axis(ax, "x")
         if sel["test_mean"].max() > 3 * sel["test_mean"].min():  # perplexity can explode without fine-tuning
             log_axis(ax, "y")
@@ -353,7 +360,7 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
         ax.set_title(f"{task} ({first['profile']}, {first['budget']})\n{target}, no fine-tuning")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("F6  embedding / softmax compression without fine-tuning", y=1.02)
+    fig.suptitle("F6  embedding / softmax compression without fine-tuning", y=1.06)
     return save(fig, out, "F6_embedding_softmax"), ""
 
 

@@ -108,11 +108,18 @@ def dense_line(ax, rows: pd.DataFrame) -> None:
         ax.axhline(best["test_mean"].iloc[0], color="black", ls="--", lw=1, label="dense (CF 1)")
 
 
-def errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str) -> None:
+def errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str, linestyle: str = "-") -> None:
     """Test metric of chosen settings with its 95% CI; a mean over fewer seeds than asked is drawn hollow."""
     err = pts["test_ci95"].where(np.isfinite(pts["test_ci95"]), 0)
     line = ax.errorbar(
-        pts[x], pts["test_mean"], yerr=err, marker=marker(method), capsize=3, label=label, color=color(method)
+        pts[x],
+        pts["test_mean"],
+        yerr=err,
+        marker=marker(method),
+        capsize=3,
+        label=label,
+        color=color(method),
+        linestyle=linestyle,
     )
     partial = pts[pts["partial"].astype(bool)] if "partial" in pts else pts.iloc[:0]
     if len(partial):

@@ -348,3 +348,29 @@ def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
         )
     runs = json.loads(Path("baselines/tiny.json").read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["test_ppl"] > 1 for r in runs)
+
+
+def test_f6_draws_one_curve_per_lp_exponent(tmp_path, monkeypatch):
+    import suite.figures as figures
+
+    out, tables = tmp_path / "results", tmp_path / "tables"
+    fake_record(out, "dense", 1, 0, 100)
+    trained = {"targets": ["decoder.weight"], "init": "trained", "finetune_epochs": 0}
+    for f in (2, 4):
+        fake_record(out, "svd", f, 0, 110 + f, **trained)
+        for p in (1.0, 1.5):
+            fake_record(out, "lp_lowrank", f, 0, 120 + f - p, p=p, **trained)
+    assert main(["report", "--results", str(out), "--out", str(tables)]) == 0
+    drawn = []
+
+    def record_curve(ax, pts, x, label, method, linestyle="-"):
+        drawn.append((label, method, linestyle, sorted(pts["factor"])))
+
+    monkeypatch.setattr(figures, "errorbar", record_curve)
+    made = make_figures(tables, tmp_path / "figures", {"bench": str(tmp_path / "missing.json")})
+    assert made["F6"][0], made["F6"]
+    assert sorted(drawn) == [
+        ("lp_lowrank p=1", "lp_lowrank", "-", [2, 4]),
+        ("lp_lowrank p=1.5", "lp_lowrank", "--", [2, 4]),
+        ("svd", "svd", "-", [2, 4]),
+    ]

@@ -88,7 +88,8 @@ def cmd_methods(args) -> int:
 
 def cmd_report(args) -> int:
     from .files import check_dir, check_file
-    from .report import format_table, load, runs_frame, selected, summary, write_tables
+    from .report import load, runs_frame, selected, summary, write_tables
+    from .report_text import format_table
 
     if args.out is not None:
         check_dir(args.out, "tables folder (--out)")

@@ -153,7 +153,8 @@ def best_settings(view: View) -> list[dict[str, Any]]:
     """Per method and asked CF (and targets), the setting chosen on the mean validation metric over its seeds,
     learning rate included, with its test metric: the report's own choice (``report.selected``)."""
     from .compressors.accounting import format_cf
-    from .report import runs_frame, selected, settings_text, summary
+    from .report import runs_frame, selected, summary
+    from .report_text import settings_text
 
     chosen = selected(summary(runs_frame(view.records)))
     rows = []

@@ -135,9 +135,7 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
     if epochs.empty or SPARSITY not in epochs or epochs[SPARSITY].isna().all() or "cmr" not in summ:
         return [], "no per-epoch sparsity of D in any run (doped methods log it while annealing)"
     chosen = _chosen_per_cmr(summ)
-    finished = (
-        epochs["status"] == "ok" if "status" in epochs else True
-    )  # failed or pruned seeds' curves left out
+    finished = epochs["status"].eq("ok") if "status" in epochs else True  # failed or pruned seeds left out
     rows = epochs[epochs[SPARSITY].notna() & epochs["config_id"].isin(chosen["config_id"]) & finished]
     if rows.empty:
         return [], "no finished doped runs"

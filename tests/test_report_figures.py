@@ -244,7 +244,7 @@ def test_partial_failed_and_pruned_seeds_are_counted_and_marked(tmp_path):
     summ = summary(runs_frame(load(results)[0])).set_index("method")
     assert summ.loc["kp", ["n_ok", "n_failed", "n_pruned", "n_asked"]].tolist() == [1, 1, 0, 3]
     assert summ.loc["kp", "partial"] and not summ.loc["lmf", "partial"]
-    from suite.report import format_table
+    from suite.report_text import format_table
 
     text = format_table(selected(summary(runs_frame(load(results)[0]))))
     assert "1/3 (1 failed)*" in text and "fewer seeds than asked" in text

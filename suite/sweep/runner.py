@@ -66,13 +66,9 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
                 study.set_user_attr("spec", spec.identity())
                 study.set_user_attr("fingerprint", spec.fingerprint())
             elif made_from != spec.fingerprint():
-                old = study.user_attrs.get("spec", {})
-                changed = sorted(
-                    m for m, v in spec.code_versions().items() if old.get("code", {}).get(m) != v
-                )
-                if changed and {k: v for k, v in old.items() if k != "code"} == {
-                    k: v for k, v in spec.identity().items() if k != "code"
-                }:
+                old, new = study.user_attrs.get("spec", {}), spec.identity()
+                changed = sorted(m for m, v in new["code"].items() if old.get("code", {}).get(m) != v)
+                if changed and {**old, "code": None} == {**new, "code": None}:
                     raise ConfigError(
                         f"study {spec.study_name} in {st.describe(where)} was made by older code of "
                         f"{', '.join(changed)} (its trials' runs are stale); delete its storage to rebuild it, or give "

@@ -51,6 +51,8 @@ class Record:
     metric_detail: dict = field(default_factory=dict)
     """How the metric was computed, where a family says (a sacrebleu signature)."""
     reason: str | None = None
+    resumed: list[dict] = field(default_factory=list)
+    """Where the run was resumed after an interruption: the epoch it went on from, and when."""
     created: str = field(
         default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     )
@@ -355,6 +357,12 @@ class History(pl.Callback):
         self.rows: list[dict] = []
         self.train_seconds = 0.0
         self._train_end: float | None = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # a resumed run keeps its earlier epochs
+        self.rows, self.train_seconds = list(state["rows"]), float(state["train_seconds"])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()

@@ -21,7 +21,7 @@ import psutil
 import torch
 from torch import nn
 
-from . import tasks
+from . import checkpoints, tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
@@ -285,7 +285,13 @@ def _run(
         },
         tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
     )
-    loggers = [pl.loggers.CSVLogger(str(staging), name="csv", version="")] + ([wandb] if wandb else [])
+    # The checkpoint folder outlives this process: a killed run resumes from its last epoch, CSV log included.
+    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_id)
+    resume_from = checkpoints.last_checkpoint(ckpt_dir)
+    state = checkpoints.RunState(setup.t_start)
+    csv_log = checkpoints.csv_logger(ckpt_dir)
+    new_ckpt_dirs = missing_dirs(Path(csv_log.log_dir))
+    loggers = [csv_log] + ([wandb] if wandb else [])
     extra = list(method.callbacks(mcfg) if method.callbacks else [])
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     trainer = pl.Trainer(
@@ -293,10 +299,9 @@ def _run(
         accelerator="auto",
         devices=1,
         logger=loggers,
-        callbacks=[*extra, *callbacks, history],
+        callbacks=[*extra, *callbacks, history, state, checkpoints.epoch_checkpoints(ckpt_dir)],
         gradient_clip_val=cfg.train.clip,
         gradient_clip_algorithm="norm",
-        enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=interactive,
         num_sanity_val_steps=0,
@@ -306,7 +311,9 @@ def _run(
     sigint = signal.getsignal(signal.SIGINT)
     try:
         if setup.epochs > 0:
-            trainer.fit(task, datamodule=data)
+            if resume_from is not None:
+                print(f"[{label}] resuming from {resume_from}", file=sys.stderr, flush=True)
+            trainer.fit(task, datamodule=data, ckpt_path=resume_from)
         if method.finalize is not None:
             method.finalize(task.model, mcfg)
         val = trainer.validate(task, datamodule=data, verbose=False)[0]
@@ -329,6 +336,9 @@ def _run(
             record.reason = f"{type(e).__name__}: {e}"
             close_wandb(wandb, exit_code=1)
             shutil.rmtree(staging, ignore_errors=True)
+            if checkpoints.last_checkpoint(ckpt_dir) is None:  # else the same command resumes from it
+                shutil.rmtree(csv_log.log_dir, ignore_errors=True)
+                remove_new_dirs(new_ckpt_dirs)
             if isinstance(e, SystemExit) and trainer.interrupted:
                 raise KeyboardInterrupt from None  # Lightning turns Ctrl-C into exit(1); callers need to know
             raise
@@ -337,9 +347,9 @@ def _run(
         if sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C after the first one
         record.epochs = history.rows
-        wall = time.perf_counter() - setup.t_start
+        record.resumed = state.resumes
         record.timings = {
-            "wall_s": wall - (setup.baseline_s or 0.0),
+            "wall_s": state.wall_s - (setup.baseline_s or 0.0),
             "baseline_s": setup.baseline_s,
             "train_s": history.train_seconds,
             f"train_{family.units}_per_s": (units * len(history.rows) / history.train_seconds)
@@ -350,12 +360,14 @@ def _run(
     final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
     close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
     try:
+        checkpoints.join_csv(ckpt_dir, staging / "csv")
         record.save(staging / "record.json")
         # A finished run this one replaces (--force) is dropped only once this one is in place.
         replace_dir(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a full disk, say: nothing half-written stays
         raise
+    checkpoints.remove(ckpt_dir)  # the run has its record: nothing to resume
     if raise_after is not None:
         raise raise_after
     return record

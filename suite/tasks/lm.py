@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data import BPTTWindows, Corpus, batchify, load_corpus, prefix
+from ..data.loaders import loader
 from ..errors import ConfigError, TrialDiverged
 from ..models.lm import build_lm, detach
 from . import register
@@ -102,7 +103,7 @@ class LanguageModelData(pl.LightningDataModule):
         return (self.train_data.size(0) - 1) * self.train_data.size(1)
 
     def _loader(self, data: Tensor) -> DataLoader:
-        return DataLoader(BPTTWindows(data, self.cfg.bptt), batch_size=None, shuffle=False)
+        return loader(BPTTWindows(data, self.cfg.bptt), batch_size=None, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_data)

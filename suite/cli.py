@@ -87,22 +87,36 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .files import check_dir, check_file
-    from .report import load, runs_frame, selected, summary, write_tables
-    from .report_text import format_table
+    from .files import check_dir, check_file, write_text
+    from .leaderboard import documents, report_text
+    from .report import load, runs_frame, summary, write_tables
 
     if args.out is not None:
         check_dir(args.out, "tables folder (--out)")
     if args.metrics is not None:
         check_file(args.metrics, "metrics file (--metrics)")
+    if args.docs is not None:
+        records = [r for r in load(args.results)[0] if r.published]
+        for name, text in documents(summary(runs_frame(records)), records).items():
+            write_text(Path(args.docs) / name, text, "results document")
+            print(f"-> {Path(args.docs) / name}")
     if args.out is None:
         records, left_out = load(args.results, args.stale)
-        print(format_table(selected(summary(runs_frame(records))), left_out))
+        print(report_text(summary(runs_frame(records)), left_out))
         return 0
-    written, chosen, left_out = write_tables(args.results, args.out, args.metrics, args.stale)
-    print(format_table(chosen, left_out))
+    written, summ, left_out = write_tables(args.results, args.out, args.metrics, args.stale)
+    print(report_text(summ, left_out))
     print(f"-> {', '.join(str(p) for p in written)}")
     return 0
+
+
+def cmd_publish(args) -> int:
+    from .publish import publish
+
+    written, refused = publish(args.runs, args.results)
+    for line in refused:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if refused else 0
 
 
 def cmd_figures(args) -> int:
@@ -291,7 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="folder for runs.csv, summary.csv, epochs.csv, trials.csv")
     r.add_argument("--metrics", default=None, help="also write headline metrics as JSON (DVC metrics)")
     r.add_argument("--stale", action="store_true", help="also show runs of older code, marked stale")
+    r.add_argument("--docs", default=None, help="write results.md and claims.md from the published records")
     r.set_defaults(func=cmd_report)
+
+    pb = sub.add_parser("publish", help="copy finished full-scale runs into results/published (kept in git)")
+    pb.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run folders (results/runs/<task>/<method>/<id>)"
+    )
+    pb.add_argument("--results", default="results", help="the results tree whose published/ receives them")
+    pb.set_defaults(func=cmd_publish)
 
     f = sub.add_parser("figures", help="paper figures (PNG and PDF) from the tables of `suite report --out`")
     f.add_argument("--tables", default="results/tables")

@@ -83,6 +83,10 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
         without_lr = {k: v for k, v in train.items() if k != "lr"}
         setup = {k: config.get(k) for k in ("task", "dataset", "model", "profile")}
         seeds = config.get("seeds") or [r.seed]
+        stale = bool(getattr(r, "_stale", False))
+        # Current records compare with each other whatever code version made them (a published record is current
+        # while its code keeps its behaviour); stale ones stay apart, per code version.
+        code = r.code_version if stale else "current"
         rows.append(
             {
                 "task": r.task,
@@ -101,12 +105,16 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                         "train": train,
                         "method": r.method,
                         "compress": compress,
-                        "code": r.code_version,
+                        "code": code,
                     }
                 ),
                 "setup_id": _hash({**setup, "train": without_lr}),
                 "code_version": r.code_version,
-                "stale": bool(getattr(r, "_stale", False)),
+                "code": code,
+                "stale": stale,
+                "stale_reason": getattr(r, "_stale_reason", None),
+                "commit": (r.provenance.get("git_sha") or "-")[:7],
+                "published": bool(r.published),
                 "status": r.status,
                 "reason": r.reason,
                 "metric": r.metric,
@@ -171,6 +179,8 @@ _RESULTS = {
     "throughput",
     "study",
     "trial",
+    "commit",
+    "published",
 }
 
 
@@ -209,6 +219,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         model_cf=("model_cf", "mean"),
         targeted_stored=("targeted_stored", "mean"),
         stored=("stored", "mean"),
+        commit=("commit", lambda c: ",".join(sorted(set(c)))),
+        run_ids=("run_id", lambda i: ",".join(sorted(i))),
+        published=("published", "all"),
     )
     out = first.join(counts).join(stats_).reset_index()
     out["n_asked"] = out[["n_asked", "n_ok"]].max(axis=1)
@@ -219,7 +232,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 #: What a chosen setting is chosen among: one method at one asked CF and targets, in one setup.
-SELECT_KEYS = ["task", "setup_id", "code_version", "method", "factor", "targets"]
+SELECT_KEYS = ["task", "setup_id", "code", "method", "factor", "targets"]
 
 
 def best_by_val(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -341,8 +354,10 @@ def write_tables(
     stale: bool = False,
 ) -> tuple[list[Path], pd.DataFrame, int]:
     """runs.csv, summary.csv (every configuration), selected.csv (the setting chosen per method and CF),
-    epochs.csv and trials.csv; optionally the metrics JSON. Returns the files written, the selected table and
-    how many records of older code were left out."""
+    leaderboard.csv (full scale), epochs.csv and trials.csv; optionally the metrics JSON. Returns the files
+    written, the summary and how many records of older code were left out."""
+    from .leaderboard import leaderboard
+
     records, left_out = load(results_dir, stale)
     out = Path(out)
     runs = runs_frame(records)
@@ -353,6 +368,7 @@ def write_tables(
         "runs": runs,
         "summary": summ,
         "selected": chosen,
+        "leaderboard": leaderboard(summ),
         "epochs": epochs_frame(records, runs),
         "trials": trials,
     }
@@ -365,4 +381,4 @@ def write_tables(
     if metrics is not None:
         write_json(Path(metrics), {**headline(summ, trials), "left_out_stale": left_out}, "metrics file")
         written.append(Path(metrics))
-    return written, chosen, left_out
+    return written, summ, left_out

@@ -51,6 +51,9 @@ class Record:
     metric_detail: dict = field(default_factory=dict)
     """How the metric was computed, where a family says (a sacrebleu signature)."""
     reason: str | None = None
+    published: dict = field(default_factory=dict)
+    """For a published record (results/published): the command that made it and the behaviour fingerprint of
+    its code (``suite.publish``)."""
     resumed: list[dict] = field(default_factory=list)
     """Where the run was resumed after an interruption: the epoch it went on from, and when."""
     created: str = field(
@@ -222,11 +225,11 @@ def run_lock(
 
 
 def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool = True) -> list[Record]:
-    """Every record under results/runs, in any store (optionally only those with ``status``); a file that is not
+    """Every record under results/runs, in any store, and under results/published (optionally only those with ``status``); a file that is not
     a record is left out with a note on stderr naming it (``echo``)."""
     root = Path(results_dir)
     folders = set()
-    for path in root.glob("runs/**/record.json"):
+    for path in [*root.glob("runs/**/record.json"), *root.glob("published/**/record.json")]:
         parts = path.parent.relative_to(root).parts
         if not any(part.startswith(".") for part in parts):
             folders.add(path.parent)

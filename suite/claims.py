@@ -1,0 +1,236 @@
+"""The source papers' claims, checked against the suite's full-scale records (docs/claims.md).
+
+Each claim names the paper's number, computes the suite's number from the current full-scale records (the
+leaderboard's choice per method and CF, chosen on validation; the F6 runs for the embedding and softmax claims),
+and gives a verdict: ``reproduced``, ``refuted``, or ``not testable here`` / ``not run yet`` with the reason, and
+the run-ids behind it. A verdict is a rule written next to the claim, never a judgement made after the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .leaderboard import full_scale, leaderboard
+from .track import Record
+
+REPRODUCED, REFUTED, NOT_RUN, NOT_TESTABLE = "reproduced", "refuted", "not run yet", "not testable here"
+
+
+@dataclass
+class Verdict:
+    suite: str
+    verdict: str
+    why: str
+    runs: list[str]
+
+
+@dataclass
+class Claim:
+    paper: str
+    claim: str
+    number: str
+    """The paper's number."""
+    check: Callable[[pd.DataFrame, pd.DataFrame, dict[str, Record]], Verdict]
+    """(leaderboard, full-scale summary, records by run-id) -> the suite's number and the verdict."""
+
+
+def _row(board: pd.DataFrame, task: str, method: str, factor: float, **settings) -> pd.Series | None:
+    if board.empty:
+        return None
+    rows = board[(board["task"] == task) & (board["method"] == method) & (board["factor"] == factor)]
+    for key, value in settings.items():
+        rows = rows[rows[key] == value] if key in rows else rows.iloc[0:0]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _ids(summ: pd.DataFrame, rows: list[pd.Series]) -> list[str]:
+    return sorted({i for r in rows for i in str(r.get("run_ids", "")).split(",") if i})
+
+
+def _missing(what: list[str]) -> Verdict:
+    return Verdict("-", NOT_RUN, "no current full-scale record of " + ", ".join(what), [])
+
+
+def _loss(board: pd.DataFrame, task: str, method: str, factor: float, **settings) -> pd.Series | None:
+    """A chosen row with its change against dense (percent of the dense test metric)."""
+    row = _row(board, task, method, factor, **settings)
+    return row if row is not None and np.isfinite(row["vs_dense_pct"]) else None
+
+
+def doping_losses(board, summ, records) -> Verdict:
+    """Doping, 25x on the PTB LSTM: doped KP +1.4% perplexity; pruning +7.9%, HMD +15%, LMF +27%, KP +26%.
+    Reproduced when doped KP loses at most 1.4 + 2 points and each other method loses more than doped KP."""
+    methods = ["doped_kp", "prune", "hmd", "lmf", "kp"]
+    rows = {m: _loss(board, "ptb-small", m, 25.0) for m in methods}
+    missing = [f"{m} at CF 25" for m, r in rows.items() if r is None]
+    if rows["doped_kp"] is None or len(missing) == len(methods):
+        return _missing(missing + ["dense"] * (rows["doped_kp"] is None))
+    text = ", ".join(f"{m} {r['vs_dense_pct']:+.1f}%" for m, r in rows.items() if r is not None)
+    doped = rows["doped_kp"]["vs_dense_pct"]
+    others = [r["vs_dense_pct"] for m, r in rows.items() if m != "doped_kp" and r is not None]
+    ok = doped <= 1.4 + 2.0 and all(o > doped for o in others)
+    why = "ptb-small (2x200, the suite's CPU model; the paper's is larger), one seed" + (
+        f"; not yet run: {', '.join(missing)}" if missing else ""
+    )
+    return Verdict(
+        text, REPRODUCED if ok else REFUTED, why, _ids(summ, [r for r in rows.values() if r is not None])
+    )
+
+
+def doping_margin(board, summ, records) -> Verdict:
+    """Doped KP beats pruning and low rank (LMF) by 8% or more of perplexity at 25x."""
+    doped, prune, lmf = (_row(board, "ptb-small", m, 25.0) for m in ("doped_kp", "prune", "lmf"))
+    if doped is None or prune is None or lmf is None:
+        return _missing(
+            [f"{m} at CF 25" for m, r in (("doped_kp", doped), ("prune", prune), ("lmf", lmf)) if r is None]
+        )
+    gaps = {
+        m: 100 * (r["test_mean"] - doped["test_mean"]) / doped["test_mean"]
+        for m, r in (("prune", prune), ("lmf", lmf))
+    }
+    ok = all(g >= 8.0 for g in gaps.values())
+    text = ", ".join(f"{m} {g:+.1f}% above doped_kp" for m, g in gaps.items())
+    return Verdict(
+        text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids(summ, [doped, prune, lmf])
+    )
+
+
+def _without_d(rec: Record) -> float | None:
+    last = rec.epochs[-1] if rec.epochs else {}
+    key = f"val_{rec.metric}_without_d"
+    with_d = last.get(f"val_{rec.metric}")
+    return last[key] / with_d if key in last and with_d else None
+
+
+def cmr_removes_dependence(board, summ, records) -> Verdict:
+    """CMR removes the structured part's dependence on D: with CMR, removing D at the end costs little; without,
+    a lot. Reproduced when val ppl without D / with D is under 1.25 with cmr 0.5 and over 1.5 with cmr 0."""
+    rows = full_scale(summ)
+    found = {}
+    if rows.empty:
+        return _missing(["doped_kp CF 25 cmr 0", "doped_kp CF 25 cmr 0.5"])
+    for cmr in (0.0, 0.5):
+        r = rows[(rows["task"] == "ptb-small") & (rows["method"] == "doped_kp") & (rows["factor"] == 25.0)]
+        r = r[r["cmr"] == cmr] if "cmr" in r else r.iloc[0:0]
+        ids = [i for x in r["run_ids"] for i in str(x).split(",")] if not r.empty else []
+        ratios = [v for i in ids if i in records and (v := _without_d(records[i])) is not None]
+        if ratios:
+            found[cmr] = (float(np.mean(ratios)), ids)
+    if len(found) < 2:
+        return _missing([f"doped_kp CF 25 cmr {c:g}" for c in (0.0, 0.5) if c not in found])
+    (r0, ids0), (r5, ids5) = found[0.0], found[0.5]
+    ok = r5 < 1.25 and r0 > 1.5
+    text = f"val ppl x{r0:.2f} without D at cmr 0, x{r5:.2f} at cmr 0.5"
+    return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small at CF 25, last epoch", sorted(ids0 + ids5))
+
+
+def deepthin_wer(board, summ, records) -> Verdict:
+    """DeepThin at CF 10 on the acoustic model: lower WER than rank factorization (lmf), pruning, HashedNets and a
+    small dense model. Reproduced when its test WER is below each of theirs."""
+    others = ["lmf", "prune", "hashed", "small_dense"]
+    dt = _row(board, "fsdd-digits", "deepthin", 10.0)
+    rows = {m: _row(board, "fsdd-digits", m, 10.0) for m in others}
+    missing = ([] if dt is not None else ["deepthin at CF 10"]) + [
+        f"{m} at CF 10" for m, r in rows.items() if r is None
+    ]
+    if missing:
+        return _missing(missing)
+    text = f"deepthin {dt['test_mean']:.4f}; " + ", ".join(
+        f"{m} {r['test_mean']:.4f}" for m, r in rows.items()
+    )
+    ok = all(dt["test_mean"] < r["test_mean"] for r in rows.values())
+    why = "fsdd-digits (connected digits, 2x128 biLSTM), one seed; test WER over 4,106 words"
+    return Verdict(text, REPRODUCED if ok else REFUTED, why, _ids(summ, [dt, *rows.values()]))
+
+
+def _f6(summ: pd.DataFrame, target: str, method: str, p: float | None = None) -> pd.DataFrame:
+    rows = full_scale(summ)
+    if rows.empty or "targets" not in rows:
+        return pd.DataFrame(columns=["test_mean", "run_ids"])
+    rows = rows[(rows["task"] == "ptb-small") & (rows["method"] == method) & (rows["targets"] == target)]
+    if p is not None and "p" in rows:
+        rows = rows[rows["p"] == p]
+    return rows.set_index("factor")
+
+
+def _beats(summ, target: str, method: str, p: float | None, what: str) -> Verdict:
+    ours, svd = _f6(summ, target, method, p), _f6(summ, target, "svd")
+    cfs = sorted(set(ours.index) & set(svd.index))
+    if not cfs:
+        return _missing([f"{method} and svd on {target} (sweeps/ptb-small-softmax.yaml)"])
+    diffs = {cf: float(ours.loc[cf, "test_mean"] - svd.loc[cf, "test_mean"]) for cf in cfs}
+    text = ", ".join(
+        f"CF {cf:g}: {ours.loc[cf, 'test_mean']:.2f} vs {svd.loc[cf, 'test_mean']:.2f}" for cf in cfs
+    )
+    ok = all(d < 0 for d in diffs.values())
+    ids = [i for df in (ours, svd) for x in df.loc[cfs, "run_ids"] for i in str(x).split(",")]
+    return Verdict(text, REPRODUCED if ok else REFUTED, what, sorted(set(ids)))
+
+
+def groupreduce_softmax(board, summ, records) -> Verdict:
+    """GroupReduce beats SVD on the softmax (test ppl, no fine-tuning) at every CF run."""
+    return _beats(summ, "decoder.weight", "groupreduce", None, "ptb-small dense model, no fine-tuning")
+
+
+def lp_embedding(board, summ, records) -> Verdict:
+    """l_1 low rank beats SVD on the embedding without fine-tuning (test ppl) at every CF run."""
+    return _beats(summ, "embedding.weight", "lp_lowrank", 1.0, "ptb-small dense model, no fine-tuning, p = 1")
+
+
+def speed(paper: str) -> Callable:
+    def check(board, summ, records) -> Verdict:
+        return Verdict(
+            "-", NOT_TESTABLE, f"{paper}: speed-ups are measured by `suite bench infer`, not by records", []
+        )
+
+    return check
+
+
+CLAIMS = [
+    Claim(
+        "Doping",
+        "at 25x, doped KP loses ~1.4% perplexity; pruning 7.9%, HMD 15%, LMF 27%, KP ~26%",
+        "+1.4% / +7.9% / +15% / +27% / +26%",
+        doping_losses,
+    ),
+    Claim("Doping", "doped KP beats pruning and low rank by 8% or more (25x)", ">= 8%", doping_margin),
+    Claim("Doping", "co-matrix dropout (CMR) removes the dependence on D", "-", cmr_removes_dependence),
+    Claim(
+        "DeepThin",
+        "better WER than rank factorization, pruning, HashedNets and small dense",
+        "-",
+        deepthin_wer,
+    ),
+    Claim("GroupReduce", "beats SVD on the softmax", "-", groupreduce_softmax),
+    Claim("Tukan et al.", "l_1 low rank beats SVD on embeddings without fine-tuning", "-", lp_embedding),
+    Claim("Doping", "inference speed-up 2.5-5.5x", "2.5-5.5x", speed("Doping")),
+    Claim("DeepThin", "inference speed-up 2-14x", "2-14x", speed("DeepThin")),
+]
+
+
+def check_claims(summ: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
+    board = leaderboard(summ)
+    by_id = {r.run_id: r for r in records}
+    rows = []
+    for c in CLAIMS:
+        v = c.check(board, summ, by_id)
+        rows.append(
+            {
+                "paper": c.paper,
+                "claim": c.claim,
+                "paper's number": c.number,
+                "suite": v.suite,
+                "verdict": v.verdict,
+                "why": v.why,
+                "runs": ", ".join(v.runs) or "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def format_markdown(claims: pd.DataFrame) -> str:
+    return claims.to_markdown(index=False) + "\n"

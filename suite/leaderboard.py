@@ -1,0 +1,166 @@
+"""The leaderboard: full-scale results per task, one row per method and asked CF, as text and as Markdown.
+
+Built from the summary (``report.summary``) of every current record, published (results/published) and the user's
+own: only full-scale configurations (profile ``paper``, all of the data) of the default targets; per method and
+asked CF the setting chosen on validation (``report.selected``: learning rate, CMR rate, ...). Columns: method and
+its non-default settings, the asked and the achieved CF (rounded down), the test metric (with its 95% CI where
+more than one seed finished), its change against dense in percent, the validation metric, seeds (finished/asked)
+and the commits that made the runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .compressors.accounting import format_cf
+from .report import DEFAULT_TARGETS, selected
+from .report_text import settings_text
+from .track import format_metric
+
+
+def full_scale(summ: pd.DataFrame) -> pd.DataFrame:
+    """The configurations of full-scale runs: paper profile, every token of every split (no data fractions)."""
+    if summ.empty:
+        return summ
+    keep = (summ["profile"] == "paper") & ~summ["budget"].str.contains("/", regex=False)
+    return summ[keep]
+
+
+def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
+    """One row per task, method and asked CF (default targets): the setting chosen on validation, its metrics,
+    and its change against the task's dense model (the dense row chosen the same way, same training budget)."""
+    rows = full_scale(summ)
+    if rows.empty:
+        return rows
+    chosen = selected(rows)
+    chosen = chosen[(chosen["targets"] == DEFAULT_TARGETS) & ~chosen["stale"].astype(bool)].copy()
+    dense = chosen[chosen["method"] == "dense"].set_index(["task", "budget"])["test_mean"]
+    ref = [dense.get((t, b), np.nan) for t, b in zip(chosen["task"], chosen["budget"])]
+    chosen["vs_dense_pct"] = 100.0 * (chosen["test_mean"] - ref) / ref
+    chosen["settings"] = [settings_text(r) for _, r in chosen.iterrows()]
+    chosen = chosen.assign(_o=chosen["method"].ne("dense"))
+    order = ["task", "budget", "_o", "factor", "test_mean"]
+    return chosen.sort_values(order, kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _test(row) -> str:
+    text = format_metric(row.test_mean)
+    return text + (
+        f" +- {format_metric(row.test_ci95)}" if row.n_ok > 1 and np.isfinite(row.test_ci95) else ""
+    )
+
+
+def _pct(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{x:+.1f}%"
+
+
+def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per task (and training budget), the leaderboard as the cells people read."""
+    out = {}
+    for (task, budget, metric, direction), rows in board.groupby(
+        ["task", "budget", "metric", "direction"], sort=False
+    ):
+        better = "higher" if direction == "maximize" else "lower"
+        out[f"{task} ({budget}; test {metric}, {better} is better)"] = pd.DataFrame(
+            {
+                "method": rows["method"],
+                "settings": rows["settings"],
+                "lr": rows["lr"].map(lambda x: f"{x:g}" if pd.notna(x) else "-"),
+                "CF asked": rows["factor"].map(lambda x: f"{x:g}"),
+                "CF": rows["cf"].map(format_cf),
+                f"test {metric}": [_test(r) for r in rows.itertuples()],
+                "vs dense": rows["vs_dense_pct"].map(_pct),
+                f"val {metric}": rows["val_mean"].map(format_metric),
+                "seeds": [f"{r.n_ok}/{r.n_asked}" + ("*" if r.partial else "") for r in rows.itertuples()],
+                "commit": rows["commit"],
+            }
+        )
+    return out
+
+
+FOOTER = (
+    "settings and lr chosen on validation, test reported for the choice; CF: achieved on the LSTM matrices, "
+    "rounded down; vs dense: change of the test metric; * = fewer seeds finished than asked"
+)
+
+
+def format_text(board: pd.DataFrame) -> str:
+    if board.empty:
+        return "no full-scale results yet (results/published/ is empty; `suite publish` adds finished runs)"
+    parts = [f"{title}\n{table.to_string(index=False)}" for title, table in display(board).items()]
+    return "\n\n".join(parts) + "\n" + FOOTER
+
+
+def format_markdown(board: pd.DataFrame) -> str:
+    if board.empty:
+        return "No full-scale results yet.\n"
+    parts = [f"### {title}\n\n{table.to_markdown(index=False)}\n" for title, table in display(board).items()]
+    return "\n".join(parts) + "\n" + FOOTER + ".\n"
+
+
+def report_text(summ: pd.DataFrame, left_out: int = 0) -> str:
+    """What ``suite report`` prints: the leaderboard (full scale) first, then every other configuration (smoke
+    runs: they check the pipeline, not the methods), each with the setting chosen per method and CF."""
+    from .report_text import format_table
+
+    board = leaderboard(summ)
+    full = full_scale(summ)
+    rest = summ.drop(index=full.index) if not summ.empty else summ
+    text = "LEADERBOARD (full scale)\n" + format_text(board)
+    if not rest.empty:
+        text += "\n\nPIPELINE CHECK (smoke scale: checks the pipeline, not the methods)\n"
+        text += format_table(selected(rest), left_out)
+    elif left_out:
+        text += f"\n({left_out} record(s) of older code left out; `suite report --stale` shows them)"
+    return text
+
+
+GENERATED = (
+    "<!-- Generated by `suite report --docs docs` from the records in results/published/; do not edit by hand: "
+    "tests/test_publish.py fails when this file and the records disagree. -->\n\n"
+)
+
+
+def documents(summ: pd.DataFrame, records: list) -> dict[str, str]:
+    """docs/results.md (the leaderboard, and the embedding/softmax runs without fine-tuning) and docs/claims.md
+    (the source papers' claims against the records), built from the summary of ``records``."""
+    from .claims import check_claims
+    from .claims import format_markdown as claims_markdown
+
+    results = GENERATED + "# Full-scale results\n\n" + format_markdown(leaderboard(summ))
+    vocab = vocabulary_table(summ)
+    if not vocab.empty:
+        results += (
+            "\n## Embedding and softmax compressed without fine-tuning (F6)\n\n"
+            "Test perplexity of the dense model with one vocabulary matrix compressed and nothing retrained "
+            "(achieved CF in brackets).\n\n" + vocab.to_markdown() + "\n"
+        )
+    claims = (
+        GENERATED
+        + "# The source papers' claims, checked\n\n"
+        + "Each verdict follows the rule written with the claim in suite/claims.py.\n\n"
+        + claims_markdown(check_claims(summ, records))
+    )
+    return {"results.md": results, "claims.md": claims}
+
+
+def vocabulary_table(summ: pd.DataFrame) -> pd.DataFrame:
+    """The F6 runs (vocabulary-matrix targets) at full scale: one row per target and CF, a column per method
+    (and l_p exponent), the test metric with the achieved CF where it differs from the asked one."""
+    rows = full_scale(summ)
+    if rows.empty or "targets" not in rows:
+        return pd.DataFrame()
+    rows = rows[rows["targets"].isin(["decoder.weight", "embedding.weight"]) & ~rows["stale"].astype(bool)]
+    if rows.empty:
+        return pd.DataFrame()
+    label = rows["method"] + rows.get("p", pd.Series(np.nan, index=rows.index)).map(
+        lambda p: f" p={p:g}" if pd.notna(p) else ""
+    )
+    cell = [
+        format_metric(r.test_mean) + ("" if abs(r.cf - r.factor) < 0.01 else f" ({format_cf(r.cf)})")
+        for r in rows.itertuples()
+    ]
+    matrix = rows["targets"].map({"decoder.weight": "softmax", "embedding.weight": "embedding"})
+    table = pd.DataFrame({"matrix": matrix, "CF": rows["factor"], "method": label, "cell": cell})
+    return table.pivot_table(index=["matrix", "CF"], columns="method", values="cell", aggfunc="first")

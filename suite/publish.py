@@ -1,0 +1,154 @@
+"""Published results: full-scale records kept in git, next to the code that made them.
+
+``suite publish RUN_DIR...`` copies finished full-scale runs into results/published/<task>/<method>/<run-id>/:
+the record (record.json) and its per-epoch CSV log (metrics.csv); no weights, no W&B folder. It refuses, with one
+line each, a run that did not finish, a smoke-scale run, a run made from a dirty tree or a commit that is not on
+main, and a run already published. A published record carries, under ``published``:
+- ``command``: the command that made it (``suite train ...``), with no path of the machine it ran on;
+- ``behaviour``: the behaviour fingerprint of the code that made it (``suite.behaviour``): the exact results of a
+  tiny fixed run of its family and method. The record stays current while the code keeps that behaviour
+  (comments, docstrings, formatting, renames, moves) and is marked stale, with what changed, when it does not.
+Paths are left out or made relative: the data folder becomes the dataset's name, the results folder ``results``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .files import write_text
+from .track import Record, record_path, write_json
+
+PUBLISHED = "published"
+
+
+def published_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / PUBLISHED
+
+
+def full_scale(record: Record) -> bool:
+    """A paper-profile run over all of its data (no fraction of the training or evaluation splits)."""
+    train = record.config.get("train") or {}
+    return (
+        record.config.get("profile") == "paper"
+        and train.get("train_fraction", 1.0) == 1.0
+        and train.get("eval_fraction", 1.0) == 1.0
+    )
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=30)
+
+
+def on_main(sha: str, branch: str = "main") -> bool:
+    """Whether commit ``sha`` is on ``branch`` of the repository holding this package."""
+    return _git("merge-base", "--is-ancestor", sha, branch).returncode == 0
+
+
+def command(record: Record) -> str:
+    """The command that made the run, as a user would type it: the console script, the arguments as given, less
+    the results folder (where it was written changes nothing)."""
+    argv = list(record.provenance.get("argv") or [])
+    root = Path(__file__).resolve().parent.parent
+    out = ["suite"]
+    skip = False
+    for i, arg in enumerate(argv[1:]):
+        if skip:
+            skip = False
+            continue
+        if arg == "--set" and i + 2 <= len(argv) - 1 and argv[i + 2].startswith("results_dir="):
+            skip = True
+            continue
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(root):
+            arg = str(path.relative_to(root))
+        out.append(arg)
+    return shlex.join(out)
+
+
+def scrub(record: Record) -> dict[str, Any]:
+    """The record as published: no path of the machine it ran on, no host name, the command written down."""
+    d = record.to_dict()
+    config = d["config"]
+    config["results_dir"] = "results"
+    config["data_dir"] = None
+    data = config.get("data")
+    if isinstance(data, dict) and "origin" in data:
+        data["origin"] = data.get("name") or Path(str(data["origin"])).name
+    prov = dict(d["provenance"])
+    prov.pop("host", None)
+    prov.pop("argv", None)
+    d["provenance"] = prov
+    return d
+
+
+def refusal(record: Record, dest: Path) -> str | None:
+    """Why ``record`` cannot be published (None: it can)."""
+    if record.status != "ok":
+        return f"the run {record.status}" + (f" ({record.reason})" if record.reason else "")
+    if not full_scale(record):
+        return "a smoke-scale run (profile or data fractions): publish full-scale runs only"
+    sha, dirty = record.provenance.get("git_sha"), record.provenance.get("git_dirty")
+    if not sha:
+        return "made outside a git checkout (no commit recorded)"
+    if dirty is not False:
+        return f"made from a tree with uncommitted changes at {sha[:7]}; rerun from a clean checkout of main"
+    if not on_main(sha):
+        return f"made at commit {sha[:7]}, which is not on main; rerun from main"
+    if dest.exists():
+        return f"already published ({dest})"
+    return None
+
+
+def publish(
+    run_dirs: list[str | Path],
+    results_dir: str | Path = "results",
+    fingerprint: Callable[[Record], dict] | None = None,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[Path], list[str]]:
+    """Copy the finished full-scale runs of ``run_dirs`` into results/published; returns the folders written and
+    one line per run refused. ``fingerprint(record)``: the behaviour fingerprint of the code that made it."""
+    written, refused = [], []
+    for folder in map(Path, run_dirs):
+        try:
+            rec = Record.load(record_path(folder))
+        except DataError as e:
+            refused.append(f"{folder}: {e}")
+            continue
+        dest = published_dir(results_dir) / rec.task / rec.method / rec.run_id
+        why = refusal(rec, dest)
+        if why is not None:
+            refused.append(f"{folder}: refused: {why}")
+            continue
+        if fingerprint is None:
+            from .behaviour import of_record as fingerprint
+        d = scrub(rec)
+        d["published"] = {
+            "command": command(rec),
+            "behaviour": fingerprint(rec),
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        staging = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            write_json(staging / "record.json", d, "published record")
+            csv = folder / "csv" / "metrics.csv"
+            if csv.is_file():
+                write_text(staging / "metrics.csv", csv.read_text(), "published CSV log")
+            staging.rename(dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        written.append(dest)
+        echo(
+            f"published {rec.task} {rec.method} {rec.run_id} (commit {d['provenance']['git_sha'][:7]}) -> {dest}"
+        )
+    return written, refused

@@ -1,0 +1,165 @@
+"""Published results: `suite publish` copies finished full-scale runs into results/published and refuses the rest
+with one line each; tables read published and own records together, the leaderboard first; the committed results
+documents agree with the committed records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from suite.cli import main
+from suite.compressors.registry import LSTM_TARGETS
+from suite.publish import publish
+from suite.report import load, runs_frame, summary
+from suite.track import Record
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+pytestmark = pytest.mark.skipif(not HEAD, reason="needs the suite's git checkout")
+
+
+def fake_fingerprint(record: Record) -> dict:
+    return {"values": {"val": 1.0}, "hash": "abc"}
+
+
+def write_run(
+    results: Path,
+    method: str = "dense",
+    factor: float = 1.0,
+    *,
+    run_id: str | None = None,
+    status: str = "ok",
+    profile: str = "paper",
+    dirty: bool = False,
+    sha: str = HEAD,
+    test: float = 100.0,
+    val: float = 105.0,
+    seed: int = 0,
+) -> Path:
+    run_id = run_id or f"{method}{factor:g}{profile}{seed}{test:g}".replace(".", "")[:12]
+    folder = results / "runs" / "ptb-small" / method / run_id
+    folder.mkdir(parents=True)
+    train = {
+        "epochs": 13,
+        "lr": 1.0,
+        "train_fraction": 1.0 if profile == "paper" else 0.03,
+        "eval_fraction": 1.0,
+    }
+    rec = Record(
+        run_id=run_id,
+        task="ptb-small",
+        method=method,
+        seed=seed,
+        status=status,
+        reason=None if status == "ok" else "diverged",
+        config={
+            "task": "ptb-small",
+            "family": "lm",
+            "dataset": "ptb",
+            "model": {"hidden": 200},
+            "train": train,
+            "method": method,
+            "compress": {"factor": factor, "targets": list(LSTM_TARGETS)},
+            "seed": seed,
+            "profile": profile,
+            "data_dir": "/somewhere/data",
+            "results_dir": str(results.resolve()),
+            "data": {"name": "ptb", "origin": "/somewhere/data/ptb"},
+        },
+        final={"val_ppl": val, "test_ppl": test} if status == "ok" else {},
+        accounting={"cf": factor, "cf_values": factor, "model_cf": 1.0},
+        provenance={
+            "git_sha": sha,
+            "git_dirty": dirty,
+            "host": "machine-17",
+            "argv": [
+                "/opt/venv/bin/suite",
+                "train",
+                str(ROOT / "tasks/ptb-small.yaml"),
+                "--method",
+                method,
+                "--set",
+                f"results_dir={results.resolve()}",
+                "--threads",
+                "1",
+            ],
+        },
+        code_version="x",
+    )
+    rec.save(folder / "record.json")
+    (folder / "csv").mkdir()
+    (folder / "csv" / "metrics.csv").write_text("epoch,val_ppl\n1,105.0\n")
+    (folder / "model.pt").write_bytes(b"weights")
+    return folder
+
+
+def test_publish_copies_the_record_and_its_log_without_paths_of_the_machine(tmp_path):
+    results = tmp_path / "results"
+    run = write_run(tmp_path / "mine", "kp", 25.0)
+    written, refused = publish([run], results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    assert refused == [] and len(written) == 1
+    (dest,) = written
+    assert sorted(p.name for p in dest.iterdir()) == ["metrics.csv", "record.json"]  # no weights, no W&B
+    text = (dest / "record.json").read_text()
+    assert str(tmp_path) not in text and "/somewhere" not in text and "machine-17" not in text
+    d = json.loads(text)
+    assert d["published"]["command"] == "suite train tasks/ptb-small.yaml --method kp --threads 1"
+    assert d["published"]["behaviour"] == fake_fingerprint(None)
+    assert d["config"]["data"]["origin"] == "ptb" and d["provenance"]["git_sha"] == HEAD
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ({"status": "failed"}, "the run failed"),
+        ({"profile": "smoke"}, "smoke-scale"),
+        ({"dirty": True}, "uncommitted changes"),
+        ({"sha": "0" * 40}, "not on main"),
+    ],
+)
+def test_publish_refuses_what_is_not_a_finished_clean_full_scale_run(tmp_path, capsys, kind, needle):
+    run = write_run(tmp_path / "mine", **kind)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["publish", str(run), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_publish_refuses_a_run_already_published_and_keeps_the_rest(tmp_path, capsys):
+    results = tmp_path / "results"
+    a, b = write_run(tmp_path / "mine", "kp", 25.0), write_run(tmp_path / "mine", "lmf", 25.0)
+    publish([a], results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    written, refused = publish([a, b], results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    assert [w.parent.name for w in written] == ["lmf"]
+    assert len(refused) == 1 and "already published" in refused[0]
+
+
+def test_tables_read_published_and_own_records_with_the_leaderboard_first(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    runs = [
+        write_run(tmp_path / "mine", "dense", test=100.0),
+        write_run(tmp_path / "mine", "kp", 25.0, test=110.0),
+    ]
+    publish(runs, results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    write_run(results, "kp", 8.0, profile="smoke", test=900.0)  # the user's own smoke run
+    monkeypatch.setattr("suite.report.is_stale", lambda rec: False)
+    assert main(["report", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    board, _, check = out.partition("PIPELINE CHECK")
+    assert "LEADERBOARD" in board and "110.00" in board and "+10.0%" in board and "900" not in board
+    assert "900.00" in check and "110.00" not in check  # a full row and a smoke row never share a table
+
+
+def test_committed_results_documents_agree_with_the_published_records():
+    """docs/results.md and docs/claims.md are generated (`suite report --docs docs`) from results/published."""
+    from suite.leaderboard import documents
+
+    records = [r for r in load(ROOT / "results")[0] if r.published] if (ROOT / "results").is_dir() else []
+    for name, text in documents(summary(runs_frame(records)), records).items():
+        assert (ROOT / "docs" / name).read_text() == text, (
+            f"docs/{name} is out of date: run suite report --docs docs"
+        )

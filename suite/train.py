@@ -48,6 +48,7 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LightningModule.*that has .* parameters.*")
 warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # a resume
 
 
 def baseline_config(cfg: RunConfig) -> RunConfig:

@@ -373,3 +373,48 @@ def test_a_study_of_older_code_is_refused_not_resumed(tiny, capsys, monkeypatch)
     capsys.readouterr()
     assert main(["sweep", str(spec)]) == 2
     assert "made by older code of small_dense" in capsys.readouterr().err
+
+
+def _trial(params: dict, curve: list[float]) -> optuna.trial.FrozenTrial:
+    dist = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}
+    return optuna.trial.create_trial(
+        params=params,
+        distributions=dist,
+        intermediate_values=dict(enumerate(curve)),
+        state=TrialState.COMPLETE if len(curve) == 3 else TrialState.RUNNING,
+        value=curve[-1] if len(curve) == 3 else None,
+    )
+
+
+def test_setting_halving_races_learning_rates_within_one_configuration_only():
+    from suite.sweep.build import SettingHalving
+
+    study = optuna.create_study(direction="minimize")
+    study.add_trial(_trial({"method": "kp", "factor": 25, "lr": 1.0}, [200.0, 150.0, 140.0]))
+    study.add_trial(_trial({"method": "lmf", "factor": 25, "lr": 1.0}, [300.0, 290.0, 280.0]))
+    pruner = SettingHalving("lr", after_epochs=2, keep=1)
+    worse_kp = _trial({"method": "kp", "factor": 25, "lr": 0.5}, [210.0, 160.0])
+    better_kp = _trial({"method": "kp", "factor": 25, "lr": 0.25}, [190.0, 149.0])
+    lmf = _trial({"method": "lmf", "factor": 25, "lr": 0.5}, [250.0, 200.0])  # worse than kp, best of lmf
+    early = _trial({"method": "kp", "factor": 25, "lr": 0.125}, [500.0])  # before the rung: never pruned
+    assert pruner.prune(study, worse_kp) and not pruner.prune(study, better_kp)
+    assert not pruner.prune(study, lmf) and not pruner.prune(study, early)
+    assert not SettingHalving("lr", after_epochs=2, keep=2).prune(study, worse_kp)  # keep the best two
+
+
+def test_setting_halving_sweep_runs_the_first_rate_everywhere_then_stops_the_losers(tiny):
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    fields = dict(
+        methods=["small_dense", "kp"],
+        sampler="grid",
+        n_trials=None,
+        space={"factor": [2], "lr": [1.0, 1e-4]},
+        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
+    )
+    study = run_sweep(load_spec(write_spec(folder, preset, **fields)))
+    states = {(t.params["method"], t.params["lr"]): (t.state, t.user_attrs["epochs"]) for t in study.trials}
+    assert [t.params["lr"] for t in study.trials] == [1.0, 1.0, 1e-4, 1e-4]  # the first rate runs first
+    for method in ("small_dense", "kp"):
+        assert states[(method, 1.0)] == (TrialState.COMPLETE, 3)
+        assert states[(method, 1e-4)] == (TrialState.PRUNED, 1)

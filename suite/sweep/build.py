@@ -21,8 +21,47 @@ SAMPLERS = {
     "qmc": optuna.samplers.QMCSampler,
     "gp": optuna.samplers.GPSampler,
 }
+
+
+class SettingHalving(optuna.pruners.BasePruner):
+    """Successive halving among the values of one setting (the learning rate) of each configuration.
+
+    A trial that reaches epoch ``after_epochs`` is compared, on its validation metric at that epoch, with the trials
+    whose other settings (method, CF, CMR, ...) are all equal to its own: it goes on only while fewer than
+    ``keep`` of them are better there; otherwise it is pruned. So each configuration's learning rates race for
+    ``after_epochs`` epochs and the losers stop; with the likely best rate tried first (list it first in the
+    space), a configuration costs 1 + (n - 1) after_epochs / epochs full runs. A trial never competes with another
+    configuration's, as Optuna's own pruners would have it do in a study over many methods.
+    """
+
+    def __init__(self, param: str = "lr", after_epochs: int = 2, keep: int = 1) -> None:
+        if not isinstance(param, str) or not param:
+            raise ValueError(f"param must be a setting's name, got {param!r}")
+        if not isinstance(after_epochs, int) or after_epochs < 1:
+            raise ValueError(f"after_epochs must be a positive integer, got {after_epochs!r}")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        self.param, self.step, self.keep = param, after_epochs - 1, keep
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.last_step != self.step or self.step not in trial.intermediate_values:
+            return False
+        mine = trial.intermediate_values[self.step]
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+        group = {k: v for k, v in trial.params.items() if k != self.param}
+        better = 0
+        for other in study.get_trials(deepcopy=False):
+            if other.number == trial.number or self.step not in other.intermediate_values:
+                continue
+            if {k: v for k, v in other.params.items() if k != self.param} != group:
+                continue
+            better += sign * other.intermediate_values[self.step] < sign * mine
+        return better >= self.keep
+
+
 PRUNERS = {
     "none": optuna.pruners.NopPruner,
+    "setting_halving": SettingHalving,
     "median": optuna.pruners.MedianPruner,
     "percentile": optuna.pruners.PercentilePruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,

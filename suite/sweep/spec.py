@@ -103,6 +103,12 @@ class SweepSpec:
             for values in itertools.product(*(p.choices for p in params)):
                 point = {"method": method} if len(self.methods) > 1 else {}
                 points.append({**point, **{p.name: v for p, v in zip(params, values)}})
+        if self.pruner.name == "setting_halving":
+            # Each configuration's first value of the raced setting runs before any second one, so later values
+            # race against finished curves and stop after the rung (the cheapest order for successive halving).
+            param = self.pruner.options.get("param", "lr")
+            choices = {p.name: p.choices for m in self.methods for p in self.params_for(m)}.get(param, [])
+            points.sort(key=lambda pt: choices.index(pt[param]) if param in pt else 0)
         return points
 
     def identity(self) -> dict[str, Any]:

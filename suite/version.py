@@ -2,8 +2,8 @@
 
 A run's result is decided by the training loop (suite/train.py), its task family's module, its method's module,
 and whatever those import from this package: the model, the data code, the compressor registry and accounting,
-the config. The version is a hash of the contents of exactly those files, found by following the package's own
-imports (``import`` statements, read with ``ast``) from the three starting modules. Modules that only look at
+the config. The version is a hash of the syntax trees (without docstrings: comments, docstrings and formatting
+change no version) of exactly those files, found by following the package's own imports (``import`` statements, read with ``ast``) from the three starting modules. Modules that only look at
 results (report, figures, sweeps, benchmarks, the CLI) are never imported by them, and the ones train() imports
 only to write and show a run (``VIEWS``: the record format, W&B, progress, atomic writes) are not followed, so
 changing them never retrains anything; a change in suite/compressors/lowrank.py changes the version of lmf, svd, hmd and the doped
@@ -44,10 +44,15 @@ def _is_package(name: str, path: Path) -> bool:
     return path.name == "__init__.py"
 
 
+@functools.lru_cache(maxsize=512)
+def _parse(path: str, mtime_ns: int) -> ast.Module:
+    return ast.parse(Path(path).read_text(), filename=path)
+
+
 def _imports(name: str, path: Path) -> set[str]:
     """Modules of this package that ``name`` (at ``path``) imports: ``from .x import y`` gives x, and x.y when y
     is a module of its own."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = _parse(str(path), path.stat().st_mtime_ns)
     package = name if _is_package(name, path) else name.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -85,10 +90,33 @@ def closure(modules: tuple[str, ...]) -> dict[str, Path]:
     return seen
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` without docstrings (a leading string of a module, class or function body)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_text(path: Path) -> str:
+    """What of a module's source can change a result: its syntax tree without docstrings, so that comments,
+    docstrings and formatting never change a version (a rename or a move still does; see suite.behaviour)."""
+    return _source_text(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _source_text(path: str, mtime_ns: int) -> str:
+    tree = _strip_docstrings(ast.parse(Path(path).read_text(), filename=path))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
 def files_version(files: dict[str, Path]) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].read_bytes().replace(b"\r\n", b"\n") + b"\0")
+        h.update(name.encode() + b"\0" + source_text(files[name]).encode() + b"\0")
     return h.hexdigest()[:12]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,20 @@ def test_uniform_logits_give_the_vocabulary_size_as_perplexity():
     batches = [(torch.randint(37, (5, 3)), torch.randint(37, (5, 3))) for _ in range(4)]
     assert task.evaluate(batches) == pytest.approx(37, rel=1e-5)
     assert math.isclose(math.log(task.evaluate(batches)), math.log(37), rel_tol=1e-6)
+
+
+def test_code_version_ignores_comments_docstrings_and_formatting(tmp_path):
+    """A run's code version hashes syntax trees without docstrings: comments, docstrings and formatting of the
+    code that decides a run never make its records stale; a changed constant does."""
+    from suite.version import files_version
+
+    source = Path(__file__).resolve().parent.parent / "suite" / "errors.py"
+    text = source.read_text()
+    same = tmp_path / "same.py"
+    same.write_text(
+        '"""Another docstring."""\n# a comment\n' + text.split('"""', 2)[2].replace("\n\n", "\n\n\n")
+    )
+    changed = tmp_path / "changed.py"
+    changed.write_text(text + "\nLIMIT = 3\n")
+    assert files_version({"suite.errors": source}) == files_version({"suite.errors": same})
+    assert files_version({"suite.errors": source}) != files_version({"suite.errors": changed})

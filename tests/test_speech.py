@@ -23,8 +23,9 @@ from suite.compressors import account, available, make_config, registry
 from suite.compressors.accounting import parametrized_tensors
 from suite.config import load_run
 from suite.data import audio, fsdd
+from suite.data.buckets import BucketBatchSampler
 from suite.data.fsdd import UtteranceSettings
-from suite.data.utterances import LengthBuckets, collate
+from suite.data.utterances import collate
 from suite.errors import ConfigError, DataError
 from suite.models.acoustic import BLANK, build_acoustic, greedy_decode
 from suite.tasks.base import make_settings
@@ -354,13 +355,13 @@ def test_a_method_needing_word_frequencies_does_not_apply_and_says_so(data_root,
 
 def test_length_buckets_cover_every_utterance_once():
     lengths = [int(n) for n in torch.randint(10, 500, (203,), generator=torch.Generator().manual_seed(0))]
-    train = LengthBuckets(lengths, 8, shuffle=True, pool=5)
+    train = BucketBatchSampler(lengths, 8, shuffle=True, chunk_batches=5)
     batches = list(train)
     assert len(batches) == len(train) and all(len(b) <= 8 for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(203))
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
     assert spread < 100  # similar lengths in a batch (random batches would spread over ~400)
-    evaluation = list(LengthBuckets(lengths, 8, shuffle=False))
+    evaluation = list(BucketBatchSampler(lengths, 8, shuffle=False, sort_eval=True))
     flat = [lengths[i] for b in evaluation for i in b]
     assert flat == sorted(lengths) and len(evaluation) == math.ceil(203 / 8)
 

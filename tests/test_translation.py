@@ -165,28 +165,34 @@ def test_download_is_checked_by_sha256(tmp_path, monkeypatch, data_root):
 
 
 def test_bucketing_keeps_every_example_once_per_epoch_and_reshuffles():
-    g = torch.Generator().manual_seed(0)
-    src_len, tgt_len = torch.randint(1, 30, (1003,), generator=g), torch.randint(1, 30, (1003,), generator=g)
-    sampler = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=True, seed=3, chunk_batches=10)
+    key = torch.randint(1, 30, (1003,), generator=torch.Generator().manual_seed(0))
+    epoch = 0
+    sampler = BucketBatchSampler(
+        key, batch_size=16, shuffle=True, seed=3, epoch=lambda: epoch, chunk_batches=10
+    )
     orders = []
-    for epoch in (0, 1, 0):
-        sampler.set_epoch(epoch)
+    for epoch in (0, 1, 0):  # noqa: B007 (the sampler reads ``epoch``)
         batches = list(sampler)
         assert len(batches) == len(sampler)
         flat = [i for b in batches for i in b]
         assert sorted(flat) == list(range(1003))
         assert all(1 <= len(b) <= 16 for b in batches)
         orders.append(flat)
-        # Sorted within chunks: a batch's source lengths are close.
-        spread = sum(int(src_len[b].max() - src_len[b].min()) for b in batches) / len(batches)
+        # Sorted within chunks: a batch's keys are close.
+        spread = sum(int(key[b].max() - key[b].min()) for b in batches) / len(batches)
         assert spread < 5
     assert orders[0] != orders[1] and orders[0] == orders[2]
-    fresh = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=True, seed=3, chunk_batches=10)
-    assert [[i for b in fresh for i in b] for _ in range(2)] == orders[:2]  # each pass is the next epoch
-    other_seed = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=True, seed=4, chunk_batches=10)
+    other_seed = BucketBatchSampler(key, batch_size=16, shuffle=True, seed=4, chunk_batches=10)
     assert [i for b in other_seed for i in b] != orders[0]
-    ordered = BucketBatchSampler(src_len, tgt_len, batch_size=16, shuffle=False)
+    ordered = BucketBatchSampler(key, batch_size=16, shuffle=False)
     assert [i for b in ordered for i in b] == list(range(1003)) and len(list(ordered)) == len(ordered) == 63
+
+
+def test_pairs_are_bucketed_by_source_length_then_target_length(corpus):
+    ds = PairDataset(corpus.src["train"], corpus.tgt["train"], 120)
+    pairs = [(ds[i][1].numel(), ds[i][2].numel()) for i in range(len(ds))]
+    by_key = torch.argsort(ds.bucket_key, stable=True).tolist()
+    assert [pairs[i] for i in by_key] == sorted(pairs)
 
 
 def test_collate_pads_and_shifts_the_target(corpus):
@@ -323,7 +329,7 @@ def test_decoders_reproduce_a_learnt_rule(corpus):
     ds = PairDataset(corpus.src["val"], corpus.tgt["val"], None, corpus.references["val"], corpus.tgt_vocab)
     loader = torch.utils.data.DataLoader(
         ds,
-        batch_sampler=BucketBatchSampler(ds.lengths, ds.tgt.lengths, 16, shuffle=False),
+        batch_sampler=BucketBatchSampler(ds.bucket_key, 16, shuffle=False),
         collate_fn=collate,
     )
     greedy_bleu, beam_bleu = task.evaluate(loader), task.evaluate(loader, beam=4)
@@ -454,10 +460,9 @@ def test_smoke_fit_logs_val_and_test_bleu_and_reshuffles_every_epoch(corpus):
     assert {"val_bleu", "val_loss", "train_loss"} <= set(task.fit_metrics)
     first, second = task.seen
     assert sorted(first) == sorted(second) == list(range(150)) and first != second
-    expected = BucketBatchSampler(
-        *(s.lengths[:150] for s in (corpus.src["train"], corpus.tgt["train"])), 16, True, 0
-    )
-    assert [[i for b in expected for i in b] for _ in range(2)] == [first, second]
+    key = PairDataset(corpus.src["train"], corpus.tgt["train"], 150).bucket_key
+    expected = [BucketBatchSampler(key, 16, True, seed=0, epoch=lambda e=e: e) for e in range(2)]
+    assert [[i for b in sampler for i in b] for sampler in expected] == [first, second]
     assert 0 <= float(task.fit_metrics["val_bleu"]) <= 100 and "test_bleu" in task.test_metrics
     assert "tok:none" in task.metric_detail["bleu_signature"]
 

@@ -1,13 +1,16 @@
-"""Batches of sentence pairs bucketed by length, padded with ``<pad>`` (id 0) and masked downstream.
+"""Batching by length: the batch sampler every family with variable-length examples shares (translation,
+speech), and translation's sentence-pair dataset and padding (``<pad>``, id 0, masked downstream).
 
-Training: the examples are shuffled with a per-epoch seed, cut into large chunks, each chunk sorted by length and
-cut into batches, and the batches shuffled; so a batch holds sentences of similar length (little padding) while
-the epochs still differ. Evaluation: consecutive examples in file order, so hypotheses line up with references.
+Training: the examples are shuffled, cut into large chunks, each chunk sorted by length and cut into batches,
+and the batches shuffled; so a batch holds examples of similar length (little padding) while the epochs still
+differ. The shuffling of epoch e draws from a generator seeded by the run's seed and e alone, never from torch's
+global generator: methods whose initialisation or dropout consume that generator differently still see the
+same batches in the same order, and a run resumed at epoch k draws epoch k's order. Evaluation: in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -39,61 +42,59 @@ class PairDataset(Dataset):
         return i, self.src[i], self.tgt[i]
 
     @property
-    def lengths(self) -> Tensor:
-        """(n,) source lengths, the bucketing key (the target length breaks ties)."""
-        return self.src.lengths[: self.n]
+    def bucket_key(self) -> Tensor:
+        """(n,) what batches are bucketed by: the source length, ties broken by the target length."""
+        src, tgt = self.src.lengths[: self.n], self.tgt.lengths[: self.n]
+        return src * (int(tgt.max()) + 1) + tgt if self.n else src
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Index batches of similar source length; ``shuffle=False`` gives consecutive batches in order.
+    """Index batches of examples of similar ``lengths`` (any integer sort key).
 
-    With ``shuffle``, epoch e draws its order from ``seed + e``: every example appears exactly once per epoch,
-    and a rerun with the same seed sees the same batches. Each pass counts as the next epoch, unless
-    ``set_epoch`` says which (Lightning calls ``set_epoch`` on samplers only, never on a batch sampler).
+    Training (``shuffle``): epoch e's order is drawn from a generator seeded by ``seed + e``; every example
+    appears exactly once per epoch. The epoch is ``epoch()``, read when a pass draws its first batch; the data
+    modules pass the trainer's ``current_epoch`` (Lightning never calls ``set_epoch`` on a batch sampler, and a
+    count of passes would restart at 0 in a resumed process). Reading it then, not when the iterator is made,
+    matters: Lightning makes the first epoch's iterator before it brings a resumed run's ``current_epoch`` up to
+    date, and draws the first batch after (the loaders have a length and no worker processes, so nothing is
+    fetched ahead). Evaluation: consecutive batches in dataset order, or sorted by length with ``sort_eval``.
     """
 
     def __init__(
         self,
-        src_lengths: Tensor,
-        tgt_lengths: Tensor,
+        lengths: Tensor | Sequence[int],
         batch_size: int,
         shuffle: bool,
         seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
         chunk_batches: int = 100,
+        sort_eval: bool = False,
     ) -> None:
         if batch_size < 1 or chunk_batches < 1:
             raise ValueError("batch_size and chunk_batches must be positive")
-        self.src_lengths, self.tgt_lengths = src_lengths, tgt_lengths
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.chunk = batch_size * chunk_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.chunk, self.sort_eval = batch_size * chunk_batches, sort_eval
 
     def __len__(self) -> int:
-        n = self.src_lengths.numel()
+        n = self.lengths.numel()
         if not self.shuffle:
             return -(-n // self.batch_size)
         return sum(-(-min(self.chunk, n - s) // self.batch_size) for s in range(0, n, self.chunk))
 
     def __iter__(self) -> Iterator[list[int]]:
-        n = self.src_lengths.numel()
+        n = self.lengths.numel()
         if not self.shuffle:
+            order = torch.argsort(self.lengths, stable=True) if self.sort_eval else torch.arange(n)
             for s in range(0, n, self.batch_size):
-                yield list(range(s, min(s + self.batch_size, n)))
+                yield order[s : s + self.batch_size].tolist()
             return
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        g = torch.Generator().manual_seed(self.seed + epoch)
+        g = torch.Generator().manual_seed(self.seed + self.epoch())
         order = torch.randperm(n, generator=g)
-        # Sort key: source length, then target length; the stable sort keeps the shuffled order among ties.
-        key = (
-            self.src_lengths * (int(self.tgt_lengths.max()) + 1) + self.tgt_lengths if n else self.src_lengths
-        )
         batches = []
         for s in range(0, n, self.chunk):
             chunk = order[s : s + self.chunk]
-            chunk = chunk[torch.sort(key[chunk], stable=True).indices]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]  # stable: shuffled among ties
             batches.extend(
                 chunk[b : b + self.batch_size].tolist() for b in range(0, chunk.numel(), self.batch_size)
             )

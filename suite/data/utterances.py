@@ -1,15 +1,15 @@
-"""Batching of variable-length utterances: a Dataset of (features, labels), zero-padding collation, and a batch
-sampler that groups utterances of similar length."""
+"""Utterances for batching: a Dataset of (features, labels) and zero-padding collation (batches of similar
+length come from ``suite.data.buckets.BucketBatchSampler``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .fsdd import FSDD
 
@@ -41,39 +41,3 @@ def collate(items: Sequence[tuple[Tensor, Tensor]]) -> Batch:
         pad_sequence(labels, batch_first=True),  # (B, S)
         torch.tensor([y.size(0) for y in labels]),
     )
-
-
-class LengthBuckets(Sampler[list[int]]):
-    """Batches of utterances of similar length, so that little of a batch is padding.
-
-    Training (``shuffle``): every epoch the utterances are shuffled, cut into pools of ``pool`` batches, each
-    pool sorted by length and cut into batches, and the batches shuffled. The permutation is seeded from
-    torch's global generator, as DataLoader's own shuffling is (so the run's seed fixes it). Evaluation: sorted
-    by length, in order.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, pool: int = 50) -> None:
-        self.lengths = torch.tensor(list(lengths))
-        self.batch_size, self.shuffle, self.pool = batch_size, shuffle, pool * batch_size
-
-    def __len__(self) -> int:
-        n, b = len(self.lengths), self.batch_size
-        if not self.shuffle:
-            return math.ceil(n / b)
-        full, rest = divmod(n, self.pool)
-        return full * math.ceil(self.pool / b) + math.ceil(rest / b)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if not self.shuffle:
-            order = torch.argsort(self.lengths, stable=True).tolist()
-            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
-            return
-        g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-        perm = torch.randperm(len(self.lengths), generator=g)
-        batches = []
-        for start in range(0, len(perm), self.pool):
-            chunk = perm[start : start + self.pool]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)].tolist()
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for k in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[k]

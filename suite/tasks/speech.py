@@ -19,8 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.audio import N_MELS
+from ..data.buckets import BucketBatchSampler
 from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd
-from ..data.utterances import Batch, LengthBuckets, Utterances, collate
+from ..data.loaders import loader
+from ..data.utterances import Batch, Utterances, collate
 from ..errors import ConfigError, TrialDiverged
 from ..models.acoustic import BLANK, CLASSES, build_acoustic, greedy_decode
 from . import register
@@ -112,7 +114,8 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 
 
 class SpeechData(pl.LightningDataModule):
-    """Length-bucketed, zero-padded batches of the train/valid/test utterances."""
+    """Length-bucketed, zero-padded batches of the train/valid/test utterances: training batches shuffled by
+    (run seed, epoch), evaluation sorted by length."""
 
     def __init__(self, data: FSDD, cfg: SpeechTrain) -> None:
         super().__init__()
@@ -127,21 +130,26 @@ class SpeechData(pl.LightningDataModule):
     def train_frames(self) -> int:
         return sum(self.sets["train"].lengths)
 
-    def _loader(self, split: str) -> DataLoader:
-        ds, train = self.sets[split], split == "train"
-        size = self.cfg.batch_size if train else self.cfg.eval_batch_size
-        return DataLoader(
-            ds, batch_sampler=LengthBuckets(ds.lengths, size, shuffle=train), collate_fn=collate
-        )
+    def train_loader(self, seed: int, epoch: Callable[[], int] = lambda: 0) -> DataLoader:
+        """Training batches whose order depends only on ``seed`` and the epoch ``epoch()`` says."""
+        ds = self.sets["train"]
+        sampler = BucketBatchSampler(ds.lengths, self.cfg.batch_size, True, seed, epoch, chunk_batches=50)
+        return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        # The run's seed (train() seeds torch before fitting) and the trainer's epoch, read as each pass starts.
+        return self.train_loader(torch.initial_seed(), lambda: self.trainer.current_epoch)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.sets[split]
+        sampler = BucketBatchSampler(ds.lengths, self.cfg.eval_batch_size, shuffle=False, sort_eval=True)
+        return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid")
+        return self._eval_loader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._eval_loader("test")
 
 
 # The LightningModule --------------------------------------------------------------------------------------
@@ -303,7 +311,7 @@ class Speech(Family):
             raise ConfigError(f"task family speech cannot give methods {', '.join(sorted(unknown))}")
         if not needs:
             return DataContext()
-        loader = datamodule.train_dataloader()
+        loader = datamodule.train_loader(seed=0)
         return DataContext(calibration=[b for _, b in zip(range(4), loader)], loss=_bare_loss)
 
 

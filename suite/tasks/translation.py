@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from ..data.buckets import BucketBatchSampler, PairDataset, collate
+from ..data.loaders import loader
 from ..data.multi30k import PAD_ID, ParallelCorpus, load_multi30k
 from ..errors import ConfigError, TrialDiverged
 from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
@@ -143,7 +144,7 @@ def _leading(n: int, fraction: float) -> int:
 
 
 class TranslationData(pl.LightningDataModule):
-    """Length-bucketed, shuffled training batches (reseeded every epoch); validation and test in file order."""
+    """Length-bucketed training batches, shuffled by (run seed, epoch); validation and test in file order."""
 
     def __init__(self, corpus: ParallelCorpus, cfg: TranslationTrain) -> None:
         super().__init__()
@@ -163,23 +164,20 @@ class TranslationData(pl.LightningDataModule):
         """Target tokens the decoder predicts in one epoch (words and ``<eos>``)."""
         return int((self.corpus.tgt["train"].lengths[: len(self.train_set)] - 1).sum())
 
-    def train_loader(self, seed: int) -> DataLoader:
+    def train_loader(self, seed: int, epoch: Callable[[], int] = lambda: 0) -> DataLoader:
+        """Training batches whose order depends only on ``seed`` and the epoch ``epoch()`` says."""
         ds = self.train_set
-        sampler = BucketBatchSampler(
-            ds.lengths, ds.tgt.lengths[: len(ds)], self.cfg.batch_size, shuffle=True, seed=seed
-        )
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+        sampler = BucketBatchSampler(ds.bucket_key, self.cfg.batch_size, True, seed, epoch)
+        return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
-        # Batch order follows the run's seed (train() seeds torch before fitting).
-        return self.train_loader(torch.initial_seed())
+        # The run's seed (train() seeds torch before fitting) and the trainer's epoch, read as each pass starts.
+        return self.train_loader(torch.initial_seed(), lambda: self.trainer.current_epoch)
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.eval_sets[split]
-        sampler = BucketBatchSampler(
-            ds.lengths, ds.tgt.lengths[: len(ds)], self.cfg.eval_batch_size, shuffle=False
-        )
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+        sampler = BucketBatchSampler(ds.bucket_key, self.cfg.eval_batch_size, shuffle=False)
+        return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -13,7 +13,9 @@ Paths are left out or made relative: the data folder becomes the dataset's name,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import shlex
 import shutil
 import subprocess
@@ -152,3 +154,49 @@ def publish(
             f"published {rec.task} {rec.method} {rec.run_id} (commit {d['provenance']['git_sha'][:7]}) -> {dest}"
         )
     return written, refused
+
+
+# Staleness and reuse of published records ---------------------------------------------------------------------
+
+
+def behaviour_key(record: Record) -> tuple[str, str, str]:
+    """(family, method, variant): what a published record's behaviour fingerprint is the fingerprint of."""
+    from .behaviour import variant
+
+    return (record.config.get("family", "lm"), record.method, variant(record.config))
+
+
+def stale_reasons(records: list[Record]) -> dict[str, str | None]:
+    """Per published record (by run-id): None while the code keeps the behaviour that made it, else what
+    changed. The current fingerprints come from results/published/behaviour.json or the local cache, and are
+    computed (one tiny run each, all in one process) only for code that neither knows."""
+    if not records:
+        return {}
+    from .behaviour import current, stale_reason
+
+    keys = {r.run_id: behaviour_key(r) for r in records}
+    now = current(set(keys.values()))
+    return {r.run_id: stale_reason(r.published.get("behaviour"), now[keys[r.run_id]]) for r in records}
+
+
+def _what(config: dict) -> str:
+    """A configuration without where it lives or which code ran it: what a published record and a run share."""
+    keys = ("task", "family", "dataset", "model", "train", "method", "compress", "seed")
+    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+def find_published(cfg) -> Record | None:
+    """A published record of this very configuration and seed whose code still behaves as the current code does:
+    a run that need not be redone (after a refactor, say) although its run-id (code version) differs."""
+    folder = published_dir(cfg.results_dir) / cfg.task / cfg.method
+    want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
+    found = []
+    for path in sorted(folder.glob("*/record.json")) if folder.is_dir() else []:
+        try:
+            rec = Record.load(path)
+        except DataError:
+            continue
+        if rec.status == "ok" and _what(rec.config) == want:
+            found.append(rec)
+    current = [r for r in found if stale_reasons([r])[r.run_id] is None]
+    return current[0] if current else None

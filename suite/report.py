@@ -7,8 +7,9 @@ The rules every table and figure follows (DESIGN.md, "Selection and identity"):
 - A configuration is its task, data, model, training, method settings, profile and code version: different
   budgets or profiles never share a row, and the setting chosen for a method is chosen among runs of one
   ``setup`` (the same data, model, profile and training budget; only the learning rate may differ).
-- Records of older code (their ``code_version`` is not the current one) are left out, and the report says how
-  many; ``stale=True`` shows them in rows of their own, marked.
+- Records of older code (their ``code_version`` is not the current one; for a published record, code whose
+  behaviour fingerprint differs, ``suite.behaviour``) are left out, and the report says how many;
+  ``stale=True`` shows them in rows of their own, marked, with what changed.
 - A configuration says how many seeds were asked (n_asked), finished (n_ok), failed and were pruned; a mean
   over fewer seeds than asked is marked ``partial``.
 """
@@ -265,12 +266,21 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
         raise ConfigError(
             f"no runs under {results_dir}: it {what}; run `suite train` or a sweep first, or pass --results"
         )
+    from .publish import stale_reasons
+
     records, seen, left_out = [], set(), 0
-    for rec in load_records(results_dir, status=None):
-        if rec.run_id in seen:
-            continue
-        seen.add(rec.run_id)
-        if is_stale(rec):
+    found = []
+    for rec in load_records(results_dir, status=None):  # published records first: they win a shared run-id
+        if rec.run_id not in seen:
+            seen.add(rec.run_id)
+            found.append(rec)
+    # A published record is current while its code keeps its behaviour (suite.behaviour); one of the user's own
+    # while its code version is the current one.
+    reasons = stale_reasons([r for r in found if r.published])
+    for rec in found:
+        if rec.published:
+            rec._stale_reason = reasons[rec.run_id]
+        if rec._stale_reason is not None if rec.published else is_stale(rec):
             if not stale:
                 left_out += 1
                 continue

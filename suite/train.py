@@ -103,12 +103,14 @@ def _remove_stale_staging(final_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(cfg: RunConfig, anywhere: bool = False) -> Record | None:
+def find(cfg: RunConfig, anywhere: bool = False, published: bool = True) -> Record | None:
     """The finished record of this exact configuration (same run-id: config, seed and code version) in this
-    run's store (``anywhere``: in any store under results/runs), if there is one. A pipeline stage reuses only
-    its own runs, so that what it reports is its own output; the dense baseline a trained init starts from is
-    looked up everywhere (the baselines stage made it). A record file that cannot be read is a DataError
-    naming it."""
+    run's store (``anywhere``: in any store under results/runs), if there is one; else (``published``) a
+    published record of the same configuration and seed whose code behaves as the current code does
+    (``suite.publish.find_published``). A pipeline stage reuses only its own runs, so that what it reports is its
+    own output; the dense baseline a trained init starts from is looked up everywhere (the baselines stage made
+    it), but never among published records, which keep no weights. A record file that cannot be read is a
+    DataError naming it."""
     own = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
     folder = locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) if anywhere else None
     path = record_path(folder or own)
@@ -119,6 +121,10 @@ def find(cfg: RunConfig, anywhere: bool = False) -> Record | None:
             raise DataError(f"{e}; delete its folder, or redo the run with --force") from None
         if rec.status == "ok":
             return rec
+    if published and cfg.profile == "paper":
+        from .publish import find_published
+
+        return find_published(cfg)
     return None
 
 
@@ -213,7 +219,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
         dry.init = "scratch"
         build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
         t_base = time.perf_counter()
-        found = find(baseline_config(cfg), anywhere=True)
+        found = find(baseline_config(cfg), anywhere=True, published=False)
         base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")

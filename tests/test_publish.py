@@ -146,7 +146,8 @@ def test_tables_read_published_and_own_records_with_the_leaderboard_first(tmp_pa
     ]
     publish(runs, results, fingerprint=fake_fingerprint, echo=lambda s: None)
     write_run(results, "kp", 8.0, profile="smoke", test=900.0)  # the user's own smoke run
-    monkeypatch.setattr("suite.report.is_stale", lambda rec: False)
+    monkeypatch.setattr("suite.publish.stale_reasons", lambda recs: {r.run_id: None for r in recs})
+    monkeypatch.setattr("suite.report.is_stale", lambda rec: False)  # the fake records' code versions
     assert main(["report", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     board, _, check = out.partition("PIPELINE CHECK")

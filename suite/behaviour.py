@@ -39,7 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = Path("results/published/behaviour.json")
 """The committed fingerprints, relative to the repository root."""
-Pair = tuple[str, str]
+Pair = tuple[str, ...]
+"""(family, method) or (family, method, variant): ``variant`` (``variant(config)``) names the random settings of
+a record that the tiny run takes over (dropout, co-matrix dropout), so that a record is judged by the code paths
+its own configuration takes: a change in how dropout draws its numbers leaves a run without dropout current."""
 
 # The tiny run (what RECIPE_PARTS names) -------------------------------------------------------------------
 
@@ -139,8 +142,8 @@ def _numbers(record) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
 
-def _tiny_run(family: str, method: str, work: Path) -> dict:
-    """The tiny run of one pair in ``work``: {status, reason, values}."""
+def _tiny_run(family: str, method: str, work: Path, variant: str = "") -> dict:
+    """The tiny run of one pair in ``work`` (with the settings of ``variant``): {status, reason, values}."""
     from suite.config import load_run
     from suite.train import train
 
@@ -158,7 +161,10 @@ def _tiny_run(family: str, method: str, work: Path) -> dict:
                 raise
             return load_run(preset, method=method, seed=SEED, sets={**sets, **more})
 
-    own = {k: v for k, v in METHOD_SETTINGS.items() if k in config().compress}
+    taken = json.loads(variant) if variant else {}
+    model = {k: v for k, v in taken.items() if k.startswith("model.")}
+    own = {k: v for k, v in {**METHOD_SETTINGS, **taken}.items() if k in config().compress}
+    own.update(model)
     fails = []
     for where in ({}, *([{"targets": VOCAB_TARGETS[family]}] if family in VOCAB_TARGETS else [])):
         try:
@@ -181,8 +187,9 @@ def _main(out: str, *pairs: str) -> None:
     torch.set_num_threads(1)
     results = {}
     for pair in pairs:
-        family, method = pair.split("/")
-        result = _tiny_run(family, method, Path.cwd())
+        name, _, variant = pair.partition("|")
+        family, method = name.split("/")
+        result = _tiny_run(family, method, Path.cwd(), variant)
         try:
             result["source"] = source_version(family, method)
         except Exception:  # an older package whose closure this module cannot follow
@@ -254,7 +261,31 @@ BOOT = "import runpy, sys; sys.path[:1] == [''] and sys.path.pop(0); runpy.run_p
 """Runs this file as a script (arguments: its path, then its own), the work folder kept off sys.path."""
 
 
-def _fingerprint(family: str, method: str, result: dict) -> dict:
+def variant(config: dict) -> str:
+    """The random settings of a run's config that its fingerprint takes over ("" when it has none)."""
+    taken = {}
+    if "dropout" in (config.get("model") or {}):
+        taken["model.dropout"] = config["model"]["dropout"]
+    compress = config.get("compress") or {}
+    taken.update({k: compress[k] for k in RANDOM_SETTINGS if k in compress})
+    return json.dumps(taken, sort_keys=True) if taken else ""
+
+
+RANDOM_SETTINGS = ("cmr", "cmr_mode")
+"""Method settings that decide which random numbers a run draws (besides the model's dropout)."""
+
+
+def _parts(pair: Pair) -> tuple[str, str, str]:
+    family, method, *rest = pair
+    return family, method, rest[0] if rest else ""
+
+
+def _arg(pair: Pair) -> str:
+    family, method, var = _parts(pair)
+    return f"{family}/{method}" + (f"|{var}" if var else "")
+
+
+def _fingerprint(family: str, method: str, result: dict, var: str = "") -> dict:
     values = result.get("values", {})
     rounded = json.dumps(
         [result["status"], {k: float(f"{v:.6g}") for k, v in values.items()}], sort_keys=True
@@ -262,6 +293,7 @@ def _fingerprint(family: str, method: str, result: dict) -> dict:
     return {
         "family": family,
         "method": method,
+        **({"variant": var} if var else {}),
         "source": result.get("source"),
         "recipe": RECIPE,
         "status": result["status"],
@@ -284,14 +316,14 @@ def compute(pairs: Iterable[Pair], code: Path | None = None) -> dict[Pair, dict]
         env.update(PYTHONPATH=str(code or ROOT), CUDA_VISIBLE_DEVICES="", SUITE_CACHE_DIR=str(work / "cache"))
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", WANDB_MODE="disabled")
         env.update(HF_DATASETS_OFFLINE="1")
-        args = [str(Path(__file__).resolve()), str(out), *(f"{f}/{m}" for f, m in pairs)]
+        args = [str(Path(__file__).resolve()), str(out), *map(_arg, pairs)]
         cmd = [sys.executable, "-c", BOOT, *args]
         done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not out.is_file():
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise SuiteError(f"the tiny behaviour runs failed (exit {done.returncode}): {last}")
         results = json.loads(out.read_text())
-    return {(f, m): _fingerprint(f, m, results[f"{f}/{m}"]) for f, m in pairs}
+    return {p: _fingerprint(*_parts(p)[:2], results[_arg(p)], _parts(p)[2]) for p in pairs}
 
 
 def fingerprint_at(sha: str, pairs: Iterable[Pair], repo: Path = ROOT) -> dict[Pair, dict]:
@@ -314,8 +346,8 @@ def local_cache() -> Path:
     return Path(os.environ.get("SUITE_CACHE_DIR", "~/.cache/suite")).expanduser() / "behaviour.json"
 
 
-def _key(family: str, method: str, source: str | None) -> str:
-    return f"{family}/{method}/{source}/{RECIPE}"
+def _key(family: str, method: str, source: str | None, var: str = "") -> str:
+    return f"{family}/{method}/{source}/{RECIPE}" + (f"/{var}" if var else "")
 
 
 def _read(path: Path) -> dict[str, dict]:
@@ -329,7 +361,7 @@ def _add(path: Path, fingerprints: Iterable[dict]) -> None:
     """Add fingerprints to a JSON file atomically (one that says ``error`` is a failed run, never kept)."""
     from suite.files import write_text
 
-    new = {_key(fp["family"], fp["method"], fp["source"]): fp for fp in fingerprints}
+    new = {_key(fp["family"], fp["method"], fp["source"], fp.get("variant", "")): fp for fp in fingerprints}
     new = {k: fp for k, fp in new.items() if fp["status"] != "error" and fp["source"]}
     if new:
         text = json.dumps({"fingerprints": {**_read(path), **new}}, indent=1, sort_keys=True)
@@ -342,7 +374,7 @@ def current(pairs: Iterable[Pair], published: Path = PUBLISHED) -> dict[Pair, di
     ($SUITE_CACHE_DIR/behaviour.json), else computed (all misses in one subprocess) and added to the cache."""
     pairs = list(dict.fromkeys(pairs))
     known = {**_read(local_cache()), **_read(ROOT / published)}
-    out = {p: known.get(_key(*p, source_version(*p))) for p in pairs}
+    out = {p: known.get(_key(*p[:2], source_version(*p[:2]), _parts(p)[2])) for p in pairs}
     missing = [p for p, fp in out.items() if fp is None]
     if missing:
         out.update(fresh := compute(missing))
@@ -355,6 +387,18 @@ def publish(pairs: Iterable[Pair], published: Path = PUBLISHED) -> dict[Pair, di
     fps = current(pairs, published)
     _add(ROOT / published, fps.values())
     return fps
+
+
+def of_record(record) -> dict:
+    """The fingerprint of the code that made ``record`` (its commit's ``suite/``; the current code when that is
+    the same tree), for the record's own random settings (``variant``)."""
+    key = (record.config.get("family", "lm"), record.method, variant(record.config))
+    sha = record.provenance.get("git_sha")
+    same_tree = (
+        sha
+        and subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", sha, "--", "suite"]).returncode == 0
+    )
+    return (current([key]) if same_tree else fingerprint_at(sha, [key]))[key]
 
 
 # Comparing ---------------------------------------------------------------------------------------------------
@@ -391,6 +435,8 @@ def same(a: dict, b: dict) -> bool:
 def stale_reason(record_fingerprint: dict | None, current_fingerprint: dict) -> str | None:
     """None when a record's fingerprint is the same as the current one; else what changed, in one short line."""
     pair = f"{current_fingerprint['family']}/{current_fingerprint['method']}"
+    if current_fingerprint.get("variant"):
+        pair += f" ({current_fingerprint['variant']})"
     if record_fingerprint is None:
         return f"no behaviour fingerprint for the record of {pair}"
     diff = difference(record_fingerprint, current_fingerprint)

@@ -118,6 +118,7 @@ def publish(
     """Copy the finished full-scale runs of ``run_dirs`` into results/published; returns the folders written and
     one line per run refused. ``fingerprint(record)``: the behaviour fingerprint of the code that made it."""
     written, refused = [], []
+    record_fingerprints = fingerprint is None
     for folder in map(Path, run_dirs):
         try:
             rec = Record.load(record_path(folder))
@@ -150,6 +151,10 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         written.append(dest)
+        if record_fingerprints:
+            from .behaviour import publish as keep_fingerprints
+
+            keep_fingerprints([behaviour_key(rec)])  # a fresh clone then needs no tiny run to judge it
         echo(
             f"published {rec.task} {rec.method} {rec.run_id} (commit {d['provenance']['git_sha'][:7]}) -> {dest}"
         )

@@ -111,8 +111,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .publish import publish
+    from .publish import publish, stale_published
 
+    if args.stale:
+        stale = stale_published(args.results)
+        for rec, reason in stale:
+            print(f"{rec.task} {rec.method} {rec.run_id}: {reason}\n  rerun: {rec.published.get('command')}")
+        print(f"{len(stale)} stale published record(s)")
+        return 0
+    if not args.runs:
+        raise ConfigError(
+            "name the run folders to publish (results/runs/<task>/<method>/<run-id>), or --stale"
+        )
     written, refused = publish(args.runs, args.results)
     for line in refused:
         print(f"error: {line}", file=sys.stderr)
@@ -310,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("publish", help="copy finished full-scale runs into results/published (kept in git)")
     pb.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run folders (results/runs/<task>/<method>/<id>)"
+        "runs", nargs="*", metavar="RUN_DIR", help="run folders (results/runs/<task>/<method>/<id>)"
     )
+    pb.add_argument("--stale", action="store_true", help="list the published records of changed behaviour")
     pb.add_argument("--results", default="results", help="the results tree whose published/ receives them")
     pb.set_defaults(func=cmd_publish)
 

@@ -184,6 +184,15 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
     return {r.run_id: stale_reason(r.published.get("behaviour"), now[keys[r.run_id]]) for r in records}
 
 
+def stale_published(results_dir: str | Path = "results") -> list[tuple[Record, str]]:
+    """The published records whose code no longer behaves as the current code does, each with what changed."""
+    from .track import load_records
+
+    records = [r for r in load_records(results_dir) if r.published]
+    reasons = stale_reasons(records)
+    return [(r, reasons[r.run_id]) for r in records if reasons[r.run_id] is not None]
+
+
 def _what(config: dict) -> str:
     """A configuration without where it lives or which code ran it: what a published record and a run share."""
     keys = ("task", "family", "dataset", "model", "train", "method", "compress", "seed")

@@ -87,8 +87,8 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .files import check_dir, check_file, write_text
-    from .leaderboard import documents, report_text
+    from .files import check_dir, check_file
+    from .leaderboard import report_text, write_docs
     from .report import load, runs_frame, summary, write_tables
 
     if args.out is not None:
@@ -96,10 +96,8 @@ def cmd_report(args) -> int:
     if args.metrics is not None:
         check_file(args.metrics, "metrics file (--metrics)")
     if args.docs is not None:
-        records = [r for r in load(args.results)[0] if r.published]
-        for name, text in documents(summary(runs_frame(records)), records).items():
-            write_text(Path(args.docs) / name, text, "results document")
-            print(f"-> {Path(args.docs) / name}")
+        for path in write_docs(args.results, args.docs):
+            print(f"-> {path}")
     if args.out is None:
         records, left_out = load(args.results, args.stale)
         print(report_text(summary(runs_frame(records)), left_out))

@@ -164,3 +164,35 @@ def vocabulary_table(summ: pd.DataFrame) -> pd.DataFrame:
     matrix = rows["targets"].map({"decoder.weight": "softmax", "embedding.weight": "embedding"})
     table = pd.DataFrame({"matrix": matrix, "CF": rows["factor"], "method": label, "cell": cell})
     return table.pivot_table(index=["matrix", "CF"], columns="method", values="cell", aggfunc="first")
+
+
+def write_docs(results_dir, folder) -> list:
+    """docs/results.md and docs/claims.md (``documents``) and the figures of the published records alone
+    (docs/figures/: F1, F2, F5, F6 as PNG), from the current published records under ``results_dir``."""
+    import tempfile
+    from pathlib import Path
+
+    from .figures import make_figures
+    from .files import write_text
+    from .report import epochs_frame, load, runs_frame, summary
+
+    records = [r for r in load(results_dir)[0] if r.published]
+    runs = runs_frame(records)
+    summ = summary(runs)
+    written = []
+    for name, text in documents(summ, records).items():
+        write_text(Path(folder) / name, text, "results document")
+        written.append(Path(folder) / name)
+    with tempfile.TemporaryDirectory() as tmp:
+        summ.to_csv(Path(tmp) / "summary.csv", index=False)
+        epochs_frame(records, runs).to_csv(Path(tmp) / "epochs.csv", index=False)
+        made = make_figures(tmp, Path(tmp) / "figures", {"bench": Path(tmp) / "none.json"})
+        figures = Path(folder) / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        for paths, _note in made.values():
+            for path in paths:
+                if path.suffix == ".png":
+                    write_bytes = (figures / path.name).write_bytes
+                    write_bytes(path.read_bytes())
+                    written.append(figures / path.name)
+    return written

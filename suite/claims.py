@@ -233,4 +233,4 @@ def check_claims(summ: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
 
 
 def format_markdown(claims: pd.DataFrame) -> str:
-    return claims.to_markdown(index=False) + "\n"
+    return claims.to_markdown(index=False, disable_numparse=True) + "\n"

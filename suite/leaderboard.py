@@ -95,7 +95,10 @@ def format_text(board: pd.DataFrame) -> str:
 def format_markdown(board: pd.DataFrame) -> str:
     if board.empty:
         return "No full-scale results yet.\n"
-    parts = [f"### {title}\n\n{table.to_markdown(index=False)}\n" for title, table in display(board).items()]
+    parts = [
+        f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
+        for title, table in display(board).items()
+    ]
     return "\n".join(parts) + "\n" + FOOTER + ".\n"
 
 
@@ -134,7 +137,7 @@ def documents(summ: pd.DataFrame, records: list) -> dict[str, str]:
         results += (
             "\n## Embedding and softmax compressed without fine-tuning (F6)\n\n"
             "Test perplexity of the dense model with one vocabulary matrix compressed and nothing retrained "
-            "(achieved CF in brackets).\n\n" + vocab.to_markdown() + "\n"
+            "(achieved CF in brackets).\n\n" + vocab.to_markdown(disable_numparse=True) + "\n"
         )
     claims = (
         GENERATED

@@ -12,6 +12,7 @@ record keeps. The folder is removed once the run has its record.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import shutil
 import time
@@ -27,15 +28,64 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 LAST = "last.ckpt"
 
 
-def checkpoint_dir(results_dir: str | Path, run_id: str) -> Path:
-    """Where run ``run_id`` keeps its checkpoint and CSV log until it has its record."""
-    return Path(results_dir) / "checkpoints" / run_id
+OWNER = "run.json"
+
+
+def checkpoint_dir(results_dir: str | Path, run_key: str) -> Path:
+    """Where the run of ``run_key`` (``RunConfig.run_key``: config and seed, not code) keeps its checkpoint and
+    CSV log until it has its record."""
+    return Path(results_dir) / "checkpoints" / run_key
 
 
 def last_checkpoint(folder: Path) -> Path | None:
     """The checkpoint to resume from, if an earlier process of this run left one."""
     path = folder / LAST
     return path if path.is_file() else None
+
+
+def claim(folder: Path, cfg, provenance: dict) -> None:
+    """Say which code makes the checkpoints of ``folder`` (read by ``resumable`` when the run resumes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = {
+        "run_id": cfg.run_id,
+        "code_version": cfg.code_version,
+        "git_sha": provenance.get("git_sha"),
+        "git_dirty": provenance.get("git_dirty"),
+    }
+    (folder / OWNER).write_text(json.dumps(owner, indent=1) + "\n")
+
+
+def resumable(folder: Path, cfg, echo=print) -> Path | None:
+    """The checkpoint this run resumes from: one made by the same code version, or by a clean commit whose code
+    behaves as the current code does for this run (``suite.behaviour``: a refactor between two sessions loses
+    no training). A checkpoint of code that behaves otherwise is removed, and the run starts over."""
+    last = last_checkpoint(folder)
+    if last is None:
+        return None
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+    except (OSError, ValueError):
+        owner = {}
+    if owner.get("code_version") == cfg.code_version:
+        return last
+    sha = owner.get("git_sha")
+    why = "it was made by code of unknown or uncommitted state"
+    if sha and owner.get("git_dirty") is False:
+        from .behaviour import current, difference, fingerprint_at, variant
+
+        key = (cfg.family, cfg.method, variant(cfg.to_dict()))
+        try:
+            why = difference(fingerprint_at(sha, [key])[key], current([key])[key])
+        except Exception as e:  # noqa: BLE001 - a commit that cannot be read or run: start over
+            why = f"its code (commit {sha[:7]}) cannot be checked ({type(e).__name__}: {e})"
+        if why is None:
+            echo(
+                f"note: resuming from a checkpoint of commit {sha[:7]}, whose code behaves as this code does"
+            )
+            return last
+    echo(f"note: the checkpoint in {folder} is not resumed ({why}); starting over")
+    remove(folder)
+    return None
 
 
 def epoch_checkpoints(folder: Path) -> ModelCheckpoint:

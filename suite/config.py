@@ -99,6 +99,13 @@ class RunConfig:
         }
 
     @property
+    def run_key(self) -> str:
+        """The run-id without the code version: what a checkpoint of this run is filed under, so that a run cut
+        short resumes under changed code as long as that code behaves the same (``suite.checkpoints``)."""
+        what = {k: v for k, v in self.identity().items() if k not in ("code", "baseline_code")}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -293,11 +293,12 @@ def _run(
         tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
     )
     # The checkpoint folder outlives this process: a killed run resumes from its last epoch, CSV log included.
-    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_id)
-    resume_from = checkpoints.last_checkpoint(ckpt_dir)
+    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key)
+    resume_from = checkpoints.resumable(ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr))
     state = checkpoints.RunState(setup.t_start)
     csv_log = checkpoints.csv_logger(ckpt_dir)
     new_ckpt_dirs = missing_dirs(Path(csv_log.log_dir))
+    checkpoints.claim(ckpt_dir, cfg, record.provenance)
     loggers = [csv_log] + ([wandb] if wandb else [])
     extra = list(method.callbacks(mcfg) if method.callbacks else [])
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
@@ -345,6 +346,7 @@ def _run(
             shutil.rmtree(staging, ignore_errors=True)
             if checkpoints.last_checkpoint(ckpt_dir) is None:  # else the same command resumes from it
                 shutil.rmtree(csv_log.log_dir, ignore_errors=True)
+                (ckpt_dir / checkpoints.OWNER).unlink(missing_ok=True)
                 remove_new_dirs(new_ckpt_dirs)
             if isinstance(e, SystemExit) and trainer.interrupted:
                 raise KeyboardInterrupt from None  # Lightning turns Ctrl-C into exit(1); callers need to know

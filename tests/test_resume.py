@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from suite.checkpoints import checkpoint_dir
-
 # Runs train() in a fresh process; with a kill epoch, the process kills itself (SIGKILL: no handler, no cleanup)
 # when that epoch starts, that is right after the previous epoch's checkpoint.
 SCRIPT = """
@@ -76,6 +74,33 @@ def test_a_killed_run_resumes_from_its_last_epoch_bit_identically(tmp_path, tiny
     assert _numbers(b) == _numbers(a)
     assert b["accounting"] == a["accounting"]
     assert [r["epoch"] for r in b["resumed"]] == [kill_at] and a["resumed"] == []
-    assert not checkpoint_dir(broken, b["run_id"]).exists()  # finished: nothing left to resume
+    assert not list((broken / "checkpoints").iterdir())  # finished: nothing left to resume
     rows = (next(broken.glob("runs/**/csv/metrics.csv"))).read_text().splitlines()
     assert len(rows) > 1  # the CSV log of the whole run comes along
+
+
+def _claim(results: Path, **changes) -> None:
+    (owner,) = results.glob("checkpoints/*/run.json")
+    owner.write_text(json.dumps({**json.loads(owner.read_text()), **changes}))
+
+
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+
+
+def test_a_checkpoint_of_other_code_resumes_only_where_that_code_behaves_the_same(tmp_path, tiny_preset):
+    """Between two sessions the code changes: a checkpoint made by a clean commit whose code behaves as the current
+    code does for this run is resumed; one of unknown (uncommitted) code is dropped and the run starts over."""
+    whole, same, unknown = tmp_path / "whole", tmp_path / "same", tmp_path / "unknown"
+    _train(tiny_preset, whole)
+    for results in (same, unknown):
+        assert _train(tiny_preset, results, kill_at=2) == -9
+    sha = HEAD.stdout.strip()
+    if not sha:
+        pytest.skip("needs the suite's git checkout")
+    _claim(same, code_version="older", git_sha=sha, git_dirty=False)  # this very code, under another version
+    _claim(unknown, code_version="older", git_sha=sha, git_dirty=True)
+    _train(tiny_preset, same)
+    _train(tiny_preset, unknown)
+    a, b, c = (_record(r) for r in (whole, same, unknown))
+    assert b["final"] == a["final"] and [r["epoch"] for r in b["resumed"]] == [2]
+    assert c["final"] == a["final"] and c["resumed"] == []  # started over, and got there all the same

@@ -398,7 +398,13 @@ def of_record(record) -> dict:
         sha
         and subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", sha, "--", "suite"]).returncode == 0
     )
-    return (current([key]) if same_tree else fingerprint_at(sha, [key]))[key]
+    return current([key])[key] if same_tree else _at(sha, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _at(sha: str, key: Pair) -> dict:
+    """One fingerprint of commit ``sha`` (publishing a sweep's runs asks for the same one many times)."""
+    return fingerprint_at(sha, [key])[key]
 
 
 # Comparing ---------------------------------------------------------------------------------------------------

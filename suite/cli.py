@@ -109,8 +109,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .publish import publish, stale_published
+    from .publish import publish, refresh_fingerprints, stale_published
 
+    if args.refresh:
+        keys = refresh_fingerprints(args.results)
+        print(
+            f"results/published/behaviour.json: the current fingerprints of {len(keys)} (family, method) pair(s)"
+        )
+        return 0
     if args.stale:
         stale = stale_published(args.results)
         for rec, reason in stale:
@@ -321,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs", nargs="*", metavar="RUN_DIR", help="run folders (results/runs/<task>/<method>/<id>)"
     )
     pb.add_argument("--stale", action="store_true", help="list the published records of changed behaviour")
+    pb.add_argument(
+        "--refresh", action="store_true", help="keep the current code's fingerprints in results/published"
+    )
     pb.add_argument("--results", default="results", help="the results tree whose published/ receives them")
     pb.set_defaults(func=cmd_publish)
 

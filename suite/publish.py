@@ -193,6 +193,17 @@ def stale_published(results_dir: str | Path = "results") -> list[tuple[Record, s
     return [(r, reasons[r.run_id]) for r in records if reasons[r.run_id] is not None]
 
 
+def refresh_fingerprints(results_dir: str | Path = "results") -> set:
+    """Write the current code's fingerprints of every published record's (family, method, variant) into
+    results/published/behaviour.json, so that a fresh clone judges the records without a tiny run."""
+    from .behaviour import publish as keep
+    from .track import load_records
+
+    keys = {behaviour_key(r) for r in load_records(results_dir) if r.published}
+    keep(keys)
+    return keys
+
+
 def _what(config: dict) -> str:
     """A configuration without where it lives or which code ran it: what a published record and a run share."""
     keys = ("task", "family", "dataset", "model", "train", "method", "compress", "seed")

@@ -137,7 +137,7 @@ def documents(summ: pd.DataFrame, records: list) -> dict[str, str]:
         results += (
             "\n## Embedding and softmax compressed without fine-tuning (F6)\n\n"
             "Test perplexity of the dense model with one vocabulary matrix compressed and nothing retrained "
-            "(achieved CF in brackets).\n\n" + vocab.to_markdown(disable_numparse=True) + "\n"
+            "(achieved CF in brackets).\n\n" + vocab.to_markdown(index=False, disable_numparse=True) + "\n"
         )
     claims = (
         GENERATED
@@ -166,7 +166,9 @@ def vocabulary_table(summ: pd.DataFrame) -> pd.DataFrame:
     ]
     matrix = rows["targets"].map({"decoder.weight": "softmax", "embedding.weight": "embedding"})
     table = pd.DataFrame({"matrix": matrix, "CF": rows["factor"], "method": label, "cell": cell})
-    return table.pivot_table(index=["matrix", "CF"], columns="method", values="cell", aggfunc="first")
+    wide = table.pivot_table(index=["matrix", "CF"], columns="method", values="cell", aggfunc="first")
+    wide = wide.reset_index().rename_axis(columns=None)
+    return wide.assign(CF=wide["CF"].map(lambda x: f"{x:g}"))
 
 
 def write_docs(results_dir, folder) -> list:

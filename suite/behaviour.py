@@ -357,14 +357,16 @@ def _read(path: Path) -> dict[str, dict]:
         return {}
 
 
-def _add(path: Path, fingerprints: Iterable[dict]) -> None:
-    """Add fingerprints to a JSON file atomically (one that says ``error`` is a failed run, never kept)."""
+def _add(path: Path, fingerprints: Iterable[dict], replace: bool = False) -> None:
+    """Add fingerprints to a JSON file atomically (one that says ``error`` is a failed run, never kept);
+    ``replace``: they become the file's only entries."""
     from suite.files import write_text
 
     new = {_key(fp["family"], fp["method"], fp["source"], fp.get("variant", "")): fp for fp in fingerprints}
     new = {k: fp for k, fp in new.items() if fp["status"] != "error" and fp["source"]}
     if new:
-        text = json.dumps({"fingerprints": {**_read(path), **new}}, indent=1, sort_keys=True)
+        old = {} if replace else _read(path)
+        text = json.dumps({"fingerprints": {**old, **new}}, indent=1, sort_keys=True)
         write_text(path, text + "\n", "behaviour fingerprints")
 
 
@@ -382,10 +384,11 @@ def current(pairs: Iterable[Pair], published: Path = PUBLISHED) -> dict[Pair, di
     return out
 
 
-def publish(pairs: Iterable[Pair], published: Path = PUBLISHED) -> dict[Pair, dict]:
-    """Add the current fingerprints of ``pairs`` to the committed file (computing those not known yet)."""
+def publish(pairs: Iterable[Pair], published: Path = PUBLISHED, replace: bool = False) -> dict[Pair, dict]:
+    """Add the current fingerprints of ``pairs`` to the committed file (computing those not known yet);
+    ``replace``: they become its only entries (the fingerprints of older code are dropped)."""
     fps = current(pairs, published)
-    _add(ROOT / published, fps.values())
+    _add(ROOT / published, fps.values(), replace)
     return fps
 
 

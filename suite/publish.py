@@ -200,7 +200,7 @@ def refresh_fingerprints(results_dir: str | Path = "results") -> set:
     from .track import load_records
 
     keys = {behaviour_key(r) for r in load_records(results_dir) if r.published}
-    keep(keys)
+    keep(keys, replace=True)
     return keys
 
 

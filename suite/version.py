@@ -23,9 +23,10 @@ from pathlib import Path
 PACKAGE = __name__.split(".")[0]
 ROOTS = (f"{PACKAGE}.train",)
 """Modules every run depends on, besides its family's and its method's."""
-VIEWS = (f"{PACKAGE}.track", f"{PACKAGE}.files")
+VIEWS = (f"{PACKAGE}.track", f"{PACKAGE}.files", f"{PACKAGE}.publish", f"{PACKAGE}.behaviour")
 """Modules train() imports that only write, log or show a run (the record's file format, W&B and CSV logs,
-progress lines, atomic file writes): they never decide a result, so they are not followed."""
+progress lines, atomic file writes) or judge whether a record or a checkpoint is current (published records,
+behaviour fingerprints): they never decide a result, so they are not followed."""
 
 
 def _module_file(name: str) -> Path | None:

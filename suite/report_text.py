@@ -86,7 +86,12 @@ def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
         }
     )
     if "stale" in df and df["stale"].any():
-        show.insert(0, "stale", df["stale"].map(lambda s: "stale" if s else ""))
+        why = df["stale_reason"] if "stale_reason" in df else pd.Series(None, index=df.index)
+        marks = [
+            ("stale" + (f": {w}" if isinstance(w, str) else "")) if st else ""
+            for st, w in zip(df["stale"], why)
+        ]
+        show.insert(0, "stale", marks)
     footer = "\nsettings and lr chosen on the validation metric; test reported for the choice"
     if df["partial"].any():
         footer += "; * = mean over fewer seeds than asked"

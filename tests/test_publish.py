@@ -164,3 +164,28 @@ def test_committed_results_documents_agree_with_the_published_records():
         assert (ROOT / "docs" / name).read_text() == text, (
             f"docs/{name} is out of date: run suite report --docs docs"
         )
+
+
+def test_a_stale_published_record_is_left_out_and_shown_marked_with_what_changed(
+    tmp_path, monkeypatch, capsys
+):
+    results = tmp_path / "results"
+    runs = [
+        write_run(tmp_path / "mine", "dense", test=100.0),
+        write_run(tmp_path / "mine", "kp", 25.0, test=110.0),
+    ]
+    publish(runs, results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    why = "behaviour of lm/kp changed: val_ppl 2.33 -> 2.29"
+    monkeypatch.setattr(
+        "suite.publish.stale_reasons",
+        lambda recs: {r.run_id: why if r.method == "kp" else None for r in recs},
+    )
+    assert main(["report", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "110.00" not in out and "1 record(s) of older code left out" in out
+    assert main(["report", "--results", str(results), "--stale"]) == 0
+    out = capsys.readouterr().out
+    assert f"stale: {why}" in out and "110.00" in out.partition("STALE")[2]
+    assert main(["publish", "--stale", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert why in out and "rerun: suite train tasks/ptb-small.yaml --method kp" in out

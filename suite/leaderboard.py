@@ -113,7 +113,9 @@ def report_text(summ: pd.DataFrame, left_out: int = 0) -> str:
     text = "LEADERBOARD (full scale)\n" + format_text(board)
     stale = full[full["stale"].astype(bool)] if not full.empty else full
     if not stale.empty:
-        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n" + format_table(selected(stale))
+        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n" + format_table(
+            selected(stale)
+        )
     if not rest.empty:
         text += "\n\nPIPELINE CHECK (smoke scale: checks the pipeline, not the methods)\n"
         text += format_table(selected(rest), left_out)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .compressors.accounting import format_cf
-from .report import DEFAULT_TARGETS, selected
+from .report import DEFAULT_TARGETS, SELECT_KEYS, selected
 from .report_text import settings_text
 from .track import format_metric
 
@@ -35,6 +35,11 @@ def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
         return rows
     chosen = selected(rows)
     chosen = chosen[(chosen["targets"] == DEFAULT_TARGETS) & ~chosen["stale"].astype(bool)].copy()
+    # How many learning rates the choice was made among (finished, failed or stopped by the race).
+    keys = [k for k in SELECT_KEYS if k in rows]
+    rates = rows.assign(targets=rows["targets"].fillna(DEFAULT_TARGETS)).groupby(keys, dropna=False)["lr"]
+    tried = rates.nunique().rename("lrs_tried").reset_index()
+    chosen = chosen.merge(tried, on=keys, how="left")
     dense = chosen[chosen["method"] == "dense"].set_index(["task", "budget"])["test_mean"]
     ref = [dense.get((t, b), np.nan) for t, b in zip(chosen["task"], chosen["budget"])]
     chosen["vs_dense_pct"] = 100.0 * (chosen["test_mean"] - ref) / ref
@@ -66,7 +71,9 @@ def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
             {
                 "method": rows["method"],
                 "settings": rows["settings"],
-                "lr": rows["lr"].map(lambda x: f"{x:g}" if pd.notna(x) else "-"),
+                "lr (of tried)": [
+                    f"{r.lr:g} (of {r.lrs_tried:g})" if pd.notna(r.lr) else "-" for r in rows.itertuples()
+                ],
                 "CF asked": rows["factor"].map(lambda x: f"{x:g}"),
                 "CF": rows["cf"].map(format_cf),
                 f"test {metric}": [_test(r) for r in rows.itertuples()],
@@ -80,7 +87,7 @@ def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 FOOTER = (
-    "settings and lr chosen on validation, test reported for the choice; CF: achieved on the LSTM matrices, "
+    "settings and lr chosen on validation (among the rates tried), test reported for the choice; CF: achieved on the LSTM matrices, "
     "rounded down; vs dense: change of the test metric; * = fewer seeds finished than asked"
 )
 

@@ -418,3 +418,30 @@ def test_setting_halving_sweep_runs_the_first_rate_everywhere_then_stops_the_los
     for method in ("small_dense", "kp"):
         assert states[(method, 1.0)] == (TrialState.COMPLETE, 3)
         assert states[(method, 1e-4)] == (TrialState.PRUNED, 1)
+
+
+def test_a_resumed_trial_gives_the_pruner_the_epochs_it_had_before_it_was_interrupted():
+    """The worker that was killed left a failed trial; its run resumes in a new trial, which must report the
+    restored epochs so that the rate race still compares it, and which stops at once where it lost the race."""
+    from types import SimpleNamespace
+
+    from suite.sweep.build import FitPruning, SettingHalving
+    from suite.track import History
+
+    study = optuna.create_study(direction="minimize", pruner=SettingHalving("lr", after_epochs=2))
+    study.add_trial(_trial({"method": "kp", "factor": 25, "lr": 1.0}, [200.0, 150.0, 140.0]))
+    history = History("kp", epochs=3, train_units=1, echo=False)
+
+    def resume(lr: float, curve: list[float]) -> optuna.Trial:
+        study.enqueue_trial({"method": "kp", "factor": 25, "lr": lr})
+        trial = study.ask()
+        for name, choices in (("method", ["kp"]), ("factor", [25]), ("lr", [1.0, 0.5, 0.25])):
+            trial.suggest_categorical(name, choices)
+        history.rows = [{"epoch": i + 1, "val_ppl": v} for i, v in enumerate(curve)]
+        FitPruning(trial, "val_ppl").on_train_start(SimpleNamespace(callbacks=[history]), None)
+        return trial
+
+    winner = resume(0.5, [190.0, 149.0])  # resumed after the race's epoch, ahead: goes on
+    assert study.trials[winner.number].intermediate_values == {0: 190.0, 1: 149.0}
+    with pytest.raises(optuna.TrialPruned):
+        resume(0.25, [210.0, 160.0])  # resumed right after losing the race: stops without training on

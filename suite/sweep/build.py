@@ -8,6 +8,7 @@ import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
 from ..errors import ConfigError
+from ..track import History
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -104,6 +105,17 @@ class FitPruning(PyTorchLightningPruningCallback):
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
         super().__init__(trial, monitor)
         self.reports = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """A run resumed from its checkpoint gives the trial the epochs it had before, so that the pruner compares
+        its siblings with them (the trial that was interrupted is a new trial now, with no reports)."""
+        history = next((c for c in trainer.callbacks if isinstance(c, History)), None)
+        rows = [row for row in (history.rows if history else []) if self.monitor in row]
+        for row in rows:
+            self._trial.report(row[self.monitor], step=row["epoch"] - 1)
+        self.reports += len(rows)
+        if rows and self._trial.should_prune():
+            raise optuna.TrialPruned(f"Trial was pruned at epoch {rows[-1]['epoch'] - 1}.")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:

@@ -21,7 +21,7 @@ import psutil
 import torch
 from torch import nn
 
-from . import checkpoints, tasks
+from . import api, checkpoints, tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
@@ -79,7 +79,7 @@ def build_model(
     model.config = model_cfg
     if state is not None:
         model.load_state_dict(state)
-    method.apply(model, mcfg, ctx if ctx is not None else DataContext())
+    api.apply(model, method_name, mcfg, ctx if ctx is not None else DataContext())
     return model, reference
 
 
@@ -241,7 +241,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
 def _run(
     cfg: RunConfig, setup: _Setup, callbacks: Sequence[pl.Callback], progress_bar: bool | None
 ) -> Record:
-    method, mcfg, family = registry.get(cfg.method), cfg.method_config, setup.family
+    mcfg, family = cfg.method_config, setup.family
     model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
     final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
@@ -300,7 +300,8 @@ def _run(
     new_ckpt_dirs = missing_dirs(Path(csv_log.log_dir))
     checkpoints.claim(ckpt_dir, cfg, record.provenance)
     loggers = [csv_log] + ([wandb] if wandb else [])
-    extra = list(method.callbacks(mcfg) if method.callbacks else [])
+    compressed = api.Compressed(model, cfg.method, mcfg)  # what suite.compress returns a library user
+    extra = compressed.callbacks()
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     trainer = pl.Trainer(
         max_epochs=setup.epochs,
@@ -322,8 +323,7 @@ def _run(
             if resume_from is not None:
                 print(f"[{label}] resuming from {resume_from}", file=sys.stderr, flush=True)
             trainer.fit(task, datamodule=data, ckpt_path=resume_from)
-        if method.finalize is not None:
-            method.finalize(task.model, mcfg)
+        compressed.finalize()
         val = trainer.validate(task, datamodule=data, verbose=False)[0]
         test = trainer.test(task, datamodule=data, verbose=False)[0]
         record.final = {metric.val: val[metric.val], metric.test: test[metric.test]}

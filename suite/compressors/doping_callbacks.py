@@ -127,7 +127,8 @@ def sparse_to_structured_ratios(model: nn.Module, run: Callable[[], object]) -> 
 
 class CMADiagnostics(pl.Callback):
     """Logs the CMA columns of the module docstring after each validation epoch while fitting. The trained
-    module is a task (``suite.tasks.base.Task``): it evaluates its metric and runs a batch for us."""
+    module is a task (``suite.tasks.base.Task``): it evaluates its metric and runs a batch for us; any other
+    LightningModule (a library user's) gets ``d_sparsity`` alone."""
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -137,6 +138,9 @@ class CMADiagnostics(pl.Callback):
             return
         nnz = sum(t.param.nnz for t in doped)
         metrics = {"d_sparsity": 1 - nnz / sum(t.values.numel() for t in doped)}
+        if not hasattr(pl_module, "run_batch"):  # a library user's module (suite.compress): D's sparsity only
+            pl_module.log("d_sparsity", metrics["d_sparsity"])
+            return
         loader = trainer.datamodule.val_dataloader()
         with sparse_disabled(pl_module):
             metrics[f"{pl_module.metric.val}_without_d"] = pl_module.evaluate(loader)

@@ -203,6 +203,12 @@ class SparsityAnnealing(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
         self.advance(pl_module, trainer.global_step)
 
+    def plan(self, total_steps: int) -> None:
+        """For a hand-written loop (``suite.compress``): the schedule of a training of ``total_steps`` steps."""
+        if self.schedule is None or getattr(self, "total_steps", None) != total_steps:
+            self.schedule = Schedule.build(total_steps, self.start, self.end, self.every)
+            self.total_steps, self.done = total_steps, -1
+
     def advance(self, module: nn.Module, step: int) -> None:
         """Run the pruning event due after ``step`` optimizer steps, if it has not run yet."""
         k = self.schedule.events_done(step)

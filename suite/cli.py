@@ -76,11 +76,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    from . import plugins
     from .compressors import REGISTRY, registry
 
     for name in sorted(REGISTRY):
         m = REGISTRY[name]
-        print(f"{name:<14}{m.summary}")
+        origin = plugins.origin("methods", name)
+        print(
+            f"{name:<14}{m.summary}" + (f" [plugin {origin['plugin']} {origin['version']}]" if origin else "")
+        )
         if args.verbose:
             print(f"{'':<14}settings: {', '.join(registry.config_fields(name))}")
     return 0

@@ -21,7 +21,7 @@ import psutil
 import torch
 from torch import nn
 
-from . import api, checkpoints, tasks
+from . import api, checkpoints, plugins, tasks
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
@@ -266,6 +266,9 @@ def _run(
         accounting=setup.accounting.to_dict(),
         provenance=provenance(),
     )
+    used = {"method": plugins.origin("methods", cfg.method), "family": plugins.origin("families", cfg.family)}
+    if any(used.values()):  # a plugin's name and version (its code is in the code version)
+        record.provenance["plugins"] = {k: v for k, v in used.items() if v}
     task = family.task(model, cfg.train, setup.lr_at)
     label = (
         f"{cfg.task} {cfg.method}"

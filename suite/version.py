@@ -23,10 +23,18 @@ from pathlib import Path
 PACKAGE = __name__.split(".")[0]
 ROOTS = (f"{PACKAGE}.train",)
 """Modules every run depends on, besides its family's and its method's."""
-VIEWS = (f"{PACKAGE}.track", f"{PACKAGE}.files", f"{PACKAGE}.publish", f"{PACKAGE}.behaviour")
+VIEWS = (
+    f"{PACKAGE}.track",
+    f"{PACKAGE}.files",
+    f"{PACKAGE}.publish",
+    f"{PACKAGE}.behaviour",
+    f"{PACKAGE}.plugins",
+    f"{PACKAGE}.export",
+)
 """Modules train() imports that only write, log or show a run (the record's file format, W&B and CSV logs,
-progress lines, atomic file writes) or judge whether a record or a checkpoint is current (published records,
-behaviour fingerprints): they never decide a result, so they are not followed."""
+progress lines, atomic file writes), judge whether a record or a checkpoint is current (published records,
+behaviour fingerprints), load plugins (whose own modules are followed) or write the exported file: they never
+decide a result, so they are not followed."""
 
 
 def _module_file(name: str) -> Path | None:
@@ -67,8 +75,9 @@ def _imports(name: str, path: Path) -> set[str]:
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)
     found = set()
+    ours = {PACKAGE, name.split(".")[0]}  # the suite's modules, and a plugin's own
     for mod in out:
-        if (mod == PACKAGE or mod.startswith(f"{PACKAGE}.")) and _module_file(mod) is not None:
+        if mod.split(".")[0] in ours and _module_file(mod) is not None:
             found.add(mod)
             parts = mod.split(".")  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
             found.update(".".join(parts[:i]) for i in range(2, len(parts)))

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# An installed plugin package (tests/plugins: a module and its dist-info with a ``suite.methods`` entry point):
+# its method joins the registry, and so every shared test, as a user's plugin would.
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+sys.path.insert(0, str(PLUGINS))
 
 # Test models are tiny: one thread avoids OpenMP spin-waiting against whatever else the machine runs.
 torch.set_num_threads(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from .. import plugins as _plugins
 from ..errors import ConfigError
 from .base import DataContext, Family, Metric, Task, TrainSettings
 
@@ -43,6 +44,8 @@ def get(name: str) -> Family:
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
+
+_plugins.load("families", FAMILIES, register, Family)  # installed packages' families (suite.plugins)
 
 __all__ = [
     "FAMILIES",

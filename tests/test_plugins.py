@@ -23,7 +23,8 @@ def test_a_plugin_method_is_listed_with_its_origin(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert next(x for x in lines if x.startswith("blockdiag")).endswith("[plugin suite-blockdiag 0.1.0]")
-    assert [x for x in lines if "[plugin " in x] == [x for x in lines if x.startswith("blockdiag")]
+    assert next(x for x in lines if x.startswith("int8")).endswith("[plugin suite-int8 0.2.0]")
+    assert not [x for x in lines if "[plugin " in x and not x.startswith(("blockdiag", "int8"))]
 
 
 def test_a_plugin_method_trains_and_its_record_names_the_plugin(tiny_preset, tmp_path):

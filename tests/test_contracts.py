@@ -67,53 +67,30 @@ def bare_loss(model, batch):
 
 
 class ClassifierTask(Task):
-    metric = Metric("acc", "maximize", "accuracy")
+    """All a family's task writes: its training step and an evaluation accumulator; the base does the rest."""
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr_at(0))
+    metric = Metric("acc", "maximize", "accuracy")
+    optimizer = torch.optim.Adam
 
     def training_step(self, batch, batch_idx):
         loss = F.cross_entropy(self(batch[0]), batch[1])
         self.log("train_loss", loss, on_epoch=True, on_step=False)
         return loss
 
-    def _acc(self, split, batch):
-        self._hits[split] += (self(batch[0]).argmax(-1) == batch[1]).sum().item()
-        self._seen[split] += len(batch[1])
+    def eval_begin(self, split):
+        return {"loss": 0.0, "hits": 0, "seen": 0}
 
-    def on_validation_epoch_start(self):
-        self._hits, self._seen = {"val": 0}, {"val": 0}
+    def eval_step(self, acc, batch, split):
+        logits = self(batch[0])
+        acc["loss"] += F.cross_entropy(logits, batch[1], reduction="sum").item()
+        acc["hits"] += (logits.argmax(-1) == batch[1]).sum().item()
+        acc["seen"] += len(batch[1])
 
-    def validation_step(self, batch, batch_idx):
-        self._acc("val", batch)
+    def eval_end(self, acc, split, dataset):
+        return acc["loss"] / acc["seen"], acc["hits"] / acc["seen"]
 
-    def on_validation_epoch_end(self):
-        self.log("val_acc", self._hits["val"] / self._seen["val"])
-
-    def on_test_epoch_start(self):
-        self._hits, self._seen = {"test": 0}, {"test": 0}
-
-    def test_step(self, batch, batch_idx):
-        self._acc("test", batch)
-
-    def on_test_epoch_end(self):
-        self.log("test_acc", self._hits["test"] / self._seen["test"])
-
-    @torch.no_grad()
-    def evaluate(self, loader):
-        was = self.model.training
-        self.model.eval()
-        hits = seen = 0
-        for x, y in loader:
-            hits += (self(x).argmax(-1) == y).sum().item()
-            seen += len(y)
-        self.model.train(was)
-        return hits / seen
-
-    @torch.no_grad()
-    def run_batch(self, batch):
-        self.model.eval()
-        self(batch[0])
+    def inputs(self, batch):
+        return (batch[0],)
 
 
 class Loaders(pl.LightningDataModule):

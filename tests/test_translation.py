@@ -332,7 +332,9 @@ def test_decoders_reproduce_a_learnt_rule(corpus):
         batch_sampler=BucketBatchSampler(ds.bucket_key, 16, shuffle=False),
         collate_fn=collate,
     )
-    greedy_bleu, beam_bleu = task.evaluate(loader), task.evaluate(loader, beam=4)
+    greedy_bleu = task.evaluate(loader)  # as validation decodes: greedy
+    task.cfg = dataclasses.replace(task.cfg, beam=4)
+    beam_bleu = task.evaluate(loader, split="test")  # as the test split decodes: the preset's beam
     assert greedy_bleu > 50 and beam_bleu > 50
 
 

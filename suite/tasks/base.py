@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..context import DataContext
-from ..errors import ConfigError
+from ..errors import ConfigError, TrialDiverged
+
+FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -152,13 +156,19 @@ class Example:
 
 
 class Task(pl.LightningModule):
-    """Base of every family's LightningModule: the model, the metric, and what method callbacks may ask of it.
+    """Base of every family's LightningModule: the model, the metric, the optimizer and its per-epoch rate, and
+    the evaluation that the Trainer's validation and test loops, ``evaluate`` and ``run_batch`` share.
 
-    The forward pass evaluates every parametrized weight once (``parametrize.cached``), so a compressed stock
-    module (nn.LSTM reads each weight once per step otherwise) costs one materialization per forward.
+    A family's task gives only what differs: ``training_step``, an evaluation accumulator (``eval_begin``,
+    ``eval_step``, ``eval_end``), the forward inputs of a batch (``inputs``) and, where it is not SGD, its
+    ``optimizer``. The forward pass evaluates every parametrized weight once (``parametrize.cached``), so a
+    compressed stock module (nn.LSTM reads each weight once per step otherwise) costs one materialization per
+    forward. A validation loss that is not finite (or that fp32 cannot exponentiate) stops the run as diverged.
     """
 
     metric: Metric
+    optimizer: ClassVar[type[torch.optim.Optimizer]] = torch.optim.SGD
+    """Built with lr 1; the epoch's rate is ``lr_at(epoch)`` through a LambdaLR stepped once per epoch."""
 
     def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
         super().__init__()
@@ -166,18 +176,86 @@ class Task(pl.LightningModule):
         self.lr_at = lr_at
         self.metric_detail: dict[str, Any] = {}
         """Facts about how the metric was computed (a sacrebleu signature), written into the record."""
+        self._eval_acc: dict[str, Any] = {}
 
     def forward(self, *args, **kwargs):
         with parametrize.cached():
             return self.model(*args, **kwargs)
 
-    def evaluate(self, loader) -> float:
-        """The metric over ``loader`` outside the Trainer (eval mode, no gradients; training mode restored)."""
+    def configure_optimizers(self):
+        opt = self.optimizer(self.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def check_training_loss(self, loss: Tensor, batch_idx: int) -> None:
+        if not torch.isfinite(loss):
+            raise TrialDiverged(
+                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
+            )
+
+    # Evaluation: one accumulator per split, filled batch by batch, closed into (loss per unit, metric).
+    def eval_begin(self, split: str) -> Any:
         raise NotImplementedError
+
+    def eval_step(self, acc: Any, batch: Any, split: str) -> None:
+        raise NotImplementedError
+
+    def eval_end(self, acc: Any, split: str, dataset: Any) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def inputs(self, batch: Any) -> tuple:
+        """The forward pass's arguments for a batch (on the module's device)."""
+        raise NotImplementedError
+
+    def _close(self, split: str, dataset: Any) -> None:
+        loss, value = self.eval_end(self._eval_acc.pop(split), split, dataset)
+        if split == "val" and not loss < FLOAT32_MAX_LOG:  # NaN, inf, or a loss fp32 cannot exponentiate
+            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
+        self.log(f"{split}_loss", loss)
+        self.log(f"{split}_{self.metric.name}", value)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_acc["val"] = self.eval_begin("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.eval_step(self._eval_acc["val"], batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._close("val", self.trainer.val_dataloaders.dataset)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_acc["test"] = self.eval_begin("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.eval_step(self._eval_acc["test"], batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._close("test", self.trainer.test_dataloaders.dataset)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode and no gradients, the model's training mode restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def evaluate(self, loader, split: str = "val") -> float:
+        """The metric over ``loader`` outside the Trainer, as the ``split``'s loop computes it (diagnostics such as
+        'val with D removed')."""
+        with self.evaluating():
+            acc = self.eval_begin(split)
+            for batch in loader:
+                self.eval_step(acc, batch, split)
+            return self.eval_end(acc, split, getattr(loader, "dataset", None))[1]
 
     def run_batch(self, batch) -> None:
         """One forward pass of the model on ``batch`` in eval mode (diagnostics capture what each matrix sees)."""
-        raise NotImplementedError
+        with self.evaluating():
+            self(*self.inputs(batch))
 
 
 class Family:

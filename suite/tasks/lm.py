@@ -15,12 +15,10 @@ from torch.utils.data import DataLoader
 
 from ..data import BPTTWindows, Corpus, batchify, load_corpus, prefix
 from ..data.loaders import loader
-from ..errors import ConfigError, TrialDiverged
+from ..errors import ConfigError
 from ..models.lm import build_lm, detach
 from . import register
 from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
-
-FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
 
 @dataclass
@@ -127,12 +125,6 @@ class LanguageModelTask(Task):
     def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
         super().__init__(model, lr_at)
         self.hidden = None
-        self._sums: dict[str, list[float]] = {}
-
-    def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=1.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def _nll(self, batch, hidden):
         x, y = batch  # (T, B) each
@@ -147,67 +139,26 @@ class LanguageModelTask(Task):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         nll, tokens, self.hidden = self._nll(batch, self.hidden)
-        if not torch.isfinite(nll):
-            raise TrialDiverged(
-                f"training loss became {nll.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
-            )
+        self.check_training_loss(nll, batch_idx)
         self.log("train_loss", nll / tokens, on_step=False, on_epoch=True, batch_size=tokens)
         return nll / batch[0].size(1)
 
-    # Evaluation: exact corpus-level perplexity from summed NLL and token counts.
-    def _eval_start(self, split: str) -> None:
-        self._sums[split] = [0.0, 0]
-        self._eval_hidden = None
+    # Evaluation: exact corpus-level perplexity from summed NLL and token counts, the state carried along.
+    def eval_begin(self, split: str) -> dict:
+        return {"nll": 0.0, "tokens": 0, "hidden": None}
 
-    def _eval_step(self, split: str, batch) -> None:
-        nll, tokens, self._eval_hidden = self._nll(batch, self._eval_hidden)
-        self._sums[split][0] += nll.item()
-        self._sums[split][1] += tokens
+    def eval_step(self, acc: dict, batch, split: str) -> None:
+        x, y = batch
+        nll, tokens, acc["hidden"] = self._nll((x.to(self.device), y.to(self.device)), acc["hidden"])
+        acc["nll"] += nll.item()
+        acc["tokens"] += tokens
 
-    def _eval_end(self, split: str) -> None:
-        total, tokens = self._sums[split]
-        loss = total / max(tokens, 1)
-        if split == "val" and not loss < FLOAT32_MAX_LOG:  # NaN, or a perplexity fp32 cannot hold
-            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
-        self.log(f"{split}_loss", loss)
-        self.log(f"{split}_ppl", math.exp(min(loss, 700.0)))
+    def eval_end(self, acc: dict, split: str, dataset) -> tuple[float, float]:
+        loss = acc["nll"] / max(acc["tokens"], 1)
+        return loss, math.exp(min(loss, 700.0))
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    @torch.no_grad()
-    def evaluate(self, loader: DataLoader) -> float:
-        """Perplexity over a loader outside the Trainer (diagnostics such as 'val with D removed')."""
-        was_training = self.model.training
-        self.model.eval()
-        total, count, hidden = 0.0, 0, None
-        for x, y in loader:
-            nll, tokens, hidden = self._nll((x.to(self.device), y.to(self.device)), hidden)
-            total, count = total + nll.item(), count + tokens
-        self.model.train(was_training)
-        return math.exp(min(total / max(count, 1), 700.0))
-
-    @torch.no_grad()
-    def run_batch(self, batch) -> None:
-        was_training = self.model.training
-        self.model.eval()
-        self(batch[0].to(self.device))
-        self.model.train(was_training)
+    def inputs(self, batch) -> tuple:
+        return (batch[0].to(self.device),)
 
 
 class LanguageModeling(Family):

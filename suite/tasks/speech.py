@@ -23,7 +23,7 @@ from ..data.buckets import BucketBatchSampler
 from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd
 from ..data.loaders import loader
 from ..data.utterances import Batch, Utterances, collate
-from ..errors import ConfigError, TrialDiverged
+from ..errors import ConfigError
 from ..models.acoustic import BLANK, CLASSES, build_acoustic, greedy_decode
 from . import register
 from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
@@ -171,96 +171,40 @@ class SpeechTask(Task):
 
     metric = Metric("wer", "minimize", "word error rate")
 
+    optimizer = torch.optim.Adam
+
     def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
         super().__init__(model, lr_at)
-        self._eval: dict[str, dict] = {}
         self.metric_detail = {
             "wer": f"corpus word error rate of greedy CTC decoding over digit words, a fraction (jiwer {version('jiwer')})"
         }
 
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=1.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)  # lr = lr_at(epoch)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, lengths, labels, label_lengths = batch
         loss = ctc_losses(self(x, lengths), labels, label_lengths).mean()
-        if not torch.isfinite(loss):
-            raise TrialDiverged(
-                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
-            )
+        self.check_training_loss(loss, batch_idx)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=x.size(0))
         return loss
 
-    def _decode(self, batch: Batch) -> tuple[Tensor, list[str], list[str]]:
-        x, lengths, labels, label_lengths = batch
+    # Evaluation: corpus WER of the greedy transcripts of the whole split, and the CTC loss per label.
+    def eval_begin(self, split: str) -> dict:
+        return {"loss": 0.0, "count": 0, "refs": [], "hyps": []}
+
+    def eval_step(self, acc: dict, batch: Batch, split: str) -> None:
+        x, lengths, labels, label_lengths = (t.to(self.device) for t in batch)
         out = self(x, lengths)
         losses = ctc_losses(out, labels, label_lengths)
-        hyps = [transcript(h) for h in greedy_decode(*out)]
-        refs = [transcript(y[:n]) for y, n in zip(labels.tolist(), label_lengths.tolist())]
-        return losses, refs, hyps
-
-    def _eval_start(self, split: str) -> None:
-        self._eval[split] = {"loss": 0.0, "count": 0, "refs": [], "hyps": []}
-
-    def _eval_step(self, split: str, batch: Batch) -> None:
-        losses, refs, hyps = self._decode(batch)
-        acc = self._eval[split]
         acc["loss"] += losses.sum().item()
         acc["count"] += losses.numel()
-        acc["refs"] += refs
-        acc["hyps"] += hyps
+        acc["hyps"] += [transcript(h) for h in greedy_decode(*out)]
+        acc["refs"] += [transcript(y[:n]) for y, n in zip(labels.tolist(), label_lengths.tolist())]
 
-    def _eval_end(self, split: str) -> None:
-        acc = self._eval.pop(split)
-        loss = acc["loss"] / max(acc["count"], 1)
-        if split == "val" and not math.isfinite(loss):
-            raise TrialDiverged(f"validation loss became {loss} at epoch {self.current_epoch + 1}")
-        self.log(f"{split}_loss", loss)
-        self.log(f"{split}_wer", word_error_rate(acc["refs"], acc["hyps"]))
+    def eval_end(self, acc: dict, split: str, dataset) -> tuple[float, float]:
+        return acc["loss"] / max(acc["count"], 1), word_error_rate(acc["refs"], acc["hyps"])
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start("val")
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def _to_device(self, batch: Batch) -> Batch:
-        return tuple(t.to(self.device) for t in batch)  # type: ignore[return-value]
-
-    @torch.no_grad()
-    def evaluate(self, loader: DataLoader) -> float:
-        """WER over a loader outside the Trainer (diagnostics such as 'val with D removed')."""
-        was_training = self.model.training
-        self.model.eval()
-        refs, hyps = [], []
-        for batch in loader:
-            _, r, h = self._decode(self._to_device(batch))
-            refs += r
-            hyps += h
-        self.model.train(was_training)
-        return word_error_rate(refs, hyps)
-
-    @torch.no_grad()
-    def run_batch(self, batch: Batch) -> None:
-        was_training = self.model.training
-        self.model.eval()
-        x, lengths, *_ = self._to_device(batch)
-        self(x, lengths)
-        self.model.train(was_training)
+    def inputs(self, batch: Batch) -> tuple:
+        x, lengths, *_ = (t.to(self.device) for t in batch)
+        return x, lengths
 
 
 class Speech(Family):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from ..data.buckets import BucketBatchSampler, PairDataset, collate
 from ..data.loaders import loader
 from ..data.multi30k import PAD_ID, ParallelCorpus, load_multi30k
-from ..errors import ConfigError, TrialDiverged
+from ..errors import ConfigError
 from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
 from . import register
 from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
@@ -205,15 +205,11 @@ class TranslationTask(Task):
 
     metric = Metric("bleu", "maximize", "BLEU")
 
+    optimizer = torch.optim.Adam
+
     def __init__(self, model: Seq2Seq, lr_at: Callable[[int], float], cfg: TranslationTrain) -> None:
         super().__init__(model, lr_at)
         self.cfg = cfg
-        self._eval: dict[str, dict] = {}
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=1.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_at)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def _to(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -221,10 +217,7 @@ class TranslationTask(Task):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss, tokens = token_nll(self, batch, self.cfg.label_smoothing)
         loss = loss / max(tokens, 1)
-        if not torch.isfinite(loss):
-            raise TrialDiverged(
-                f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, step {batch_idx}"
-            )
+        self.check_training_loss(loss, batch_idx)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=tokens)
         return loss
 
@@ -238,26 +231,22 @@ class TranslationTask(Task):
                 return greedy(self.model, src, src_len, c.max_len_a, c.max_len_b)
             return beam_search(self.model, src, src_len, beam, c.max_len_a, c.max_len_b, c.length_alpha)
 
-    # Evaluation: corpus BLEU over the hypotheses of the whole split, and the per-token NLL.
-    def _eval_start(self, split: str) -> None:
-        self._eval[split] = {"nll": 0.0, "tokens": 0, "hyps": {}, "decode_s": 0.0}
+    # Evaluation: corpus BLEU over the hypotheses of the whole split (greedy on val, the preset's beam on test),
+    # and the per-token NLL.
+    def eval_begin(self, split: str) -> dict:
+        return {"nll": 0.0, "tokens": 0, "hyps": {}, "decode_s": 0.0}
 
-    def _eval_step(self, split: str, batch, beam: int) -> None:
-        acc = self._eval[split]
+    def eval_step(self, acc: dict, batch, split: str) -> None:
         nll, tokens = token_nll(self, self._to(batch))
         acc["nll"] += nll.item()
         acc["tokens"] += tokens
         t0 = time.perf_counter()
-        hyps = self.decode(batch, beam)
+        hyps = self.decode(batch, self.cfg.beam if split == "test" else 1)
         acc["decode_s"] += time.perf_counter() - t0
         for i, hyp in zip(batch["index"].tolist(), hyps):
             acc["hyps"][i] = hyp
 
-    def _eval_end(self, split: str, dataset: PairDataset) -> None:
-        acc = self._eval.pop(split)
-        loss = acc["nll"] / max(acc["tokens"], 1)
-        if split == "val" and not loss < FLOAT32_MAX_LOG:
-            raise TrialDiverged(f"validation loss became {loss:.4g} at epoch {self.current_epoch + 1}")
+    def eval_end(self, acc: dict, split: str, dataset: PairDataset) -> tuple[float, float]:
         score, signature = corpus_bleu(dataset, acc["hyps"])
         # Decoding speed of the split (greedy on val, beam search on test), the model as it trains.
         speed = len(acc["hyps"]) / acc["decode_s"] if acc["decode_s"] > 0 else None
@@ -266,46 +255,11 @@ class TranslationTask(Task):
             "bleu_signature": signature,
             f"{split}_sentences_per_s": speed,
         }
-        self.log(f"{split}_loss", loss)
-        self.log(f"{split}_bleu", score)
+        return acc["nll"] / max(acc["tokens"], 1), score
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start("val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", batch, beam=1)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val", self.trainer.val_dataloaders.dataset)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", batch, beam=self.cfg.beam)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test", self.trainer.test_dataloaders.dataset)
-
-    @torch.no_grad()
-    def evaluate(self, loader: DataLoader, beam: int = 1) -> float:
-        """BLEU over a loader of ``PairDataset`` batches outside the Trainer; greedy by default, as val_bleu."""
-        was_training = self.model.training
-        self.model.eval()
-        hyps = {}
-        for batch in loader:
-            for i, hyp in zip(batch["index"].tolist(), self.decode(batch, beam)):
-                hyps[i] = hyp
-        self.model.train(was_training)
-        return corpus_bleu(loader.dataset, hyps)[0]
-
-    @torch.no_grad()
-    def run_batch(self, batch) -> None:
-        was_training = self.model.training
-        self.model.eval()
+    def inputs(self, batch) -> tuple:
         b = self._to(batch)
-        self(b["src"], b["src_len"], b["tgt_in"])
-        self.model.train(was_training)
+        return b["src"], b["src_len"], b["tgt_in"]
 
 
 def corpus_bleu(dataset: PairDataset, hyps: dict[int, list[int]]) -> tuple[float, str]:

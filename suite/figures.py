@@ -90,10 +90,7 @@ def _read(tables: Path, name: str) -> pd.DataFrame:
 def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
     if summ.empty or not (summ["method"] != "dense").any():
         return [], "no compressed runs"
-    summ = summ[targets_of(summ) == DEFAULT_TARGETS]
-    # A grid's asked CFs (whole numbers): CFs drawn by a search (TPE, Pareto) would each add a point of their own
-    # to a line; those runs are in F5.
-    summ = summ[summ["factor"] == summ["factor"].round()]
+    summ = summ[targets_of(summ) == DEFAULT_TARGETS]  # every asked CF: a search's drawn CFs are points too
     panels = setups(summ)
     fig, axes = subplots_row(len(panels))
     partial, plotted = False, []
@@ -159,7 +156,10 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
         factor = cf if cf is not None and np.isclose(m["factor"], cf).any() else m["factor"].mode().iloc[0]
         m = m[np.isclose(m["factor"], factor)]
         curves = m.groupby(["cmr", "epoch"]).mean(numeric_only=True).reset_index()  # mean over seeds
-        for cmr, c in curves.groupby("cmr"):
+        # The schedule of D is the same at every CMR rate: one curve then, said so, instead of curves on top of
+        # each other; otherwise each rate's own line style.
+        schedules = {tuple(c[SPARSITY].round(6)) for _, c in curves.groupby("cmr")}
+        for i, (cmr, c) in enumerate(curves.groupby("cmr")):
             name = f"CMR p={cmr:g}" if cmr > 0 else "no CMR"
             line = top.plot(c["epoch"], c[val], marker="o", label=f"{name}: with D")[0]
             if without in c and c[without].notna().any():
@@ -171,7 +171,12 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
                     color=line.get_color(),
                     label=f"{name}: D removed",
                 )
-            bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), marker="o", label=name)
+            if len(schedules) > 1:
+                style = dict(ls=("-", "--", "-.", ":")[i % 4], marker="os^v"[i % 4])
+                bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), label=name, **style)
+            elif i == 0:
+                label = "every CMR rate (one schedule)" if curves["cmr"].nunique() > 1 else name
+                bottom.plot(c["epoch"], c[SPARSITY], color="0.3", marker="o", label=label)
         top.set_title(f"{method} at CF {factor:g}: co-matrix adaptation")
         top.set_ylabel(metric_label(metric, m["direction"].iloc[0], "validation"))
         top.grid(alpha=0.3)
@@ -180,6 +185,7 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
         bottom.set_ylabel("sparsity of D\n(fraction of zeros)")
         bottom.xaxis.get_major_locator().set_params(integer=True)
         bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=7)
     first = rows.iloc[0]
     fig.suptitle(
         f"F2  CMA while annealing, {task} ({first['profile']}, {first['budget']}): validation metric with and "
@@ -247,8 +253,17 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
     log_axis(ax)
     ax.set_xlabel("achieved compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
-    device = data.get("device", "")
-    ax.set_title("F4  batch-1 inference speed-up vs CF" + (f" ({device})" if device else ""))
+    shape = data.get("shape") or {}
+    where = ", ".join(
+        x
+        for x in (
+            " ".join(f"{k} {v}" for k, v in shape.items()),
+            f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else "",
+            str(data.get("device", "")),
+        )
+        if x
+    )
+    ax.set_title("F4  batch-1 inference speed-up vs CF" + (f"\n({where})" if where else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return save(fig, out, "F4_speedup_vs_cf"), ""
@@ -297,10 +312,13 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         if metric == "ppl":
             log_axis(ax, "y")
         ax.set_ylabel(metric_label(metric, direction, "validation"))
-        ax.set_title(f"{name}\nmetric vs {'size' if x == 'targeted_stored' else 'latency'}")
+        ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)", y=1.02)
+        ax.legend(
+            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3
+        )  # below: the front shows
+    fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)")
+    fig.set_layout_engine("constrained")
     paths = save(fig, out, "F5_pareto")
     table = pd.concat(fronts, ignore_index=True).rename(columns={"y": "val"})
     keep = [

@@ -43,7 +43,9 @@ def log_axis(ax, which: str = "x") -> None:
     """Log scale with plain numbers at 1, 2, 5 x 10^k (no crowded minor labels)."""
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    narrow = lo > 0 and hi / lo < 4  # under a factor 4 the 1-2-5 ticks leave an axis with one label or none
+    axis.set_major_locator(ticker.MaxNLocator(6) if narrow else ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
 

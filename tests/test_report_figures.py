@@ -374,3 +374,44 @@ def test_f6_draws_one_curve_per_lp_exponent(tmp_path, monkeypatch):
         ("lp_lowrank p=1.5", "lp_lowrank", "--", [2, 4]),
         ("svd", "svd", "-", [2, 4]),
     ]
+
+
+def test_figure_points_are_the_tables_choices_and_every_asked_cf(tmp_path, monkeypatch):
+    """F1's plotted points (its CSV, which the figure draws) are, per method and asked CF, the configuration
+    with the best validation metric in the summary table, with that configuration's test metric; non-integer
+    asked CFs are kept. F2 draws one sparsity curve per distinct schedule."""
+    from suite.report import write_tables
+
+    out = tmp_path / "results"
+    for seed, noise in ((0, 0.0), (1, 2.0)):
+        fake_record(out, "dense", 1, seed, 100 + noise)
+        for f in (2, 2.5, 4):
+            fake_record(out, "small_dense", f, seed, 110 + 5 * f + noise)
+            for lr, shift in ((1.0, 0.0), (0.5, 3.0)):
+                fake_record(out, "doped_kp", f, seed, 104 + 2 * f + shift + noise, lr=lr, cmr=0.0)
+    for seed in (0, 1):  # a second CMR rate on the same schedule of D
+        fake_record(out, "doped_kp", 2, seed, 101 + seed, cmr=0.5)
+    write_tables(out, tmp_path / "tables")
+    import suite.figures as figures
+
+    drawn, save = {}, figures.save
+    monkeypatch.setattr(
+        figures, "save", lambda fig, out, name: (drawn.update({name: fig}), save(fig, out, name))[1]
+    )
+    made = make_figures(tmp_path / "tables", tmp_path / "figs")
+    points = pd.read_csv(tmp_path / "figs" / "F1_metric_vs_cf.csv")
+    summ = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    summ = summ[summ["method"] != "dense"]
+    best = summ.loc[summ.groupby(["method", "factor"])["val_mean"].idxmin()]
+    got = points.set_index(["method", "factor"])[["lr", "val_mean", "test_mean"]].sort_index()
+    want = best.set_index(["method", "factor"])[["lr", "val_mean", "test_mean"]].sort_index()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert sorted(points["factor"].unique()) == [2.0, 2.5, 4.0]
+    assert set(points.loc[points["method"] == "doped_kp", "lr"]) == {1.0}  # the better rate on validation
+    assert made["F2"][0] and made["F1"][0]
+    f1 = drawn["F1_metric_vs_cf"].axes[0]
+    doped = next(c for c in f1.containers if c.get_label() == "doped_kp").lines[0]  # the errorbar's data line
+    assert list(doped.get_xdata()) == sorted(points.loc[points["method"] == "doped_kp", "cf"])
+    top, bottom = drawn["F2_cma"].axes  # doped_kp: with and without D per CMR rate; one schedule of D
+    assert len(top.get_lines()) == 4 and len(bottom.get_lines()) == 1
+    assert bottom.get_legend().get_texts()[0].get_text() == "every CMR rate (one schedule)"

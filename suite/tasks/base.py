@@ -34,6 +34,10 @@ from ..errors import ConfigError
 
 DIRECTIONS = ("minimize", "maximize")
 
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+"""Training precisions (Lightning's): full fp32, or mixed with bf16 or fp16 autocast (fp16: CUDA only)."""
+DEFAULT_PRECISION = "32"
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -105,6 +109,9 @@ class TrainSettings:
     """Train on this leading fraction of the training data (smoke profiles)."""
     eval_fraction: float = 1.0
     """Validate and test on this leading fraction of the validation and test data."""
+    precision: str = DEFAULT_PRECISION
+    """What Lightning's Trainer computes in: ``32``, ``bf16-mixed`` or ``16-mixed`` (CUDA only). Weights and
+    the accounting stay fp32 either way."""
 
     def __post_init__(self) -> None:
         check_fields(
@@ -115,6 +122,14 @@ class TrainSettings:
             positive=("lr", "clip"),
             fractions=("train_fraction", "eval_fraction"),
         )
+        if self.precision == 32 and not isinstance(
+            self.precision, bool
+        ):  # ``--set precision=32`` reads as 32
+            self.precision = DEFAULT_PRECISION
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
     def budget(self) -> dict[str, Any]:
         """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
@@ -123,6 +138,12 @@ class TrainSettings:
             "train_fraction": self.train_fraction,
             "eval_fraction": self.eval_fraction,
         }
+
+
+def train_identity(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings as a run's identity holds them: the precision only where it is not the default, so
+    that runs made before precision was a setting keep their run-ids (and checkpoints, published records)."""
+    return {k: v for k, v in train.items() if not (k == "precision" and v == DEFAULT_PRECISION)}
 
 
 def make_settings(cls: type, values: dict[str, Any], what: str) -> Any:

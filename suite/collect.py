@@ -24,8 +24,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from .errors import ConfigError, DataError
-from .files import check_dir, make_dir, replace_dir
+from .files import ASIDE, check_dir, make_dir, replace_dir
 from .track import Record, format_metric, run_lock
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")
@@ -84,32 +86,50 @@ def scan(root: Path, notes: list[str]) -> list[Copy]:
     each staging folder of a run still being written) is a note in ``notes``."""
     runs = root / "runs"
     found: list[Copy] = []
-    if not runs.is_dir():
-        return found
-    for folder in sorted(p for p in runs.rglob("*") if p.is_dir()):
-        rel = folder.relative_to(root)
-        hidden = [part for part in rel.parts if part.startswith(".")]
-        if hidden:
-            if len(hidden) == 1 and rel.parts[-1] == hidden[0] and ".tmp" in hidden[0]:
-                notes.append(f"{folder}: a run still being written there (a partial copy); skipped")
-            continue
-        if not (folder / "record.json").is_file():
-            if RUN_ID.fullmatch(folder.name) and len(rel.parts) >= 4:
-                notes.append(f"{folder}: a run folder without record.json (a partial copy); skipped")
-            continue
-        if len(rel.parts) < 4:
-            notes.append(f"{folder}: a record outside runs/<task>/<method>/<run-id>; skipped")
-            continue
-        try:
-            record = Record.load(folder / "record.json")
-        except DataError as e:
-            notes.append(f"{e} (a partial copy); skipped")
-            continue
-        if record.run_id != folder.name:
-            notes.append(f"{folder}: holds the record of run {record.run_id}, not its own; skipped")
-            continue
-        found.append(Copy(folder, rel, record))
+    for top, subdirs, _ in os.walk(runs):
+        keep = []
+        for name in sorted(subdirs):
+            folder = Path(top) / name
+            if name.startswith("."):  # staging folders and locks are not runs
+                if ".tmp" in name:
+                    notes.append(f"{folder}: a run still being written there (a partial copy); skipped")
+                # A run whose replacement was cut short waits aside (files.replace_dir): it is the run.
+                own = name[1:].rpartition(ASIDE)[0]
+                if own and not (Path(top) / own).exists():
+                    if copy := _run_folder(root, folder, notes, Path(top) / own):
+                        found.append(copy)
+                continue
+            copy = _run_folder(root, folder, notes)
+            if copy is None:
+                keep.append(name)  # a store, task or method folder: look inside
+            elif copy is not False:
+                found.append(copy)
+        subdirs[:] = keep  # never inside a run folder (its logs, W&B files)
     return found
+
+
+def _run_folder(root: Path, folder: Path, notes: list[str], own: Path | None = None) -> Copy | bool | None:
+    """The run in ``folder`` (False: a run folder that cannot be collected, with a note; None: not a run);
+    ``own``: where the run belongs, when that is not ``folder``."""
+    own = own or folder
+    rel = own.relative_to(root)
+    if not (folder / "record.json").is_file():
+        if RUN_ID.fullmatch(folder.name) and len(rel.parts) >= 4:
+            notes.append(f"{folder}: a run folder without record.json (a partial copy); skipped")
+            return False
+        return None
+    if len(rel.parts) < 4:
+        notes.append(f"{folder}: a record outside runs/<task>/<method>/<run-id>; skipped")
+        return False
+    try:
+        record = Record.load(folder / "record.json")
+    except DataError as e:
+        notes.append(f"{e} (a partial copy); skipped")
+        return False
+    if record.run_id != own.name:
+        notes.append(f"{folder}: holds the record of run {record.run_id}, not its own; skipped")
+        return False
+    return Copy(folder, rel, record)
 
 
 def _results(record: Record) -> str:
@@ -169,7 +189,8 @@ def collect(sources: list[str | Path], into: str | Path = "results") -> Collecte
     for tree in trees:
         if not (tree / "runs").is_dir():
             raise ConfigError(
-                f"{tree} holds no runs/ folder; name results folders (the ones holding runs/, e.g. machine-b/results)"
+                f"{tree} holds no runs/ folder; name results folders (the ones holding runs/, "
+                "e.g. machine-b/results)"
             )
     into = check_dir(into, "collect target (--into)")
     notes: list[str] = []
@@ -190,7 +211,10 @@ def _place(copy: Copy, final: Path, into: Path) -> None:
     *store, task, method, run_id = copy.rel.parts[1:]  # runs/[<store>/]<task>/<method>/<run-id>
     make_dir(final.parent, "collect target (--into)")
     staging = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    for left in final.parent.glob(f".{final.name}.tmp*"):  # of this process, or of a killed one
+        pid = left.name.rpartition(".tmp")[2]
+        if not (pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid))):
+            shutil.rmtree(left, ignore_errors=True)
     try:
         shutil.copytree(copy.folder, staging, ignore=shutil.ignore_patterns(".*.lock"))
         with run_lock(into, task, method, run_id, "/".join(store) or None):

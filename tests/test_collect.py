@@ -191,3 +191,23 @@ def test_collected_records_read_as_the_originals(tmp_path):
     collect([a], into)
     copied = into / "runs" / "tiny" / "kp" / "aaaaaaaaaaa1" / "record.json"
     assert json.loads(copied.read_text()) == json.loads((folder / "record.json").read_text())
+
+
+def test_a_run_waiting_aside_is_collected_under_its_own_name(tmp_path):
+    """A run whose replacement (--force) was killed half-way waits as .<run-id>.old<pid>: it is the run."""
+    a, into = tmp_path / "a", tmp_path / "merged"
+    folder = run(a, "aaaaaaaaaaa1", 90)
+    folder.rename(folder.with_name(".aaaaaaaaaaa1.old4242"))
+    done = collect([a], into)
+    assert [p.name for p in done.copied] == ["aaaaaaaaaaa1"] and not done.notes
+    assert Record.load(into / "runs" / "tiny" / "kp" / "aaaaaaaaaaa1" / "record.json").test == 90
+
+
+def test_a_killed_collect_leaves_nothing_a_later_one_keeps(tmp_path):
+    a, into = tmp_path / "a", tmp_path / "merged"
+    run(a, "aaaaaaaaaaa1", 90)
+    left = into / "runs" / "tiny" / "kp" / ".aaaaaaaaaaa1.tmp999999999"  # a collect killed mid-copy
+    left.mkdir(parents=True)
+    (left / "record.json").write_text("{")
+    assert [p.name for p in collect([a], into).copied] == ["aaaaaaaaaaa1"]
+    assert not list(into.rglob(".*"))

@@ -122,10 +122,8 @@ class TrainSettings:
             positive=("lr", "clip"),
             fractions=("train_fraction", "eval_fraction"),
         )
-        if self.precision == 32 and not isinstance(
-            self.precision, bool
-        ):  # ``--set precision=32`` reads as 32
-            self.precision = DEFAULT_PRECISION
+        if self.precision == 32 and not isinstance(self.precision, bool):
+            self.precision = DEFAULT_PRECISION  # ``--set precision=32`` reads as a number
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"

@@ -121,7 +121,7 @@ def _check_device(device: str) -> None:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:<index>") from None
     if kind not in ("cpu", "cuda"):
-        raise ConfigError(f"bench train runs on cpu or cuda, not {device!r}")
+        raise ConfigError(f"bench runs on cpu or cuda, not {device!r}")
     if kind == "cuda":
         index = torch.device(device).index or 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
@@ -159,7 +159,11 @@ def layer_csr(parts: list[Tensor | None], shapes: list[tuple[int, int]]) -> Tens
     """The sparse parts of a layer's matrices side by side, [D_ih | D_hh], as one int32 CSR matrix (a
     missing part is empty). It stores one set of row pointers instead of two, so it never holds more than
     the per-matrix accounting counts."""
-    blocks = [p.to_dense() if p is not None else torch.zeros(shape) for p, shape in zip(parts, shapes)]
+    device = next(p.device for p in parts if p is not None)
+    blocks = [
+        p.to_dense() if p is not None else torch.zeros(shape, device=device)
+        for p, shape in zip(parts, shapes)
+    ]
     csr = torch.cat(blocks, 1).to_sparse_csr()  # (4H, in + H)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
@@ -240,9 +244,11 @@ def bench_infer(
     warmup: int = 10,
     out: str | Path | None = "results/bench/infer.json",
     echo: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Median time of one batch-1 LSTM step (W_ih x + W_hh h, gates, cell update) per method and CF against
-    the dense step, on one thread; every deployed step is first checked against the materialized weights.
+    the dense step, on one thread (``device``: or on a GPU, each step timed to its end); every deployed step is
+    first checked against the materialized weights. Models are compressed on the CPU, then moved.
 
     A repetition runs a block of 1 + ``inner`` consecutive steps of each model, the models in a rotating
     order, each step timed alone. The block's first step follows the other models, which have evicted this
@@ -250,15 +256,18 @@ def bench_infer(
     of a model running a sequence: ``median_us`` is their median, and ``speedup_vs_dense`` compares those.
     Timing single steps keeps a preemption by another process from inflating a whole block (a dense block is
     long enough to be preempted almost always, a compressed one rarely)."""
+    _check_device(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         base = nn.LSTM(input_size, hidden)
-        entries: list[dict] = [{"method": "dense", "factor": 1.0, "step": dense_step(base), "cf": 1.0}]
+        dense = copy.deepcopy(base).to(device)
+        entries: list[dict] = [{"method": "dense", "factor": 1.0, "step": dense_step(dense), "cf": 1.0}]
         for name in methods:
             for factor in factors:
                 lstm, acc = compressed_lstm(base, name, factor)
+                lstm = lstm.to(device)
                 step = deployed_step(lstm)
                 entries.append(
                     {
@@ -271,7 +280,9 @@ def bench_infer(
                         "matrices": {m["name"]: m["detail"] for m in acc["matrices"]},
                     }
                 )
-        warm, cold = _time_steps([e["step"] for e in entries], input_size, hidden, reps, inner, warmup, echo)
+        warm, cold = _time_steps(
+            [e["step"] for e in entries], input_size, hidden, reps, inner, warmup, echo, device
+        )
     finally:
         torch.set_num_threads(threads)
     dense_warm, dense_cold = statistics.median(warm[0]), statistics.median(cold[0])
@@ -291,6 +302,7 @@ def bench_infer(
         "benchmark": "lstm_step_batch1",
         "shape": {"hidden": hidden, "input": input_size},
         "threads": 1,
+        "device": device,
         "reps": reps,
         "inner": inner,
         "warmup": warmup,
@@ -305,7 +317,8 @@ def bench_infer(
 @torch.inference_mode()
 def _check(step: Step, lstm: nn.LSTM) -> float:
     """Max |h - h_ref| of one step against the same step with the materialized (dense) weights."""
-    x, h, c = torch.randn(lstm.input_size), torch.randn(lstm.hidden_size), torch.randn(lstm.hidden_size)
+    device = lstm.weight_ih_l0.device
+    x, h, c = (torch.randn(n, device=device) for n in (lstm.input_size, lstm.hidden_size, lstm.hidden_size))
     ref = lstm_cell(x @ lstm.weight_ih_l0.T + h @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0, c)
     err = (step(x, h, c)[0] - ref[0]).abs().max().item()
     if err > 1e-4:
@@ -315,11 +328,20 @@ def _check(step: Step, lstm: nn.LSTM) -> float:
 
 @torch.inference_mode()
 def _time_steps(
-    steps: list[Step], input_size: int, hidden: int, reps: int, inner: int, warmup: int, echo: bool
+    steps: list[Step],
+    input_size: int,
+    hidden: int,
+    reps: int,
+    inner: int,
+    warmup: int,
+    echo: bool,
+    device: str = "cpu",
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """Per model: (seconds of each warm step, seconds of each block's first, cold step)."""
-    x = torch.randn(input_size)
-    state = [(torch.zeros(hidden), torch.zeros(hidden)) for _ in steps]
+    """Per model: (seconds of each warm step, seconds of each block's first, cold step). On a GPU each step
+    is timed until it has run (the launch alone says nothing)."""
+    x = torch.randn(input_size, device=device)
+    state = [(torch.zeros(hidden, device=device), torch.zeros(hidden, device=device)) for _ in steps]
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     warm: list[list[float]] = [[] for _ in steps]
     cold: list[list[float]] = [[] for _ in steps]
     for r in range(warmup + reps):
@@ -327,11 +349,14 @@ def _time_steps(
         order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
         for i in order:
             step, (h, c) = steps[i], state[i]
+            sync()
             t0 = time.perf_counter()
             h, c = step(x, h, c)  # the other models have just evicted this one's weights from the caches
+            sync()
             ts = [t0, time.perf_counter()]
             for _ in range(inner):  # each step timed alone: a preemption spoils one sample, not a block
                 h, c = step(x, h, c)
+                sync()
                 ts.append(time.perf_counter())
             state[i] = (h, c)
             if r >= warmup:

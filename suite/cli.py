@@ -1,5 +1,5 @@
-"""Command line: ``suite train|sweep|methods|report|figures|dashboard|bench|prepare|baselines``. Errors the user
-can fix print one line and exit 2."""
+"""Command line: ``suite train|sweep|methods|report|figures|dashboard|bench|collect|prepare|baselines``.
+Errors the user can fix print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -183,13 +183,16 @@ def cmd_dashboard(args) -> int:
 def cmd_sweep(args) -> int:
     from .config import parse_sets
     from .pipeline import load_params, use_threads
-    from .sweep import load_spec, run_sweep, status, work
+    from .sweep import devices, load_spec, run_sweep, status, work
     from .sweep.runner import location
     from .sweep.storage import retry_pending
 
     params = load_params(_params_file(args.params), args.profile) if args.params else None
     use_threads(args.threads if args.threads is not None else (params.threads if params else None))
-    workers = args.workers if args.workers is not None else (params.workers if params else 1)
+    gpus = devices.parse(args.devices)
+    workers = args.workers if args.workers is not None else (params.workers if params else None)
+    if workers is None:  # one worker per device named, else one
+        workers = len(gpus) if isinstance(gpus, list) else 1
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
@@ -220,7 +223,7 @@ def cmd_sweep(args) -> int:
             argv += [flag, str(value)]
     for item in args.set or []:
         argv += ["--set", item]
-    study = run_sweep(spec, args.storage, workers, argv)
+    study = run_sweep(spec, args.storage, workers, argv, gpus)
     print(status(spec, args.storage))
     left = retry_pending(study)
     if left:
@@ -230,6 +233,16 @@ def cmd_sweep(args) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from .collect import collect
+
+    done = collect(args.dirs, args.into)
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(done.summary())
     return 0
 
 
@@ -286,11 +299,18 @@ def cmd_bench(args) -> int:
         print(format_rows(res["rows"], "speed_vs_dense"))
     else:
         res = bench_infer(
-            methods, factors, hidden=args.hidden, input_size=args.input, reps=args.reps, out=out
+            methods,
+            factors,
+            hidden=args.hidden,
+            input_size=args.input,
+            reps=args.reps,
+            out=out,
+            device=args.device,
         )
         shape = res["shape"]
         print(
-            f"batch-1 LSTM step, hidden {shape['hidden']}, input {shape['input']}, 1 thread, median of "
+            f"batch-1 LSTM step, hidden {shape['hidden']}, input {shape['input']}, "
+            f"{'1 thread' if res['device'] == 'cpu' else res['device']}, median of "
             f"{res['reps']} x {res['inner']} steps"
         )
         print(format_infer(res["rows"]))
@@ -364,7 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
-    s.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 1)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on this machine (default: one per device of --devices, else 1)",
+    )
+    s.add_argument(
+        "--devices",
+        default=None,
+        help="CUDA devices for the workers, one each, round-robin: indices (0,1,...) or cpu "
+        "(default: every visible GPU, else the CPU)",
+    )
     s.add_argument(
         "--storage",
         default=None,
@@ -387,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
+
+    co = sub.add_parser("collect", help="merge the results trees of several machines into one, by run-id")
+    co.add_argument("dirs", nargs="+", metavar="DIR", help="results folders (each holding runs/)")
+    co.add_argument(
+        "--into", default="results", help="the results folder that receives them (default results)"
+    )
+    co.set_defaults(func=cmd_collect)
 
     pr = sub.add_parser("prepare", help="load and cache a corpus, write its description (pipeline stage)")
     pr.add_argument("dataset", help="a dataset a task family loads (ptb, wikitext2, ...)")
@@ -412,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--factors", type=_factors, help="comma-separated CFs (train: 4,8; infer: 10,25)")
     b.add_argument("--preset", default="tasks/ptb-small.yaml", help="train: the task whose shapes are used")
     b.add_argument("--steps", type=_positive, default=30, help="train: timed steps")
-    b.add_argument("--device", default="cpu", help="train: device")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's choice)")
     b.add_argument("--hidden", type=_positive, default=650, help="infer: LSTM hidden size (ptb-medium: 650)")
     b.add_argument("--input", type=_positive, default=650, help="infer: LSTM input size")

@@ -14,7 +14,7 @@ import yaml
 from . import tasks
 from .compressors import registry
 from .errors import ConfigError
-from .tasks.base import TrainSettings, make_settings
+from .tasks.base import TrainSettings, make_settings, train_identity
 from .version import code_version
 
 PROFILES = ("paper", "smoke")
@@ -85,7 +85,7 @@ class RunConfig:
             "family": self.family,
             "dataset": self.dataset,
             "model": self.model,
-            "train": dataclasses.asdict(self.train),
+            "train": train_identity(dataclasses.asdict(self.train)),
             "method": self.method,
             "compress": self.compress,
             "seed": self.seed,

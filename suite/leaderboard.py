@@ -20,10 +20,11 @@ from .track import format_metric
 
 
 def full_scale(summ: pd.DataFrame) -> pd.DataFrame:
-    """The configurations of full-scale runs: paper profile, every token of every split (no data fractions)."""
+    """The configurations of full-scale runs: paper profile, every token of every split (no data fractions; a
+    precision other than fp32 stays in its own rows, by its budget)."""
     if summ.empty:
         return summ
-    keep = (summ["profile"] == "paper") & ~summ["budget"].str.contains("/", regex=False)
+    keep = (summ["profile"] == "paper") & ~summ["budget"].str.contains("/tr|/ev", regex=True)
     return summ[keep]
 
 

@@ -206,8 +206,12 @@ def refresh_fingerprints(results_dir: str | Path = "results") -> set:
 
 def _what(config: dict) -> str:
     """A configuration without where it lives or which code ran it: what a published record and a run share."""
+    from .tasks.base import train_identity
+
     keys = ("task", "family", "dataset", "model", "train", "method", "compress", "seed")
-    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    what = {k: config.get(k) for k in keys}
+    what["train"] = train_identity(what["train"] or {})
+    return json.dumps(what, sort_keys=True, default=str)
 
 
 def find_published(cfg) -> Record | None:

@@ -30,6 +30,7 @@ from scipy import stats
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .files import atomic
+from .tasks.base import DEFAULT_PRECISION, train_identity
 from .track import Record, load_records, write_json
 
 DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
@@ -45,12 +46,18 @@ def _cell(value: Any) -> Any:
 
 
 def budget_text(train: dict) -> str:
-    """A run's training budget in one cell: epochs and the fractions of the data trained (tr) and evaluated (ev)
-    on, e.g. ``2ep/tr0.05/ev0.1``."""
+    """A run's training budget in one cell: epochs, the fractions of the data trained (tr) and evaluated (ev)
+    on, and a precision other than fp32, e.g. ``2ep/tr0.05/ev0.1`` or ``13ep/bf16-mixed``."""
     epochs = train.get("epochs")
     frac = train.get("train_fraction", 1.0)
     ev = train.get("eval_fraction", 1.0)
-    return f"{epochs}ep" + (f"/tr{frac:g}" if frac != 1 else "") + (f"/ev{ev:g}" if ev != 1 else "")
+    precision = train.get("precision", DEFAULT_PRECISION)
+    return (
+        f"{epochs}ep"
+        + (f"/tr{frac:g}" if frac != 1 else "")
+        + (f"/ev{ev:g}" if ev != 1 else "")
+        + (f"/{precision}" if precision != DEFAULT_PRECISION else "")
+    )
 
 
 def current_version(record: Record) -> str | None:
@@ -80,7 +87,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
         acc = r.accounting or {}
         config = r.config
         compress = config.get("compress", {})
-        train = dict(config.get("train") or {})
+        train = train_identity(config.get("train") or {})  # a record of before precision was a setting: fp32
         without_lr = {k: v for k, v in train.items() if k != "lr"}
         setup = {k: config.get(k) for k in ("task", "dataset", "model", "profile")}
         seeds = config.get("seeds") or [r.seed]
@@ -94,6 +101,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 "family": config.get("family", "lm"),
                 "profile": config.get("profile"),
                 "budget": budget_text(train),
+                "precision": train.get("precision", DEFAULT_PRECISION),
                 "method": r.method,
                 "factor": float(compress.get("factor", 1.0)),
                 **{k: _cell(v) for k, v in compress.items() if k != "factor"},

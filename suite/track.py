@@ -270,7 +270,7 @@ def provenance() -> dict[str, Any]:
             pass
     sha = _git("rev-parse", "HEAD")
     dirty = None if sha is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
-    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     return {
         "git_sha": sha,
         "git_dirty": dirty,
@@ -278,10 +278,22 @@ def provenance() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": platform.node(),
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        **device_info(device),
         "threads": torch.get_num_threads(),
         "argv": sys.argv,
     }
+
+
+def device_info(device: torch.device) -> dict[str, str]:
+    """The device a run computes on, in this machine's numbering: ``cuda:1`` or ``cpu`` (``device``), and its
+    name (``device_name``). A process that sees some GPUs only (a sweep worker, a SLURM job) numbers them from
+    0; CUDA_VISIBLE_DEVICES says which of the machine's they are."""
+    if device.type != "cuda":
+        return {"device": device.type, "device_name": platform.processor() or platform.machine()}
+    index = device.index or 0
+    visible = [t.strip() for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
+    which = visible[index] if index < len(visible) else str(index)
+    return {"device": f"cuda:{which}", "device_name": torch.cuda.get_device_name(index)}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

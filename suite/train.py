@@ -32,6 +32,7 @@ from .track import (
     History,
     Record,
     close_wandb,
+    device_info,
     locate,
     provenance,
     record_path,
@@ -41,6 +42,8 @@ from .track import (
 )
 
 MODEL_FILE = "model.pt"
+LIGHTNING_PRECISION = {"32": "32-true"}
+"""``train.precision`` as Lightning's Trainer spells it, where the two differ."""
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -174,6 +177,7 @@ def check(cfg: RunConfig, data: object | None = None) -> object:
     family = tasks.get(cfg.family)
     method = registry.get(cfg.method)
     check_dir(cfg.results_dir, "results folder")
+    check_precision(cfg)
     if data is None:
         data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
@@ -182,6 +186,23 @@ def check(cfg: RunConfig, data: object | None = None) -> object:
     dry.init = "scratch"
     build_model(family, resolve_model(family, cfg.model, data), cfg.method, dry, ctx=ctx)
     return data
+
+
+def check_precision(cfg: RunConfig) -> None:
+    """A precision this machine cannot train in (fp16 autocast on CPU, bf16 on a GPU without it) is refused
+    before anything runs."""
+    if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.precision 16-mixed needs a CUDA device and there is none here; use bf16-mixed or 32"
+        )
+    if (
+        cfg.train.precision == "bf16-mixed"
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        raise ConfigError(
+            f"train.precision bf16-mixed: {torch.cuda.get_device_name(0)} has no bf16; use 16-mixed or 32"
+        )
 
 
 @dataclasses.dataclass
@@ -207,6 +228,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     family = tasks.get(cfg.family)
     method = registry.get(cfg.method)  # an unknown method fails here, before any work
     mcfg = cfg.method_config
+    check_precision(cfg)
     data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
     model_cfg = resolve_model(family, cfg.model, data)
@@ -309,7 +331,8 @@ def _run(
     trainer = pl.Trainer(
         max_epochs=setup.epochs,
         accelerator="auto",
-        devices=1,
+        devices=1,  # the first GPU this process sees: a sweep worker sees its own (CUDA_VISIBLE_DEVICES)
+        precision=LIGHTNING_PRECISION.get(cfg.train.precision, cfg.train.precision),
         logger=loggers,
         callbacks=[*extra, *callbacks, history, state, checkpoints.epoch_checkpoints(ckpt_dir)],
         gradient_clip_val=cfg.train.clip,
@@ -319,6 +342,7 @@ def _run(
         num_sanity_val_steps=0,
         log_every_n_steps=50,
     )
+    record.provenance.update(device_info(trainer.strategy.root_device))
     exit_code, raise_after = 1, None
     sigint = signal.getsignal(signal.SIGINT)
     try:

@@ -22,6 +22,7 @@ from ..track import Record, run_dir
 from ..train import train
 from . import storage as st
 from .build import FitPruning, make_pruner, make_sampler
+from .devices import assign, describe
 from .objectives import mean, objective_values
 from .preflight import preflight
 from .spec import SweepSpec
@@ -218,27 +219,43 @@ def _echo(study: optuna.Study, objective: Objective) -> None:
 
 
 def run_sweep(
-    spec: SweepSpec, url: str | None = None, workers: int = 1, argv: list[str] | None = None
+    spec: SweepSpec,
+    url: str | None = None,
+    workers: int = 1,
+    argv: list[str] | None = None,
+    devices: list[int] | str | None = None,
 ) -> optuna.Study:
-    """Run (or resume) a sweep to its n_trials. ``workers > 1`` spawns that many worker processes on this machine
-    (``argv``: the command that runs one worker), sharing the study through its storage."""
+    """Run (or resume) a sweep to its n_trials. ``workers > 1`` (or ``devices`` given) spawns that many worker
+    processes on this machine (``argv``: the command that runs one worker), sharing the study through its
+    storage, each on its own GPU where there are GPUs (``devices``: indices of the visible CUDA devices to
+    use, round-robin, or ``"cpu"``; ``sweep.devices``)."""
+    gpus = assign(workers, devices)  # a device that is not here is refused before anything starts
     where = location(spec, url)
     preflight(spec, where)  # what every trial would hit is found before the study exists
     study = open_study(spec, where, resume=True)
-    if workers <= 1:
+    if workers <= 1 and devices is None:
         work(spec, where)
     else:
-        _spawn(workers, argv or [])
+        _spawn(workers, argv or [], gpus)
     export(spec, study)
     return study
 
 
-def _spawn(workers: int, argv: list[str]) -> None:
+def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) -> None:
+    """Start ``workers`` worker processes and wait for them; worker i sees only GPU ``gpus[i]`` ("": none;
+    None: whatever this process sees)."""
+    gpus = gpus or [None] * workers
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    if any(g is not None for g in gpus):
+        shown = ", ".join(f"worker {i + 1} on {describe(g)}" for i, g in enumerate(gpus))
+        print(f"sweep: {shown}", file=sys.stderr, flush=True)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "suite.cli", *argv, "--as-worker"], env=env)
-        for _ in range(workers)
+        subprocess.Popen(
+            [sys.executable, "-m", "suite.cli", *argv, "--as-worker"],
+            env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu},
+        )
+        for gpu in gpus
     ]
     try:
         codes = [p.wait() for p in procs]

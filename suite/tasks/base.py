@@ -38,6 +38,10 @@ FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
 DIRECTIONS = ("minimize", "maximize")
 
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+"""Training precisions (Lightning's): full fp32, or mixed with bf16 or fp16 autocast (fp16: CUDA only)."""
+DEFAULT_PRECISION = "32"
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -109,6 +113,9 @@ class TrainSettings:
     """Train on this leading fraction of the training data (smoke profiles)."""
     eval_fraction: float = 1.0
     """Validate and test on this leading fraction of the validation and test data."""
+    precision: str = DEFAULT_PRECISION
+    """What Lightning's Trainer computes in: ``32``, ``bf16-mixed`` or ``16-mixed`` (CUDA only). Weights and
+    the accounting stay fp32 either way."""
 
     def __post_init__(self) -> None:
         check_fields(
@@ -119,6 +126,12 @@ class TrainSettings:
             positive=("lr", "clip"),
             fractions=("train_fraction", "eval_fraction"),
         )
+        if self.precision == 32 and not isinstance(self.precision, bool):
+            self.precision = DEFAULT_PRECISION  # ``--set precision=32`` reads as a number
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
     def budget(self) -> dict[str, Any]:
         """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
@@ -127,6 +140,12 @@ class TrainSettings:
             "train_fraction": self.train_fraction,
             "eval_fraction": self.eval_fraction,
         }
+
+
+def train_identity(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings as a run's identity holds them: the precision only where it is not the default, so
+    that runs made before precision was a setting keep their run-ids (and checkpoints, published records)."""
+    return {k: v for k, v in train.items() if not (k == "precision" and v == DEFAULT_PRECISION)}
 
 
 def make_settings(cls: type, values: dict[str, Any], what: str) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from suite.compressors import CompressorConfig, Method, Storage, Structured, register
-from suite.compressors.registry import apply_structured, check_budget
+from suite.compressors.registry import apply_structured, budget_detail, check_budget
 
 
 @dataclass
@@ -19,6 +19,10 @@ class Int8Config(CompressorConfig):
 
 class Int8Rows(Structured):
     method = "int8"
+
+    def __init__(self, shape: tuple[int, int], factor: float = 1.0) -> None:
+        super().__init__(shape)
+        self.factor = factor
 
     def forward(self, w: Tensor) -> Tensor:
         scale = w.detach().abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
@@ -31,6 +35,9 @@ class Int8Rows(Structured):
     def storage(self) -> Storage:
         return Storage(values=self.shape[0], q8_values=self.shape[0] * self.shape[1])
 
+    def describe(self) -> dict:  # the asked CF and whether only a larger one was reachable (the contract)
+        return budget_detail(self.shape, self.factor, self.storage().total)
+
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         return self.forward(factors[0]) @ x
 
@@ -39,7 +46,7 @@ def make(name: str, w: Tensor, cfg: Int8Config, ctx=None) -> Int8Rows:
     m, n = w.shape
     stored = Int8Rows((m, n)).storage().total
     check_budget(name, (m, n), cfg.factor, stored, f"8-bit rows reach CF {m * n / stored:.2f}")
-    return Int8Rows((m, n))
+    return Int8Rows((m, n), cfg.factor)
 
 
 register(

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from suite.compressors import CompressorConfig, Method, Storage, Structured, register
-from suite.compressors.registry import apply_structured, check_budget
+from suite.compressors.registry import apply_structured, budget_detail, check_budget
 
 
 @dataclass
@@ -27,9 +27,9 @@ def spans(size: int, k: int) -> list[tuple[int, int]]:
 class BlockDiag(Structured):
     method = "blockdiag"
 
-    def __init__(self, shape: tuple[int, int], k: int) -> None:
+    def __init__(self, shape: tuple[int, int], k: int, factor: float = 1.0) -> None:
         super().__init__(shape)
-        self.k = k
+        self.k, self.factor = k, factor
         rows, cols = spans(shape[0], k), spans(shape[1], k)
         self.blocks = list(zip(rows, cols))  # as many as the shorter side gives
 
@@ -45,8 +45,8 @@ class BlockDiag(Structured):
     def storage(self) -> Storage:
         return Storage(values=sum((r1 - r0) * (c1 - c0) for (r0, r1), (c0, c1) in self.blocks))
 
-    def describe(self) -> dict:
-        return {"blocks": len(self.blocks)}
+    def describe(self) -> dict:  # the asked CF and whether only a larger one was reachable (the contract)
+        return {"blocks": len(self.blocks), **budget_detail(self.shape, self.factor, self.storage().total)}
 
     def matvec(self, blocks: tuple[Tensor, ...], x: Tensor) -> Tensor:
         parts = [b @ x[c0:c1] for ((_, _), (c0, c1)), b in zip(self.blocks, blocks)]
@@ -64,7 +64,7 @@ def make(name: str, w: Tensor, cfg: BlockDiagConfig, ctx=None) -> BlockDiag:
     while k <= min(m, n) and m * n / BlockDiag((m, n), k).storage().total < cfg.factor:
         k += 1
     k = min(k, min(m, n))
-    best = BlockDiag((m, n), k)
+    best = BlockDiag((m, n), k, cfg.factor)
     check_budget(
         name,
         (m, n),

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import platform
 import subprocess
@@ -70,6 +71,13 @@ class Record:
         """The test metric: what is reported for what was chosen."""
         return self.final.get(f"test_{self.metric}")
 
+    def final_problem(self) -> str | None:
+        """Why the final metrics are not those of a finished run (a metric missing, NaN or infinite), or None."""
+        for split, value in (("val", self.val), ("test", self.test)):
+            if value is None or not math.isfinite(value):
+                return f"non-finite {split} metric ({split}_{self.metric} = {value})"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -101,9 +109,12 @@ class Record:
         if problem:
             raise DataError(f"record {path} is not a run record ({problem})")
         try:
-            return cls.from_dict(data)
+            rec = cls.from_dict(data)
         except TypeError as e:
             raise DataError(f"record {path} is not a run record ({e})") from None
+        if rec.status == "ok" and (problem := rec.final_problem()):
+            rec.status, rec.reason = "failed", problem  # a NaN metric is no finished seed
+        return rec
 
 
 #: What a record must hold, and of which type, for tables and re-use to trust it.

@@ -53,6 +53,11 @@ def record(folder: Path, run_id: str) -> Path:
     return path
 
 
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def check_exactly(study: optuna.Study, n: int, folder: Path) -> list:
     """n trials done, all complete, with distinct settings, each with its finished record."""
     trials = study.get_trials(deepcopy=False)
@@ -354,8 +359,10 @@ def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
     assert [t.state for t in load(spec).trials] == [TrialState.COMPLETE] * 2
     write_spec(folder, preset, n_trials=2, space={"factor": {"low": 1.5, "high": 3.0}})
     capsys.readouterr()
+    before = tree(folder / "results")
     assert main(["sweep", str(spec)]) == 2
     assert "made from a different spec" in capsys.readouterr().err
+    assert tree(folder / "results") == before  # a refused resume writes nothing, not even to the journal
     assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
     assert load_spec(spec, "smoke").study_name != load_spec(spec).study_name
     assert len(load(spec, profile="smoke").trials) == 2 and len(load(spec).trials) == 2
@@ -371,8 +378,10 @@ def test_a_study_of_older_code_is_refused_not_resumed(tiny, capsys, monkeypatch)
     real = SweepSpec.code_versions
     monkeypatch.setattr(SweepSpec, "code_versions", lambda self: {m: "0" * 12 for m in real(self)})
     capsys.readouterr()
+    before = tree(folder / "results")
     assert main(["sweep", str(spec)]) == 2
     assert "made by older code of small_dense" in capsys.readouterr().err
+    assert tree(folder / "results") == before
 
 
 def _trial(params: dict, curve: list[float]) -> optuna.trial.FrozenTrial:

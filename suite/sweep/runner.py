@@ -53,14 +53,19 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
     lock = st.SlotLock(where, spec.study_name)
     try:
         with lock:
-            study = optuna.create_study(
-                study_name=spec.study_name,
-                storage=storage,
-                directions=spec.directions,
-                sampler=sampler,
-                pruner=pruner,
-                load_if_exists=True,
-            )
+            try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
+                study = optuna.load_study(
+                    study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
+                )
+            except KeyError:
+                study = optuna.create_study(
+                    study_name=spec.study_name,
+                    storage=storage,
+                    directions=spec.directions,
+                    sampler=sampler,
+                    pruner=pruner,
+                    load_if_exists=True,
+                )
             made_from = study.user_attrs.get("fingerprint")
             if made_from is None:
                 study.set_user_attr("spec", spec.identity())

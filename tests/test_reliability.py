@@ -355,6 +355,30 @@ def test_a_failed_trial_keeps_its_reason_and_is_retried_the_grid_complete_withou
     assert "3/3 trials done" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-25],  # cut short inside its last line
+        lambda data: b"\x00\xff\xfe\x9c" * 64,  # not text
+        lambda data: data + b'{"op_code": 3, "trial_id": 9}\n',  # JSON, but no entry Optuna can replay
+    ],
+    ids=["truncated", "garbage", "bad-entry"],
+)
+def test_a_damaged_journal_is_one_error_line_exit_2_and_writes_nothing(work, capsys, damage):
+    spec = sweep_of(work, "tiny.yaml")
+    assert main(["sweep", spec, "--threads", "1"]) == 0
+    journal = work / "results" / "sweeps" / "s" / "journal.log"
+    journal.write_bytes(damage(journal.read_bytes()))
+    before = snapshot(work)
+    for argv in (["sweep", spec, "--status"], ["sweep", spec, "--threads", "1"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        assert f"study journal {Path('results/sweeps/s/journal.log')} is damaged" in err, err
+        assert snapshot(work) == before
+
+
 def test_status_names_a_dead_workers_trial(work, capsys):
     spec = sweep_of(work, "tiny.yaml")
     from suite.sweep import open_study

@@ -240,6 +240,44 @@ def test_killed_worker_trial_is_retried_and_finished_trials_are_kept(tiny):
         assert hashlib.sha256(record(folder, rid).read_bytes()).hexdigest() == digest
 
 
+def test_a_killed_worker_of_several_fails_nothing_once_the_others_retried_its_trial(tiny):
+    import psutil
+
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=20)  # trials of a few seconds: time to kill one
+    spec = write_spec(folder, preset, n_trials=3)
+    log = folder / "stderr.txt"
+    with open(log, "w") as err:
+        cmd = subprocess.Popen(
+            [sys.executable, "-m", "suite.cli", "sweep", str(spec), "--workers", "2"],
+            cwd=folder,
+            env=env(folder),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        runs = folder / "results" / "runs" / "tiny" / "small_dense"
+        deadline, victim = time.time() + 300, None
+        # Kill the second worker while both train, so that the first is there to retry its trial (the command,
+        # waiting on the first, leaves the killed one a zombie meanwhile).
+        while victim is None:
+            time.sleep(0.2)
+            assert cmd.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            if not (folder / "results" / "sweeps").exists() or progress(load(spec)).running < 2:
+                continue
+            second = max(psutil.Process(cmd.pid).children(), key=lambda w: (w.create_time(), w.pid))
+            victim = second if list(runs.glob(f".*.tmp{second.pid}")) else None
+        victim.send_signal(signal.SIGKILL)
+        code = cmd.wait(timeout=600)
+    text = log.read_text()
+    assert code == 0, [line for line in text.splitlines() if "epoch" not in line]
+    assert "1 of 2 workers failed (killed by signal 9)" in text and "is gone; retrying it" in text
+    study = load(spec)
+    check_exactly(study, 3, folder)
+    lost = next(t for t in study.trials if t.state == TrialState.FAIL)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+
+
 # --- diverging and pruned trials -----------------------------------------------------------------------------
 
 

@@ -232,13 +232,26 @@ def run_sweep(
     study = open_study(spec, where, resume=True)
     if workers <= 1:
         work(spec, where)
-    else:
-        _spawn(workers, argv or [])
+    elif bad := _spawn(workers, argv or []):
+        ended = ", ".join(_ended(c) for c in bad)
+        p = st.progress(study)
+        if p.running or p.waiting or p.to_retry or p.done < spec.n_trials:
+            raise SuiteError(f"{len(bad)} of {workers} workers failed ({ended}); rerun the command to resume")
+        # The other workers retried what the failed ones left: the study is as if none had failed.
+        print(
+            f"note: {len(bad)} of {workers} workers failed ({ended}); every trial was finished by the others",
+            file=sys.stderr,
+        )
     export(spec, study)
     return study
 
 
-def _spawn(workers: int, argv: list[str]) -> None:
+def _ended(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
+
+
+def _spawn(workers: int, argv: list[str]) -> list[int]:
+    """Run the workers; the exit codes of those that failed."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     procs = [
@@ -253,11 +266,7 @@ def _spawn(workers: int, argv: list[str]) -> None:
         for p in procs:
             p.wait()
         raise
-    bad = [c for c in codes if c != 0]
-    if bad:
-        raise SuiteError(
-            f"{len(bad)} of {workers} workers failed (exit {bad[0]}); rerun the command to resume"
-        )
+    return [c for c in codes if c != 0]
 
 
 def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:

@@ -272,9 +272,11 @@ def owner() -> dict:
 
 
 def alive(who: dict) -> bool:
-    """Whether a trial's owner process still runs (on this host; a reused pid has another start time)."""
+    """Whether a trial's owner process still runs (on this host; a reused pid has another start time; a killed
+    worker stays a zombie until the command that started it, waiting on another worker, reaps it)."""
     try:
-        return abs(psutil.Process(int(who["pid"])).create_time() - float(who["started"])) < 1.0
+        proc = psutil.Process(int(who["pid"]))
+        return abs(proc.create_time() - float(who["started"])) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
         return False
 

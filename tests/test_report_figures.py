@@ -266,6 +266,14 @@ def test_a_record_with_a_non_finite_metric_counts_as_a_failed_seed(tmp_path, cap
     assert summ.loc["lmf", ["n_ok", "n_failed"]].tolist() == [0, 1]
 
 
+def test_report_on_an_empty_folder_names_that_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", "--results", str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert f"no runs under {empty} yet" in out and "results/" not in out.replace(str(empty), ""), out
+
+
 def test_budgets_and_profiles_never_share_a_row_or_a_panel(tmp_path):
     from suite.plots import MixedBudgets, one_setup
 

@@ -261,11 +261,14 @@ def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool 
     return out
 
 
+PACKAGE = Path(__file__).resolve().parent
+"""The package's folder; the checkout that holds it is its parent."""
+
+
 def _git(*args: str) -> str | None:
     """git in the checkout that holds this package (wherever the command was started from)."""
     try:
-        where = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=where)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=PACKAGE.parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -280,7 +283,13 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     sha = _git("rev-parse", "HEAD")
-    dirty = None if sha is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Uncommitted changes, or a file of the package git does not know yet (a new method module decides results).
+    dirty = None
+    if sha is not None:
+        dirty = bool(
+            _git("status", "--porcelain", "--untracked-files=no")
+            or _git("ls-files", "--others", "--exclude-standard", "--", PACKAGE.name)
+        )
     cuda = torch.cuda.is_available()
     return {
         "git_sha": sha,

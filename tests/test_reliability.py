@@ -67,6 +67,16 @@ def preset_with(folder: Path, name: str, dataset) -> str:
     return name
 
 
+def emptied(folder: Path, split: str, text: str = "") -> str:
+    """A preset on a copy of the tiny corpus whose ``split`` holds ``text`` only."""
+    corpus = folder / f"no-{split}"
+    corpus.mkdir()
+    for name in ("train", "valid", "test"):
+        (corpus / f"{name}.txt").write_bytes((folder / "corpus" / f"{name}.txt").read_bytes())
+    (corpus / f"{split}.txt").write_text(text)
+    return preset_with(folder, f"no-{split}.yaml", {"path": str(corpus)})
+
+
 def corrupt_record_of_this_run(folder: Path) -> list[str]:
     cfg = load_run("tiny.yaml", "dense", sets={"results_dir": "results"})
     path = run_dir("results", cfg.task, "dense", cfg.run_id) / "record.json"
@@ -125,6 +135,12 @@ BAD = {
         lambda f: ["train", preset_with(f, "cap.yaml", {"path": str(f / "corpus"), "max_vocab": 0})],
         "max_vocab",
     ),
+    "train: empty train split": (lambda f: ["train", emptied(f, "train")], "no-train/train.txt is empty"),
+    "train: blank valid split": (
+        lambda f: ["train", emptied(f, "valid", "\n\n")],
+        "no-valid/valid.txt is empty: the valid split has no text",
+    ),
+    "train: empty test split": (lambda f: ["train", emptied(f, "test")], "no-test/test.txt is empty"),
     "train: SUITE_DATA_DIR names no folder": (
         lambda f: ["train", preset_with(f, "ptb.yaml", "ptb")],
         "SUITE_DATA_DIR",

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .sources import TextSource, cache_dir, data_dir, find, sha256
+from .sources import TextSource, cache_dir, data_dir, empty_split, find, sha256
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -184,6 +184,9 @@ def _read_lines(path: Path) -> list[str]:
 def prepare(paths: dict[str, Path], min_freq: int, origin: str = "", official: bool = True) -> ParallelCorpus:
     """Read the six files (``train.en`` ... ``test.de`` -> path), build the vocabularies from train and encode."""
     text = {key: _read_lines(path) for key, path in paths.items()}
+    for key, lines in text.items():
+        if not any(line.strip() for line in lines):
+            raise empty_split(paths[key], key.partition(".")[0])
     for split in SPLITS:
         n_src, n_tgt = len(text[f"{split}.{SRC}"]), len(text[f"{split}.{TGT}"])
         if n_src != n_tgt:

@@ -35,8 +35,9 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIALS))
 SRC, TGT = "en", "de"
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 """Split name here -> file stem in the repository."""
-FORMAT = 1
-"""Version of the prepared (cached) form; bump when encoding changes."""
+FORMAT = 2
+"""Version of the prepared (cached) form; bump when encoding changes (2: an empty split is refused, and a
+cache of before may hold one)."""
 
 _URL = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/tok/{}"
 _FILES = {

@@ -104,10 +104,10 @@ def cmd_report(args) -> int:
             print(f"-> {path}")
     if args.out is None:
         records, left_out = load(args.results, args.stale)
-        print(report_text(summary(runs_frame(records)), left_out))
+        print(report_text(summary(runs_frame(records)), left_out, args.results))
         return 0
     written, summ, left_out = write_tables(args.results, args.out, args.metrics, args.stale)
-    print(report_text(summ, left_out))
+    print(report_text(summ, left_out, args.results))
     print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 

@@ -10,6 +10,8 @@ and the commits that made the runs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -93,9 +95,9 @@ FOOTER = (
 )
 
 
-def format_text(board: pd.DataFrame) -> str:
+def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
     if board.empty:
-        return "no full-scale results yet (results/published/ is empty; `suite publish` adds finished runs)"
+        return f"no full-scale results yet ({Path(results) / 'published'} is empty; `suite publish` adds finished runs)"
     parts = [f"{title}\n{table.to_string(index=False)}" for title, table in display(board).items()]
     return "\n\n".join(parts) + "\n" + FOOTER
 
@@ -110,15 +112,22 @@ def format_markdown(board: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n" + FOOTER + ".\n"
 
 
-def report_text(summ: pd.DataFrame, left_out: int = 0) -> str:
+def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "results") -> str:
     """What ``suite report`` prints: the leaderboard (full scale) first, then every other configuration (smoke
-    runs: they check the pipeline, not the methods), each with the setting chosen per method and CF."""
+    runs: they check the pipeline, not the methods), each with the setting chosen per method and CF. ``results``:
+    the folder the records were read from."""
     from .report_text import format_table
 
+    if summ.empty and not left_out:
+        runs, published = Path(results) / "runs", Path(results) / "published"
+        return (
+            f"no runs under {results} yet ({runs} and {published} hold no record); run `suite train ...` or a "
+            "sweep first, or pass --results"
+        )
     board = leaderboard(summ)
     full = full_scale(summ)
     rest = summ.drop(index=full.index) if not summ.empty else summ
-    text = "LEADERBOARD (full scale)\n" + format_text(board)
+    text = "LEADERBOARD (full scale)\n" + format_text(board, results)
     stale = full[full["stale"].astype(bool)] if not full.empty else full
     if not stale.empty:
         text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n" + format_table(

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import platform
 import subprocess
@@ -70,6 +71,13 @@ class Record:
         """The test metric: what is reported for what was chosen."""
         return self.final.get(f"test_{self.metric}")
 
+    def final_problem(self) -> str | None:
+        """Why the final metrics are not those of a finished run (a metric missing, NaN or infinite), or None."""
+        for split, value in (("val", self.val), ("test", self.test)):
+            if value is None or not math.isfinite(value):
+                return f"non-finite {split} metric ({split}_{self.metric} = {value})"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -101,9 +109,12 @@ class Record:
         if problem:
             raise DataError(f"record {path} is not a run record ({problem})")
         try:
-            return cls.from_dict(data)
+            rec = cls.from_dict(data)
         except TypeError as e:
             raise DataError(f"record {path} is not a run record ({e})") from None
+        if rec.status == "ok" and (problem := rec.final_problem()):
+            rec.status, rec.reason = "failed", problem  # a NaN metric is no finished seed
+        return rec
 
 
 #: What a record must hold, and of which type, for tables and re-use to trust it.
@@ -250,11 +261,14 @@ def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool 
     return out
 
 
+PACKAGE = Path(__file__).resolve().parent
+"""The package's folder; the checkout that holds it is its parent."""
+
+
 def _git(*args: str) -> str | None:
     """git in the checkout that holds this package (wherever the command was started from)."""
     try:
-        where = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=where)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=PACKAGE.parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -269,7 +283,13 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     sha = _git("rev-parse", "HEAD")
-    dirty = None if sha is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Uncommitted changes, or a file of the package git does not know yet (a new method module decides results).
+    dirty = None
+    if sha is not None:
+        dirty = bool(
+            _git("status", "--porcelain", "--untracked-files=no")
+            or _git("ls-files", "--others", "--exclude-standard", "--", PACKAGE.name)
+        )
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     return {
         "git_sha": sha,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import signal
@@ -356,8 +355,8 @@ def _run(
         record.final = {metric.val: val[metric.val], metric.test: test[metric.test]}
         if task.metric_detail:
             record.metric_detail = dict(task.metric_detail)
-        if not all(math.isfinite(v) for v in record.final.values()):
-            raise TrialDiverged(f"non-finite {metric.name} {record.final}")
+        if problem := record.final_problem():
+            raise TrialDiverged(problem)
         record.status, exit_code = "ok", 0
         record.accounting = account(model, mcfg.targets, reference=reference, method=cfg.method).to_dict()
         if cfg.method == "dense" or cfg.checkpoint:

@@ -55,6 +55,20 @@ def test_tiny_corpus_loads_with_eos_and_unk(tmp_path):
     assert c.describe()["tokens"] == {"train": 7, "valid": 3, "test": 3}
 
 
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+@pytest.mark.parametrize("text", ["", "\n \n\n"], ids=["no-bytes", "blank-lines"])
+def test_an_empty_split_is_refused_naming_its_file(corpus_dir, tmp_path, split, text):
+    root = tmp_path / "c"
+    root.mkdir()
+    for name in ("train", "valid", "test"):
+        (root / f"{name}.txt").write_bytes((corpus_dir / f"{name}.txt").read_bytes())
+    (root / f"{split}.txt").write_text(text)
+    with pytest.raises(
+        DataError, match=rf"^{root / split}\.txt is empty: the {split} split has no text; restore"
+    ):
+        load_corpus({"path": str(root)})
+
+
 def test_second_load_reads_the_cache_without_tokenizing(corpus_dir, monkeypatch):
     first = load_corpus({"path": str(corpus_dir)})
     calls = []

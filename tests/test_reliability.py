@@ -67,6 +67,16 @@ def preset_with(folder: Path, name: str, dataset) -> str:
     return name
 
 
+def emptied(folder: Path, split: str, text: str = "") -> str:
+    """A preset on a copy of the tiny corpus whose ``split`` holds ``text`` only."""
+    corpus = folder / f"no-{split}"
+    corpus.mkdir()
+    for name in ("train", "valid", "test"):
+        (corpus / f"{name}.txt").write_bytes((folder / "corpus" / f"{name}.txt").read_bytes())
+    (corpus / f"{split}.txt").write_text(text)
+    return preset_with(folder, f"no-{split}.yaml", {"path": str(corpus)})
+
+
 def corrupt_record_of_this_run(folder: Path) -> list[str]:
     cfg = load_run("tiny.yaml", "dense", sets={"results_dir": "results"})
     path = run_dir("results", cfg.task, "dense", cfg.run_id) / "record.json"
@@ -125,6 +135,12 @@ BAD = {
         lambda f: ["train", preset_with(f, "cap.yaml", {"path": str(f / "corpus"), "max_vocab": 0})],
         "max_vocab",
     ),
+    "train: empty train split": (lambda f: ["train", emptied(f, "train")], "no-train/train.txt is empty"),
+    "train: blank valid split": (
+        lambda f: ["train", emptied(f, "valid", "\n\n")],
+        "no-valid/valid.txt is empty: the valid split has no text",
+    ),
+    "train: empty test split": (lambda f: ["train", emptied(f, "test")], "no-test/test.txt is empty"),
     "train: SUITE_DATA_DIR names no folder": (
         lambda f: ["train", preset_with(f, "ptb.yaml", "ptb")],
         "SUITE_DATA_DIR",
@@ -353,6 +369,30 @@ def test_a_failed_trial_keeps_its_reason_and_is_retried_the_grid_complete_withou
     capsys.readouterr()
     assert main(["sweep", spec, "--status"]) == 0
     assert "3/3 trials done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-25],  # cut short inside its last line
+        lambda data: b"\x00\xff\xfe\x9c" * 64,  # not text
+        lambda data: data + b'{"op_code": 3, "trial_id": 9}\n',  # JSON, but no entry Optuna can replay
+    ],
+    ids=["truncated", "garbage", "bad-entry"],
+)
+def test_a_damaged_journal_is_one_error_line_exit_2_and_writes_nothing(work, capsys, damage):
+    spec = sweep_of(work, "tiny.yaml")
+    assert main(["sweep", spec, "--threads", "1"]) == 0
+    journal = work / "results" / "sweeps" / "s" / "journal.log"
+    journal.write_bytes(damage(journal.read_bytes()))
+    before = snapshot(work)
+    for argv in (["sweep", spec, "--status"], ["sweep", spec, "--threads", "1"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        assert f"study journal {Path('results/sweeps/s/journal.log')} is damaged" in err, err
+        assert snapshot(work) == before
 
 
 def test_status_names_a_dead_workers_trial(work, capsys):

@@ -250,6 +250,30 @@ def test_partial_failed_and_pruned_seeds_are_counted_and_marked(tmp_path):
     assert "1/3 (1 failed)*" in text and "fewer seeds than asked" in text
 
 
+def test_a_record_with_a_non_finite_metric_counts_as_a_failed_seed(tmp_path, capsys):
+    results = tmp_path / "results"
+    fake_record(results, "kp", 4, 0, 100, seeds=[0, 1])
+    fake_record(results, "kp", 4, 1, float("nan"), val=101, seeds=[0, 1])  # a damaged record: test metric NaN
+    fake_record(results, "lmf", 4, 0, 100, val=float("inf"), seeds=[0])
+    runs = runs_frame(load(results)[0]).set_index(["method", "seed"])
+    assert runs.loc[("kp", 1), "status"] == "failed" and runs.loc[("lmf", 0), "status"] == "failed"
+    assert "non-finite test metric" in runs.loc[("kp", 1), "reason"]
+    assert "non-finite val metric" in runs.loc[("lmf", 0), "reason"]
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "tables")]) == 0
+    assert "1/2 (1 failed)*" in capsys.readouterr().out
+    summ = pd.read_csv(tmp_path / "tables" / "summary.csv").set_index("method")
+    assert summ.loc["kp", ["n_ok", "n_failed", "test_mean"]].tolist() == [1, 1, 100]
+    assert summ.loc["lmf", ["n_ok", "n_failed"]].tolist() == [0, 1]
+
+
+def test_report_on_an_empty_folder_names_that_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", "--results", str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert f"no runs under {empty} yet" in out and "results/" not in out.replace(str(empty), ""), out
+
+
 def test_budgets_and_profiles_never_share_a_row_or_a_panel(tmp_path):
     from suite.plots import MixedBudgets, one_setup
 

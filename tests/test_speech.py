@@ -116,6 +116,16 @@ def test_speaker_held_out_is_heard_only_in_test(data_root):
         fsdd.load_fsdd(str(data_root), UtteranceSettings(held_out_speaker="carol"))
 
 
+@pytest.mark.parametrize("split, takes", [("train", (10, 11)), ("valid", range(5, 10)), ("test", range(5))])
+def test_an_empty_split_is_refused_naming_the_folder(tmp_path, split, takes):
+    folder = write_fsdd(tmp_path, speakers=("ann",)) / "fsdd" / "recordings"
+    for take in takes:
+        for clip in folder.glob(f"*_ann_{take}.wav"):
+            clip.unlink()
+    with pytest.raises(DataError, match=rf"^{folder} holds no clip of the {split} split \(takes"):
+        fsdd.load_fsdd(str(tmp_path), SMALL)
+
+
 # Features -------------------------------------------------------------------------------------------------
 
 

@@ -53,6 +53,11 @@ def record(folder: Path, run_id: str) -> Path:
     return path
 
 
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def check_exactly(study: optuna.Study, n: int, folder: Path) -> list:
     """n trials done, all complete, with distinct settings, each with its finished record."""
     trials = study.get_trials(deepcopy=False)
@@ -235,6 +240,44 @@ def test_killed_worker_trial_is_retried_and_finished_trials_are_kept(tiny):
         assert hashlib.sha256(record(folder, rid).read_bytes()).hexdigest() == digest
 
 
+def test_a_killed_worker_of_several_fails_nothing_once_the_others_retried_its_trial(tiny):
+    import psutil
+
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=20)  # trials of a few seconds: time to kill one
+    spec = write_spec(folder, preset, n_trials=3)
+    log = folder / "stderr.txt"
+    with open(log, "w") as err:
+        cmd = subprocess.Popen(
+            [sys.executable, "-m", "suite.cli", "sweep", str(spec), "--workers", "2"],
+            cwd=folder,
+            env=env(folder),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        runs = folder / "results" / "runs" / "tiny" / "small_dense"
+        deadline, victim = time.time() + 300, None
+        # Kill the second worker while both train, so that the first is there to retry its trial (the command,
+        # waiting on the first, leaves the killed one a zombie meanwhile).
+        while victim is None:
+            time.sleep(0.2)
+            assert cmd.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            if not (folder / "results" / "sweeps").exists() or progress(load(spec)).running < 2:
+                continue
+            second = max(psutil.Process(cmd.pid).children(), key=lambda w: (w.create_time(), w.pid))
+            victim = second if list(runs.glob(f".*.tmp{second.pid}")) else None
+        victim.send_signal(signal.SIGKILL)
+        code = cmd.wait(timeout=600)
+    text = log.read_text()
+    assert code == 0, [line for line in text.splitlines() if "epoch" not in line]
+    assert "1 of 2 workers failed (killed by signal 9)" in text and "is gone; retrying it" in text
+    study = load(spec)
+    check_exactly(study, 3, folder)
+    lost = next(t for t in study.trials if t.state == TrialState.FAIL)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+
+
 # --- diverging and pruned trials -----------------------------------------------------------------------------
 
 
@@ -354,8 +397,10 @@ def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
     assert [t.state for t in load(spec).trials] == [TrialState.COMPLETE] * 2
     write_spec(folder, preset, n_trials=2, space={"factor": {"low": 1.5, "high": 3.0}})
     capsys.readouterr()
+    before = tree(folder / "results")
     assert main(["sweep", str(spec)]) == 2
     assert "made from a different spec" in capsys.readouterr().err
+    assert tree(folder / "results") == before  # a refused resume writes nothing, not even to the journal
     assert main(["sweep", str(spec), "--profile", "smoke"]) == 0  # another profile is another study
     assert load_spec(spec, "smoke").study_name != load_spec(spec).study_name
     assert len(load(spec, profile="smoke").trials) == 2 and len(load(spec).trials) == 2
@@ -371,8 +416,10 @@ def test_a_study_of_older_code_is_refused_not_resumed(tiny, capsys, monkeypatch)
     real = SweepSpec.code_versions
     monkeypatch.setattr(SweepSpec, "code_versions", lambda self: {m: "0" * 12 for m in real(self)})
     capsys.readouterr()
+    before = tree(folder / "results")
     assert main(["sweep", str(spec)]) == 2
     assert "made by older code of small_dense" in capsys.readouterr().err
+    assert tree(folder / "results") == before
 
 
 def _trial(params: dict, curve: list[float]) -> optuna.trial.FrozenTrial:

@@ -35,6 +35,28 @@ def test_dense_run_writes_a_complete_record(tiny_preset, results):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_git_dirty_counts_untracked_files_of_the_package_only(tmp_path, monkeypatch):
+    import subprocess
+
+    import suite.track as track
+
+    checkout = tmp_path / "checkout"
+    (checkout / "suite").mkdir(parents=True)
+    (checkout / "suite" / "train.py").write_text("")
+    (checkout / ".gitignore").write_text("__pycache__/\n")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    monkeypatch.setattr(track, "PACKAGE", checkout / "suite")
+    (checkout / "notes.txt").write_text("outside the package")
+    (checkout / "suite" / "__pycache__").mkdir()
+    (checkout / "suite" / "__pycache__" / "train.pyc").write_text("ignored")
+    assert track.provenance()["git_dirty"] is False
+    (checkout / "suite" / "compressors").mkdir()
+    (checkout / "suite" / "compressors" / "mine.py").write_text("")  # a new method module, not added yet
+    assert track.provenance()["git_dirty"] is True
+
+
 def test_finished_run_is_found_not_redone(tiny_preset, results):
     cfg, rec = run(tiny_preset, results)
     folder = results / "runs" / cfg.task / "dense" / cfg.run_id

@@ -134,6 +134,18 @@ def test_missing_or_broken_data_is_a_data_error(tmp_path, monkeypatch, data_root
         load_multi30k(str(broken))
 
 
+@pytest.mark.parametrize("key", ["train.en", "val.de", "test.en"])
+def test_an_empty_split_is_refused_before_training_naming_its_file(tmp_path, key):
+    """Before: an empty val or test split trained an epoch and then failed with an IndexError, an empty train
+    split made a finished run."""
+    root = write_multi30k(tmp_path / "data", lines=(30, 8, 8))
+    split, lang = key.split(".")
+    empty = root / "multi30k-en-de" / "tok" / f"{multi30k.SPLITS[split]}.lc.norm.tok.{lang}"
+    empty.write_text("" if split == "train" else "\n" * 8)  # no bytes, or only blank lines
+    with pytest.raises(DataError, match=rf"^{empty} is empty: the {split} split has no text; restore"):
+        load_multi30k(str(root), min_freq=1)
+
+
 def test_download_is_checked_by_sha256(tmp_path, monkeypatch, data_root):
     import datasets
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .sources import SPLITS, cache_dir, locate
+from .sources import SPLITS, cache_dir, empty_split, locate
 
 EOS, UNK = "<eos>", "<unk>"
 
@@ -104,10 +104,15 @@ def load_corpus(dataset: str | dict, data_dir: str | None = None, max_vocab: int
     name, where = locate(dataset, data_dir)
     if isinstance(dataset, dict):
         max_vocab = dataset.get("max_vocab", max_vocab)
+    if isinstance(where, dict):
+        for split, path in where.items():
+            if path.stat().st_size == 0:  # datasets cannot even load it
+                raise empty_split(path, split)
     dd = _load_text(name, where)
     vocab = _cached_vocab(dd["train"], max_vocab)
     digest = hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:16]
     encode = _encoder(vocab)
+    eos = vocab.index(EOS) if EOS in vocab else -1
     streams = {}
     for split in SPLITS:
         ds = dd[split].with_format("arrow")
@@ -121,6 +126,10 @@ def load_corpus(dataset: str | dict, data_dir: str | None = None, max_vocab: int
         )
         flat = enc.data.column("ids").combine_chunks().flatten()
         streams[split] = torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype("int64"))
+        if not (streams[split] != eos).any():  # blank lines only
+            raise empty_split(
+                where[split] if isinstance(where, dict) else f"{'/'.join(where)} {split}", split
+            )
         if streams[split].numel() < 2:
             raise DataError(f"{name} {split} split has fewer than 2 tokens; check the corpus files")
     origin = "/".join(where) if isinstance(where, tuple) else str(Path(where["train"]).parent.resolve())

@@ -233,8 +233,10 @@ def split_of(clip: Clip, settings: UtteranceSettings) -> str | None:
     return "valid" if clip.take < TEST_TAKES + settings.val_takes else "train"
 
 
-def split_clips(clips: Sequence[Clip], settings: UtteranceSettings) -> dict[str, list[int]]:
-    """Split name -> indices of its clips; every split must have some."""
+def split_clips(
+    clips: Sequence[Clip], settings: UtteranceSettings, folder: Path | str = "the FSDD folder"
+) -> dict[str, list[int]]:
+    """Split name -> indices of its clips (of ``folder``); every split must have some."""
     speakers = sorted({c.speaker for c in clips})
     if settings.held_out_speaker is not None and settings.held_out_speaker not in speakers:
         raise ConfigError(
@@ -246,9 +248,20 @@ def split_clips(clips: Sequence[Clip], settings: UtteranceSettings) -> dict[str,
         split = split_of(clip, settings)
         if split is not None:
             members[split].append(i)
+    first = TEST_TAKES + settings.val_takes
+    takes = {
+        "test": f"takes 0-{TEST_TAKES - 1}",
+        "valid": f"takes {TEST_TAKES}-{first - 1}",
+        "train": f"takes {first} and up",
+    }
+    if settings.held_out_speaker is not None:
+        takes["test"] = f"every clip of speaker {settings.held_out_speaker}"
     for split, idx in members.items():
         if not idx:
-            raise DataError(f"no FSDD clips for the {split} split (takes, speakers or val_takes leave none)")
+            raise DataError(
+                f"{folder} holds no clip of the {split} split ({takes[split]}); add those recordings or point "
+                "SUITE_DATA_DIR at a complete FSDD, or change train.val_takes or train.held_out_speaker"
+            )
     return members
 
 
@@ -417,7 +430,7 @@ def load_fsdd(configured_dir: str | None, settings: UtteranceSettings) -> FSDD:
     """Clips, cached features, the utterances of every split and the training split's normalization."""
     folder = locate_fsdd(configured_dir)
     clips = list_clips(folder)
-    members = split_clips(clips, settings)
+    members = split_clips(clips, settings, folder)
     key = feature_key(clips)
     raw = clip_features(folder, clips, key)
     bank = silence_bank()

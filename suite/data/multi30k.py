@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .sources import TextSource, cache_dir, data_dir, find, sha256
+from .sources import TextSource, cache_dir, data_dir, empty_split, find, sha256
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -35,8 +35,9 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIALS))
 SRC, TGT = "en", "de"
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 """Split name here -> file stem in the repository."""
-FORMAT = 1
-"""Version of the prepared (cached) form; bump when encoding changes."""
+FORMAT = 2
+"""Version of the prepared (cached) form; bump when encoding changes (2: an empty split is refused, and a
+cache of before may hold one)."""
 
 _URL = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/tok/{}"
 _FILES = {
@@ -184,6 +185,9 @@ def _read_lines(path: Path) -> list[str]:
 def prepare(paths: dict[str, Path], min_freq: int, origin: str = "", official: bool = True) -> ParallelCorpus:
     """Read the six files (``train.en`` ... ``test.de`` -> path), build the vocabularies from train and encode."""
     text = {key: _read_lines(path) for key, path in paths.items()}
+    for key, lines in text.items():
+        if not any(line.strip() for line in lines):
+            raise empty_split(paths[key], key.partition(".")[0])
     for split in SPLITS:
         n_src, n_tgt = len(text[f"{split}.{SRC}"]), len(text[f"{split}.{TGT}"])
         if n_src != n_tgt:

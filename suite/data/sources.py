@@ -75,6 +75,14 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def empty_split(where: Path | str, split: str) -> DataError:
+    """The error for a split without data (refused before training): it names the file and what to do."""
+    return DataError(
+        f"{where} is empty: the {split} split has no text; restore the file, or point SUITE_DATA_DIR (or the "
+        "preset's dataset) at a complete copy"
+    )
+
+
 def local_files(folder: Path, files: dict[str, str]) -> dict[str, Path] | None:
     paths = {s: folder / f for s, f in files.items()}
     return paths if all(p.is_file() for p in paths.values()) else None

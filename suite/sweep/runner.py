@@ -54,14 +54,19 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
     lock = st.SlotLock(where, spec.study_name)
     try:
         with lock:
-            study = optuna.create_study(
-                study_name=spec.study_name,
-                storage=storage,
-                directions=spec.directions,
-                sampler=sampler,
-                pruner=pruner,
-                load_if_exists=True,
-            )
+            try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
+                study = optuna.load_study(
+                    study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
+                )
+            except KeyError:
+                study = optuna.create_study(
+                    study_name=spec.study_name,
+                    storage=storage,
+                    directions=spec.directions,
+                    sampler=sampler,
+                    pruner=pruner,
+                    load_if_exists=True,
+                )
             made_from = study.user_attrs.get("fingerprint")
             if made_from is None:
                 study.set_user_attr("spec", spec.identity())
@@ -235,15 +240,27 @@ def run_sweep(
     study = open_study(spec, where, resume=True)
     if workers <= 1 and devices is None:
         work(spec, where)
-    else:
-        _spawn(workers, argv or [], gpus)
+    elif bad := _spawn(workers, argv or [], gpus):
+        ended = ", ".join(_ended(c) for c in bad)
+        p = st.progress(study)
+        if p.running or p.waiting or p.to_retry or p.done < spec.n_trials:
+            raise SuiteError(f"{len(bad)} of {workers} workers failed ({ended}); rerun the command to resume")
+        # The other workers retried what the failed ones left: the study is as if none had failed.
+        print(
+            f"note: {len(bad)} of {workers} workers failed ({ended}); every trial was finished by the others",
+            file=sys.stderr,
+        )
     export(spec, study)
     return study
 
 
-def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) -> None:
-    """Start ``workers`` worker processes and wait for them; worker i sees only GPU ``gpus[i]`` ("": none;
-    None: whatever this process sees)."""
+def _ended(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
+
+
+def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) -> list[int]:
+    """Run ``workers`` worker processes and wait for them (worker i sees only GPU ``gpus[i]``; "": none; None:
+    whatever this process sees); the exit codes of those that failed."""
     gpus = gpus or [None] * workers
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
@@ -265,11 +282,7 @@ def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) 
         for p in procs:
             p.wait()
         raise
-    bad = [c for c in codes if c != 0]
-    if bad:
-        raise SuiteError(
-            f"{len(bad)} of {workers} workers failed (exit {bad[0]}); rerun the command to resume"
-        )
+    return [c for c in codes if c != 0]
 
 
 def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:

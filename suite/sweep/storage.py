@@ -22,6 +22,7 @@ most MAX_RETRY times. So a grid never loses a point to a failure, and never runs
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import sys
@@ -34,7 +35,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..files import check_file, make_dir
 
 HEARTBEAT_S = 30
@@ -139,7 +140,12 @@ def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStor
         make_dir(path.parent, "study folder")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(str(path)))
+        check_journal(path)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as e:  # entries Optuna cannot replay
+            what = f"{type(e).__name__}: {e}".strip(": ").splitlines()[0][:120]
+            raise _damaged(path, f"an entry Optuna cannot replay, {what}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -155,6 +161,46 @@ def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStor
             raise ConfigError(
                 f"cannot open storage {describe(location)} ({first}); check the URL and server"
             ) from None
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a damaged journal: Optuna skips a last line cut short (a truncated copy, a full disk), which shows
+    a wrong study, and stops with a traceback on bytes that are not JSON."""
+    problem = _journal_problem(path)
+    if problem is not None:  # perhaps a worker is writing that line just now: look again once it is done
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            problem = _journal_problem(path)
+        finally:
+            lock.release()
+    if problem is not None:
+        raise _damaged(path, problem)
+
+
+def _journal_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        cut = not line.endswith(b"\n")
+        try:
+            entry = json.loads(line)
+        except ValueError:  # not UTF-8, or not JSON
+            entry = None
+        if not ((isinstance(entry, dict) and "op_code" in entry) or (cut and line.startswith(b"{"))):
+            return f"line {number} is not a journal entry"
+        if cut:
+            return f"line {number} is cut short"
+    return None
+
+
+def _damaged(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"study journal {path} is damaged ({problem}); restore it from a copy, or delete it and run the sweep "
+        "again (its finished runs are found, not redone)"
+    )
 
 
 class SlotLock:
@@ -226,9 +272,11 @@ def owner() -> dict:
 
 
 def alive(who: dict) -> bool:
-    """Whether a trial's owner process still runs (on this host; a reused pid has another start time)."""
+    """Whether a trial's owner process still runs (on this host; a reused pid has another start time; a killed
+    worker stays a zombie until the command that started it, waiting on another worker, reaps it)."""
     try:
-        return abs(psutil.Process(int(who["pid"])).create_time() - float(who["started"])) < 1.0
+        proc = psutil.Process(int(who["pid"]))
+        return abs(proc.create_time() - float(who["started"])) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
         return False
 

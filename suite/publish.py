@@ -75,6 +75,18 @@ def command(record: Record) -> str:
     return shlex.join(out)
 
 
+def _relative(value: Any) -> Any:
+    """``value`` with every absolute path cut to its last two parts (``fsdd/recordings``: the dataset's own
+    layout, without the folder it lay in on the machine that ran it)."""
+    if isinstance(value, dict):
+        return {k: _relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        return str(Path(*Path(value).parts[-2:]))
+    return value
+
+
 def scrub(record: Record) -> dict[str, Any]:
     """The record as published: no path of the machine it ran on, no host name, the command written down."""
     d = record.to_dict()
@@ -84,6 +96,8 @@ def scrub(record: Record) -> dict[str, Any]:
     data = config.get("data")
     if isinstance(data, dict) and "origin" in data:
         data["origin"] = data.get("name") or Path(str(data["origin"])).name
+    if isinstance(data, dict):
+        config["data"] = _relative(data)
     prov = dict(d["provenance"])
     prov.pop("host", None)
     prov.pop("argv", None)

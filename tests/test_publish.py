@@ -67,7 +67,11 @@ def write_run(
             "profile": profile,
             "data_dir": "/somewhere/data",
             "results_dir": str(results.resolve()),
-            "data": {"name": "ptb", "origin": "/somewhere/data/ptb"},
+            "data": {
+                "name": "ptb",
+                "origin": "/somewhere/data/ptb",
+                "files": {"folder": "/somewhere/data/ptb/raw"},
+            },
         },
         final={"val_ppl": val, "test_ppl": test} if status == "ok" else {},
         accounting={"cf": factor, "cf_values": factor, "model_cf": 1.0},
@@ -109,6 +113,7 @@ def test_publish_copies_the_record_and_its_log_without_paths_of_the_machine(tmp_
     assert d["published"]["command"] == "suite train tasks/ptb-small.yaml --method kp --threads 1"
     assert d["published"]["behaviour"] == fake_fingerprint(None)
     assert d["config"]["data"]["origin"] == "ptb" and d["provenance"]["git_sha"] == HEAD
+    assert d["config"]["data"]["files"]["folder"] == "ptb/raw"  # the dataset's layout, not the machine's
 
 
 @pytest.mark.parametrize(

@@ -50,16 +50,20 @@ def cmd_train(args) -> int:
     from .compressors.accounting import format_cf
     from .config import load_run, parse_sets
     from .pipeline import use_threads
-    from .track import format_metric
+    from .track import format_metric, locate, record_path
     from .train import find, train
 
     use_threads(args.threads)
-    cfg = load_run(args.preset, args.method, args.factor, args.seed, parse_sets(args.set))
+    sets = parse_sets(args.set)
+    for key, value in (("profile", args.profile), ("results_dir", args.results)):
+        if value is not None:
+            sets.setdefault(key, value)  # --profile smoke is --set profile=smoke, as for sweep and baselines
+    cfg = load_run(args.preset, args.method, args.factor, args.seed, sets)
     if not args.force and (rec := find(cfg)) is not None:
         print(f"found finished run {rec.run_id}; use --force to redo it", file=sys.stderr)
     else:
         rec = train(cfg, force=args.force)
-    path = Path(cfg.results_dir) / "runs" / cfg.task / cfg.method / cfg.run_id / "record.json"
+    path = record_path(locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store))
     if rec.status != "ok":
         print(f"run {rec.run_id} {rec.status}: {rec.reason} (record: {path})", file=sys.stderr)
         return 1
@@ -202,7 +206,7 @@ def cmd_sweep(args) -> int:
         sets["store"] = args.store
     spec = load_spec(args.spec, args.profile or (params.profile if params else None), sets)
     if args.status:
-        print(status(spec, args.storage))
+        print(_status(args, spec, sets))
         return 0
     if args.as_worker:
         try:
@@ -234,6 +238,34 @@ def cmd_sweep(args) -> int:
         )
         return 1
     return 0
+
+
+def _status(args, spec, sets: dict) -> str:
+    """The study's status; without --profile, the one study of the spec that exists when the default's does
+    not (a user who ran the smoke profile asks for its status as they ran it)."""
+    from .sweep import load_spec, status
+
+    try:
+        return status(spec, args.storage)
+    except ConfigError:
+        if args.profile is not None or args.storage is not None:
+            raise
+        import yaml
+
+        raw = yaml.safe_load(Path(args.spec).read_text()) or {}
+        for other in ["paper", *(raw.get("profiles") or {})]:
+            if other == spec.profile:
+                continue
+            try:
+                text = status(load_spec(args.spec, other, sets), None)
+            except ConfigError:
+                continue
+            print(
+                f"note: no {spec.profile} study yet; this is the {other} one (--profile to choose)",
+                file=sys.stderr,
+            )
+            return text
+        raise
 
 
 def cmd_collect(args) -> int:
@@ -330,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
     )
+    t.add_argument("--profile", default=None, help="smoke or paper (default: the preset's paper settings)")
+    t.add_argument("--results", default=None, help="results folder (default results)")
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     t.set_defaults(func=cmd_train)

@@ -1,5 +1,7 @@
 """The command line: one-line errors with exit code 2 and nothing written; the happy path prints a summary."""
 
+from pathlib import Path
+
 import pytest
 
 from suite.cli import main
@@ -102,3 +104,30 @@ def test_methods_lists_the_registry(capsys):
     assert main(["methods"]) == 0
     listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
     assert listed == available()
+
+
+def test_train_takes_profile_and_results_as_the_other_commands_do(tiny_preset, tmp_path, capsys):
+    """``--profile`` and ``--results`` on train mean what they mean on sweep and report: the same run as
+    ``--set profile=... --set results_dir=...``, and the printed record path is where the record is."""
+    from suite.cli import main
+
+    out = tmp_path / "elsewhere"
+    assert (
+        main(["train", str(tiny_preset), "--profile", "smoke", "--results", str(out), "--set", "epochs=1"])
+        == 0
+    )
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    path = Path(line.rsplit("-> ", 1)[1])
+    assert path.is_file() and path.is_relative_to(out)
+    args = [
+        "train",
+        str(tiny_preset),
+        "--set",
+        "profile=smoke",
+        "--set",
+        f"results_dir={out}",
+        "--set",
+        "epochs=1",
+    ]
+    assert main(args) == 0
+    assert "found finished run" in capsys.readouterr().err  # the very same run

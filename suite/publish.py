@@ -34,6 +34,11 @@ def published_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / PUBLISHED
 
 
+#: The published records this checkout of the suite ships with (results/published beside the package), also
+#: consulted by a run whose results folder is elsewhere (``--results /scratch/results``).
+SHIPPED = Path(__file__).resolve().parent.parent / "results" / PUBLISHED
+
+
 def full_scale(record: Record) -> bool:
     """A paper-profile run over all of its data (no fraction of the training or evaluation splits)."""
     train = record.config.get("train") or {}
@@ -230,11 +235,15 @@ def _what(config: dict) -> str:
 
 def find_published(cfg) -> Record | None:
     """A published record of this very configuration and seed whose code still behaves as the current code does:
-    a run that need not be redone (after a refactor, say) although its run-id (code version) differs."""
-    folder = published_dir(cfg.results_dir) / cfg.task / cfg.method
+    a run that need not be redone (after a refactor, say) although its run-id (code version) differs. Looked up
+    in the results folder's published/ and in the checkout's own (``SHIPPED``)."""
+    roots = [published_dir(cfg.results_dir)]
+    if SHIPPED.is_dir() and SHIPPED.resolve() != roots[0].resolve():
+        roots.append(SHIPPED)
     want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
     found = []
-    for path in sorted(folder.glob("*/record.json")) if folder.is_dir() else []:
+    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob("*/record.json"))]
+    for path in paths:
         try:
             rec = Record.load(path)
         except DataError:

@@ -194,3 +194,25 @@ def test_a_stale_published_record_is_left_out_and_shown_marked_with_what_changed
     assert main(["publish", "--stale", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert why in out and "rerun: suite train tasks/ptb-small.yaml --method kp" in out
+
+
+def test_a_published_run_is_found_not_redone_from_any_results_folder(tiny_preset, tmp_path, monkeypatch):
+    """A configuration published and current is found by train's lookup, in the results folder's published/
+    and in the checkout's own (a run whose results folder is elsewhere), and never when the settings differ."""
+    import suite.publish as pub
+    from suite.config import load_run
+    from suite.train import find, train
+
+    mine = tmp_path / "mine"
+    cfg = load_run(tiny_preset, "dense", sets={"results_dir": str(mine), "epochs": 1, "wandb": "disabled"})
+    rec = train(cfg, progress_bar=False)
+    rec.published = {"command": "suite train tiny.yaml", "behaviour": fake_fingerprint(rec)}
+    shipped = tmp_path / "checkout" / "results" / "published"
+    rec.save(shipped / cfg.task / "dense" / rec.run_id / "record.json")
+    monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
+    monkeypatch.setattr(pub, "SHIPPED", shipped)
+    other = cfg.replace(results_dir=str(tmp_path / "elsewhere"))
+    assert other.run_id == cfg.run_id and find(other).run_id == rec.run_id  # from the checkout's published/
+    assert find(other.replace(seed=1)) is None  # another seed is another run
+    monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: "changed" for r in records})
+    assert find(other) is None  # a stale published record is redone

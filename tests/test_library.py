@@ -52,11 +52,31 @@ class Encoder(nn.Module):
         return self.head(self.layer(x).mean(1))
 
 
+class CellTagger(nn.Module):
+    """An embedding and an nn.LSTMCell stepped by hand: both the cell's matrices and the embedding compressed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, 16)
+        self.cell = nn.LSTMCell(16, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):  # (B, T) ids -> (B, T, 5)
+        h = c = torch.zeros(x.size(0), 24)
+        out = []
+        for t in range(x.size(1)):
+            h, c = self.cell(self.embedding(x[:, t]), (h, c))
+            out.append(self.head(h))
+        return torch.stack(out, 1)
+
+
 def _batch(kind: str):
     g = torch.Generator().manual_seed(0)
     if kind == "gru_lm":
         x = torch.randint(0, VOCAB, (4, 9), generator=g)
         return x[:, :-1], x[:, 1:]
+    if kind == "cell_tagger":
+        return torch.randint(0, VOCAB, (4, 6), generator=g), torch.randint(0, 5, (4, 6), generator=g)
     if kind == "conv_gru":
         return torch.randn(4, 12, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
     return torch.randn(4, 7, 32, generator=g), torch.randint(0, 5, (4,), generator=g)
@@ -66,6 +86,7 @@ MODELS = {
     "gru_lm": (GRULM, None),
     "conv_gru": (ConvGRUClassifier, None),
     "transformer": (Encoder, ["*linear1.weight", "*linear2.weight", "*out_proj.weight"]),
+    "cell_tagger": (CellTagger, ["cell.weight_ih", "cell.weight_hh", "embedding.weight"]),
 }
 
 

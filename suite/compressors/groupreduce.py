@@ -285,11 +285,11 @@ def make_groupreduce(name: str, w: Tensor, cfg: GroupReduceConfig, ctx: DataCont
         hint = (
             f"set targets={vocab[-1]} (vocabulary matrices: {', '.join(vocab)})"
             if vocab
-            else "this task has none"
+            else "give its rows' word counts (suite.compress(..., row_frequencies={name: counts}))"
         )
         raise ConfigError(
             f"groupreduce applies only to vocabulary matrices (an embedding or a softmax, one row per word); "
-            f"{name} has no word frequencies in the task's data; {hint}"
+            f"{name} has no word frequencies; {hint}"
         )
     if freqs.numel() != w.size(0):
         raise ConfigError(f"{name} has {w.size(0)} rows but {freqs.numel()} word frequencies")

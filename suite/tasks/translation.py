@@ -7,7 +7,7 @@ would split it again, e.g. ``&apos;`` into three tokens) and ``lowercase=True`` 
 the signature says ``case:lc``). This reproduces multi-bleu.perl -lc, the tokenized lower-cased BLEU that papers
 report on this split. The sacrebleu signature is kept in the record (``metric_detail``).
 
-Validation BLEU (``val_bleu``, the metric that selects, stops early and prunes) decodes greedily, which is cheap
+Validation BLEU (``val_bleu``, the metric that selects settings and prunes sweep trials) decodes greedily, which is cheap
 enough for every epoch; test BLEU (``test_bleu``) uses beam search with the preset's width.
 """
 

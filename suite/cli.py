@@ -268,6 +268,23 @@ def _status(args, spec, sets: dict) -> str:
         raise
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    info = export_run(args.run, args.out, args.check)
+    print(
+        f"run {info['run_id']}: {info['bytes']:,} bytes on disk, {info['tensor_bytes']:,} in tensors, "
+        f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index)"
+        + (
+            f"; reloaded: max abs error {info['max_abs_error']:.3g} on a validation batch"
+            if args.check
+            else ""
+        )
+        + f" -> {info['path']}"
+    )
+    return 0
+
+
 def cmd_collect(args) -> int:
     from .collect import collect
 
@@ -452,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_sweep)
+
+    ex = sub.add_parser(
+        "export", help="a finished run's compressed model as safetensors (run with checkpoint=true)"
+    )
+    ex.add_argument("run", metavar="RUN_DIR", help="results/runs/<task>/<method>/<run-id>")
+    ex.add_argument(
+        "--out", default=None, help="folder for <task>-<method>-<run-id>.safetensors (default: RUN_DIR)"
+    )
+    ex.add_argument(
+        "--check", action="store_true", help="reload it and compare outputs on a validation batch"
+    )
+    ex.set_defaults(func=cmd_export)
 
     co = sub.add_parser("collect", help="merge the results trees of several machines into one, by run-id")
     co.add_argument("dirs", nargs="+", metavar="DIR", help="results folders (each holding runs/)")

@@ -9,6 +9,7 @@ settings (``suite.load`` compresses a fresh model the same way before loading th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -119,3 +120,64 @@ def size_check(accounting: Accounting, tensors: dict[str, Tensor]) -> dict[str, 
     accounted = accounting.model_stored * VALUE_BYTES
     stored = tensor_bytes(tensors)
     return {"accounted_bytes": accounted, "tensor_bytes": stored, "ratio": stored / accounted}
+
+
+def export_run(run: str | Path, out: str | Path | None = None, check: bool = False) -> dict[str, Any]:
+    """``suite export``: the trained model of a finished run (its ``model.pt``) as a compressed file
+    ``<task>-<method>-<run-id>.safetensors`` in ``out`` (a folder; by default the run's own). With ``check``, the file is read back into a fresh model and its outputs on a
+    batch of the run's real validation data are compared with the trained model's (max abs difference)."""
+    from . import api, tasks
+    from .compressors import registry
+    from .config import RunConfig
+    from .files import check_dir
+    from .track import Record, record_path
+    from .train import MODEL_FILE, _context
+
+    run = Path(run)
+    if not record_path(run).is_file():
+        raise ConfigError(
+            f"{run} holds no record.json; give a run folder (results/runs/<task>/<method>/<run-id>)"
+        )
+    rec = Record.load(record_path(run))
+    if rec.status != "ok":
+        raise ConfigError(f"run {rec.run_id} {rec.status}; export a finished run")
+    weights = run / MODEL_FILE
+    if not weights.is_file():
+        raise ConfigError(
+            f"run {rec.run_id} kept no weights ({MODEL_FILE}); train it again with --set checkpoint=true"
+        )
+    keep = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig.from_dict({k: v for k, v in rec.config.items() if k in keep})
+    family, method = tasks.get(cfg.family), registry.get(cfg.method)
+    model_cfg = rec.config["model_resolved"]
+    data = datamodule = None
+    if method.needs or check:  # word counts for the method, a real batch for the check
+        data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
+        datamodule = family.datamodule(data, cfg.train)
+    ctx = _context(cfg, family, method, data, datamodule) if method.needs else None
+
+    def build() -> nn.Module:
+        model = family.build_model(model_cfg)
+        api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())
+        return model
+
+    model = build()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    done = api.Compressed(model, cfg.method, cfg.method_config, finalized=True)
+    folder = Path(out) if out is not None else run
+    check_dir(folder, "export folder (--out)")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{rec.task}-{rec.method}-{rec.run_id}.safetensors"
+    info = {"run_id": rec.run_id, **done.export(path), "record_cf": rec.accounting.get("cf")}
+    if check:
+        again = api.load(
+            path, family.build_model(model_cfg), **({"row_frequencies": ctx.row_frequencies} if ctx else {})
+        )
+        datamodule.setup("validate")
+        batch = next(iter(datamodule.val_dataloader()))
+        task_a, task_b = (family.task(m, cfg.train, lambda e: 0.0) for m in (model, again.model))
+        with task_a.evaluating(), task_b.evaluating():
+            a, b = task_a(*task_a.inputs(batch)), task_b(*task_b.inputs(batch))
+        first = lambda x: x[0] if isinstance(x, (tuple, list)) else x  # noqa: E731 (logits before any state)
+        info["max_abs_error"] = float((first(a) - first(b)).abs().max())
+    return info

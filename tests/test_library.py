@@ -4,6 +4,7 @@ the export round trip; one that does not apply says why in one line."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 import suite
 from suite.compressors import available, make_config
 from suite.errors import SuiteError
+from suite.export import read
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 40
@@ -230,3 +232,32 @@ def test_the_callbacks_train_a_users_lightning_module():
     assert trainer.callback_metrics["d_sparsity"] > 0.5
     c.finalize()
     assert c.accounting.cf >= 2.0
+
+
+def test_suite_export_writes_a_trained_run_that_reloads_with_the_same_outputs(tiny_preset, tmp_path, capsys):
+    """`suite export RUN --check` on a trained smoke run: the file's tensors take the bytes the accounting counts,
+    and the reloaded model gives the trained model's outputs on a real validation batch; a run that kept no
+    weights is one error line."""
+    from suite.cli import main
+
+    results = tmp_path / "results"
+    base = ["train", str(tiny_preset), "--method", "doped_kp", "--factor", "2", "--results", str(results)]
+    assert main([*base, "--set", "epochs=1", "--set", "checkpoint=true", "--set", "cmr=0.5"]) == 0
+    (run,) = [p.parent for p in results.glob("runs/*/doped_kp/*/record.json")]
+    capsys.readouterr()
+    assert main(["export", str(run), "--check", "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().out
+    assert "max abs error 0 " in line
+    (path,) = (tmp_path / "out").glob("*.safetensors")
+    tensors, meta = read(path)
+    assert meta["method"] == "doped_kp" and meta["finalized"]
+    record = json.loads((run / "record.json").read_text())
+    assert (
+        sum(t.numel() * t.element_size() for t in tensors.values())
+        == 4 * record["accounting"]["model_stored"]
+    )
+    assert main([*base, "--set", "epochs=1", "--seed", "1"]) == 0  # no weights kept
+    (bare,) = [p.parent for p in results.glob("runs/*/doped_kp/*/record.json") if p.parent != run]
+    capsys.readouterr()
+    assert main(["export", str(bare)]) == 2
+    assert "checkpoint=true" in capsys.readouterr().err

@@ -90,7 +90,8 @@ def cmd_methods(args) -> int:
             f"{name:<14}{m.summary}" + (f" [plugin {origin['plugin']} {origin['version']}]" if origin else "")
         )
         if args.verbose:
-            print(f"{'':<14}settings: {', '.join(registry.config_fields(name))}")
+            for field, kind, default, doc in registry.describe_settings(name):
+                print(f"{'':<14}{field}: {kind} = {default!r}" + (f"  {doc}" if doc else ""))
     return 0
 
 

@@ -131,3 +131,10 @@ def test_train_takes_profile_and_results_as_the_other_commands_do(tiny_preset, t
     ]
     assert main(args) == 0
     assert "found finished run" in capsys.readouterr().err  # the very same run
+
+
+def test_methods_verbose_lists_each_setting_with_type_default_and_doc(capsys):
+    assert main(["methods", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "cmr: float = 0.0  Co-matrix dropout rate" in out
+    assert "anneal_end: float = 0.75  ... and reaches s_f at this fraction" in out

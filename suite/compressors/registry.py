@@ -125,6 +125,37 @@ def config_fields(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(get(name).config)]
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass and of its bases, on one line."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, IndexError):
+            continue
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                    docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def describe_settings(name: str) -> list[tuple[str, str, Any, str]]:
+    """(setting, type, default, doc) of each setting of a method (``suite methods -v``)."""
+    cls = get(name).config
+    docs, defaults = _field_docs(cls), cls()
+    return [
+        (f.name, str(f.type), getattr(defaults, f.name), docs.get(f.name, ""))
+        for f in dataclasses.fields(cls)
+    ]
+
+
 def make_config(name: str, params: dict[str, Any]) -> CompressorConfig:
     """Build and validate a method's config from a dict; unknown keys are an error that lists the known."""
     method = get(name)

@@ -79,9 +79,7 @@ class Compressed:
             "finalized": self.finalized,
             "suite": __version__,
         }
-        out = export.save(self.model, path, meta)
-        out.update(export.size_check(self.accounting, export.pack(self.model)))
-        return out
+        return export.save(self.model, path, meta, self.accounting)
 
 
 def compress(

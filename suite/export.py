@@ -83,8 +83,9 @@ def unpack(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def save(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the compressed form of ``model`` to ``path`` (atomically); returns ``size_check``'s numbers."""
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any], accounting: Accounting) -> dict[str, Any]:
+    """Write the compressed form of ``model`` to ``path`` (atomically); returns the file's size beside
+    ``size_check``'s numbers."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -92,7 +93,7 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> dict[str, 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)})
     os.replace(tmp, path)
-    return {"path": str(path), "bytes": path.stat().st_size, "tensor_bytes": tensor_bytes(tensors)}
+    return {"path": str(path), "bytes": path.stat().st_size, **size_check(accounting, tensors)}
 
 
 def read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -7,10 +7,10 @@ import copy
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,6 +21,7 @@ from .compressors import account, registry
 from .compressors.accounting import format_cf
 from .config import load_run
 from .context import DataContext
+from .deploy import layer_csr
 from .errors import ConfigError
 from .models.lm import detach
 from .track import provenance, write_json
@@ -155,28 +156,22 @@ def dense_step(lstm: nn.LSTM) -> Step:
     return lambda x, h, c: lstm_cell(torch.addmv(bias, w, torch.cat((x, h))), c)
 
 
-def layer_csr(parts: list[Tensor | None], shapes: list[tuple[int, int]]) -> Tensor:
-    """The sparse parts of a layer's matrices side by side, [D_ih | D_hh], as one int32 CSR matrix (a
-    missing part is empty). It stores one set of row pointers instead of two, so it never holds more than
-    the per-matrix accounting counts."""
-    device = next(p.device for p in parts if p is not None)
-    blocks = [
-        p.to_dense() if p is not None else torch.zeros(shape, device=device)
-        for p, shape in zip(parts, shapes)
-    ]
-    csr = torch.cat(blocks, 1).to_sparse_csr()  # (4H, in + H)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(
-            csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape
-        )
+def module_step(lstm: nn.LSTM) -> Step:
+    """One batch-1 step of nn.LSTM itself (oneDNN on a CPU, cuDNN on a GPU): what a user runs by default."""
+    n, k = lstm.input_size, lstm.hidden_size
+
+    def step(x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        _, (h, c) = lstm(x.view(1, 1, n), (h.view(1, 1, k), c.view(1, 1, k)))
+        return h.view(k), c.view(k)
+
+    return step
 
 
 def deployed_step(lstm: nn.LSTM) -> Step:
-    """One batch-1 step with each weight's deployment form (``registry.deployed_parts``), never building W.
-    Sparse parts (doped matrices, pruned ones) are fused into one CSR product on [x; h], as the dense step fuses
-    W; methods whose deployment is the rebuilt matrix itself (``registry.deployed_dense``: hashed, DeepThin)
-    run as the dense step on their rebuilt matrices."""
+    """One batch-1 step with each weight's deployment form (``registry.deployed_parts``), never building W,
+    in eager PyTorch. Sparse parts (doped matrices, pruned ones) are fused into one CSR product on [x; h], as
+    the dense step fuses W; methods whose deployment is the rebuilt matrix itself (``registry.deployed_dense``:
+    hashed, DeepThin) run as the dense step on their rebuilt matrices."""
     names = ("weight_ih_l0", "weight_hh_l0")
     bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
     rebuilt = [registry.deployed_dense(lstm, n) for n in names]
@@ -234,6 +229,34 @@ def infer_methods() -> list[str]:
     return [m for m in registry.available() if deployable(m)]
 
 
+def _forms(lstm: nn.LSTM, dense: bool, device: str) -> list[dict]:
+    """The deployment forms of one LSTM to time: eager PyTorch (for dense: the fused addmv and nn.LSTM
+    itself) and, on a CPU, the compiled step (``suite.deploy``) where the method's form has kernels."""
+    forms = [
+        {"form": "addmv" if dense else "eager", "step": dense_step(lstm) if dense else deployed_step(lstm)}
+    ]
+    if dense:
+        forms.append({"form": "nn.LSTM", "step": module_step(lstm)})
+    if torch.device(device).type == "cpu":
+        from .deploy import compile_step
+
+        compiled = compile_step(lstm)
+        if compiled is not None:
+            forms.append(
+                {
+                    "form": "compiled",
+                    "step": compiled,
+                    "numpy": True,
+                    "compile_s": compiled.compile_s,
+                    "macs": compiled.macs,
+                    "weight_bytes": compiled.nbytes,
+                }
+            )
+    for f in forms:
+        f["max_abs_err"] = _check(f["step"], lstm, f.get("numpy", False))
+    return forms
+
+
 def bench_infer(
     methods: list[str],
     factors: list[float],
@@ -247,55 +270,64 @@ def bench_infer(
     device: str = "cpu",
 ) -> dict:
     """Median time of one batch-1 LSTM step (W_ih x + W_hh h, gates, cell update) per method and CF against
-    the dense step, on one thread (``device``: or on a GPU, each step timed to its end); every deployed step is
-    first checked against the materialized weights. Models are compressed on the CPU, then moved.
+    the fastest dense step, on one thread (``device``: or on a GPU, each step timed to its end). Every form of
+    every model is timed: dense as a fused addmv, as nn.LSTM and compiled; a compressed model in eager
+    PyTorch and compiled. A model's row reports its fastest form; the speed-ups divide the fastest dense form's
+    median by it. Every form is first checked against the materialized weights; compile times are reported
+    apart. Models are compressed on the CPU, then moved.
 
-    A repetition runs a block of 1 + ``inner`` consecutive steps of each model, the models in a rotating
+    A repetition runs a block of 1 + ``inner`` consecutive steps of each form, the forms in a rotating
     order, each step timed alone. The block's first step follows the other models, which have evicted this
     one's weights from the caches: its median is ``cold_us``. The other ``inner`` steps are the steady state
-    of a model running a sequence: ``median_us`` is their median, and ``speedup_vs_dense`` compares those.
-    Timing single steps keeps a preemption by another process from inflating a whole block (a dense block is
-    long enough to be preempted almost always, a compressed one rarely)."""
+    of a model running a sequence: ``median_us`` is their median. Timing single steps keeps a preemption by
+    another process from inflating a whole block."""
     _check_device(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         base = nn.LSTM(input_size, hidden)
-        dense = copy.deepcopy(base).to(device)
-        entries: list[dict] = [{"method": "dense", "factor": 1.0, "step": dense_step(dense), "cf": 1.0}]
+        models: list[dict] = [
+            {"method": "dense", "factor": 1.0, "cf": 1.0, "forms": _forms(base, True, device)}
+        ]
         for name in methods:
             for factor in factors:
                 lstm, acc = compressed_lstm(base, name, factor)
                 lstm = lstm.to(device)
-                step = deployed_step(lstm)
-                entries.append(
+                models.append(
                     {
                         "method": name,
                         "factor": factor,
-                        "step": step,
                         "cf": acc["cf"],
                         "cf_values": acc["cf_values"],
-                        "max_abs_err": _check(step, lstm),
                         "matrices": {m["name"]: m["detail"] for m in acc["matrices"]},
+                        "forms": _forms(lstm, False, device),
                     }
                 )
-        warm, cold = _time_steps(
-            [e["step"] for e in entries], input_size, hidden, reps, inner, warmup, echo, device
-        )
+        forms = [f for m in models for f in m["forms"]]
+        warm, cold = _time_steps(forms, input_size, hidden, reps, inner, warmup, echo, device)
     finally:
         torch.set_num_threads(threads)
-    dense_warm, dense_cold = statistics.median(warm[0]), statistics.median(cold[0])
+    for f, ts, cs in zip(forms, warm, cold):
+        f["median_us"], f["cold_us"] = statistics.median(ts) * 1e6, statistics.median(cs) * 1e6
+        del f["step"]
+        f.pop("numpy", None)
+    baselines = models[0]["forms"]
+    best_warm = min(baselines, key=lambda f: f["median_us"])
+    best_cold = min(baselines, key=lambda f: f["cold_us"])
     rows = []
-    for e, ts, cs in zip(entries, warm, cold):
-        median, first = statistics.median(ts), statistics.median(cs)
+    for m in models:
+        best = min(m["forms"], key=lambda f: f["median_us"])
         rows.append(
             {
-                **{k: v for k, v in e.items() if k != "step"},
-                "median_us": median * 1e6,
-                "speedup_vs_dense": dense_warm / median,
-                "cold_us": first * 1e6,
-                "cold_speedup_vs_dense": dense_cold / first,
+                **{k: v for k, v in m.items() if k != "forms"},
+                "form": best["form"],
+                "median_us": best["median_us"],
+                "speedup_vs_dense": best_warm["median_us"] / best["median_us"],
+                "cold_us": min(f["cold_us"] for f in m["forms"]),
+                "cold_speedup_vs_dense": best_cold["cold_us"] / min(f["cold_us"] for f in m["forms"]),
+                "max_abs_err": best["max_abs_err"],
+                "forms": m["forms"],
             }
         )
     result = {
@@ -306,6 +338,9 @@ def bench_infer(
         "reps": reps,
         "inner": inner,
         "warmup": warmup,
+        "dense_baseline": best_warm["form"],
+        "dense_baseline_cold": best_cold["form"],
+        "baselines": baselines,
         "rows": rows,
         "provenance": provenance(),
     }
@@ -315,12 +350,13 @@ def bench_infer(
 
 
 @torch.inference_mode()
-def _check(step: Step, lstm: nn.LSTM) -> float:
+def _check(step, lstm: nn.LSTM, numpy: bool = False) -> float:
     """Max |h - h_ref| of one step against the same step with the materialized (dense) weights."""
     device = lstm.weight_ih_l0.device
     x, h, c = (torch.randn(n, device=device) for n in (lstm.input_size, lstm.hidden_size, lstm.hidden_size))
     ref = lstm_cell(x @ lstm.weight_ih_l0.T + h @ lstm.weight_hh_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0, c)
-    err = (step(x, h, c)[0] - ref[0]).abs().max().item()
+    got = torch.from_numpy(step(x.numpy(), h.numpy(), c.numpy())[0]) if numpy else step(x, h, c)[0]
+    err = (got - ref[0]).abs().max().item()
     if err > 1e-4:
         raise RuntimeError(f"deployed LSTM step differs from the materialized one by {err:.2e}")
     return err
@@ -328,7 +364,7 @@ def _check(step: Step, lstm: nn.LSTM) -> float:
 
 @torch.inference_mode()
 def _time_steps(
-    steps: list[Step],
+    forms: list[dict],
     input_size: int,
     hidden: int,
     reps: int,
@@ -337,25 +373,35 @@ def _time_steps(
     echo: bool,
     device: str = "cpu",
 ) -> tuple[list[list[float]], list[list[float]]]:
-    """Per model: (seconds of each warm step, seconds of each block's first, cold step). On a GPU each step
-    is timed until it has run (the launch alone says nothing)."""
+    """Per form: (seconds of each warm step, seconds of each block's first, cold step). A compiled form
+    takes numpy vectors, the others tensors. On a GPU each step is timed until it has run (the launch alone
+    says nothing)."""
     x = torch.randn(input_size, device=device)
-    state = [(torch.zeros(hidden, device=device), torch.zeros(hidden, device=device)) for _ in steps]
+    state = []
+    inputs = []
+    for f in forms:
+        zeros = (torch.zeros(hidden, device=device), torch.zeros(hidden, device=device))
+        if f.get("numpy"):
+            state.append(tuple(z.numpy() for z in zeros))
+            inputs.append(x.numpy())
+        else:
+            state.append(zeros)
+            inputs.append(x)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    warm: list[list[float]] = [[] for _ in steps]
-    cold: list[list[float]] = [[] for _ in steps]
+    warm: list[list[float]] = [[] for _ in forms]
+    cold: list[list[float]] = [[] for _ in forms]
     for r in range(warmup + reps):
-        order = list(range(len(steps)))
+        order = list(range(len(forms)))
         order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
         for i in order:
-            step, (h, c) = steps[i], state[i]
+            step, xi, (h, c) = forms[i]["step"], inputs[i], state[i]
             sync()
             t0 = time.perf_counter()
-            h, c = step(x, h, c)  # the other models have just evicted this one's weights from the caches
+            h, c = step(xi, h, c)  # the other models have just evicted this one's weights from the caches
             sync()
             ts = [t0, time.perf_counter()]
             for _ in range(inner):  # each step timed alone: a preemption spoils one sample, not a block
-                h, c = step(x, h, c)
+                h, c = step(xi, h, c)
                 sync()
                 ts.append(time.perf_counter())
             state[i] = (h, c)
@@ -367,13 +413,190 @@ def _time_steps(
     return warm, cold
 
 
-def format_infer(rows: list[dict]) -> str:
+def format_infer(result: dict) -> str:
+    """The rows (each model's fastest form), then the dense baselines and the compile times."""
     lines = [
-        f"{'method':<12}{'CF':>6}{'achieved':>10}{'median us':>12}{'speed-up':>10}{'cold us':>10}{'cold':>8}"
+        f"{'method':<12}{'CF':>6}{'achieved':>10}{'form':>10}{'median us':>11}{'speed-up':>10}"
+        f"{'cold us':>10}{'cold':>8}{'eager us':>10}{'compile s':>11}"
     ]
-    for r in rows:
+    for r in result["rows"]:
+        eager = next((f["median_us"] for f in r["forms"] if f["form"] in ("eager", "addmv")), float("nan"))
+        comp = next((f["compile_s"] for f in r["forms"] if f["form"] == "compiled"), float("nan"))
         lines.append(
-            f"{r['method']:<12}{r['factor']:>6g}{format_cf(r['cf']):>10}{r['median_us']:>12.1f}"
+            f"{r['method']:<12}{r['factor']:>6g}{format_cf(r['cf']):>10}{r['form']:>10}{r['median_us']:>11.1f}"
             f"{r['speedup_vs_dense']:>9.2f}x{r['cold_us']:>10.1f}{r['cold_speedup_vs_dense']:>7.2f}x"
+            f"{eager:>10.1f}{comp:>11.2f}"
+        )
+    base = ", ".join(
+        f"{f['form']} {f['median_us']:.1f} us (cold {f['cold_us']:.1f})" for f in result["baselines"]
+    )
+    lines.append(f"dense baselines: {base}; speed-ups against the fastest, {result['dense_baseline']}")
+    return "\n".join(lines)
+
+
+#: (method, CF) of the softmax (``decoder.weight``) in ``bench generate``; None: dense.
+SOFTMAX_FORMS: list[tuple[str, float] | None] = [None, ("groupreduce", 8.0), ("svd", 8.0)]
+
+
+def zipf_counts(vocab: int) -> Tensor:
+    """Word counts of a Zipf law (count of the k-th word ~ 1/k), for methods that weight rows by frequency
+    when a benchmark builds a model without data; the speed depends on the block sizes and ranks, not on
+    the words."""
+    return 1e6 / torch.arange(1, vocab + 1, dtype=torch.float64)
+
+
+def compressed_lm(
+    model_cfg: dict, base: nn.Module, lstm: tuple[str, float] | None, softmax
+) -> tuple[nn.Module, dict]:
+    """A copy of the language model ``base`` with its LSTM and/or softmax compressed (from its weights where
+    the method allows), in the deployed state; with the achieved CF of each part."""
+    model = copy.deepcopy(base)
+    ctx = DataContext(row_frequencies={"decoder.weight": zipf_counts(model_cfg["vocab"])})
+    cfs = {}
+    for part, spec, targets in (("lstm", lstm, None), ("softmax", softmax, ["decoder.weight"])):
+        if spec is None:
+            continue
+        name, factor = spec
+        settings = {"factor": factor, **({"targets": targets} if targets else {})}
+        try:
+            cfg = registry.make_config(name, {**settings, "init": "trained"})
+        except ConfigError:
+            cfg = registry.make_config(name, settings)
+        method = registry.get(name)
+        method.apply(model, cfg, ctx)
+        if method.finalize is not None:
+            method.finalize(model, cfg)
+        cfs[part] = account(model, cfg.targets, method=name).cf
+    return model.eval(), cfs
+
+
+@torch.inference_mode()
+def _eager_generate(model: nn.Module) -> Callable[[int, int], tuple[np.ndarray, Tensor]]:
+    """Greedy decoding token by token with the model's own forward (nn.Embedding, nn.LSTM, F.linear)."""
+
+    def generate(token: int, n: int):
+        hidden, out = None, []
+        x = torch.tensor([[token]])
+        for _ in range(n):
+            with parametrize.cached():
+                logits, hidden = model(x, hidden)  # (1, 1, V)
+            x = logits[0, 0].argmax().view(1, 1)
+            out.append(int(x))
+        return out, logits[0, 0]
+
+    return generate
+
+
+def bench_generate(
+    presets: list[str],
+    lstm_methods: list[str],
+    factors: list[float],
+    softmax: list[tuple[str, float] | None] | None = None,
+    vocab: int = 10_000,
+    tokens: int = 32,
+    reps: int = 20,
+    warmup: int = 2,
+    out: str | Path | None = "results/bench/generate.json",
+    echo: bool = True,
+) -> dict:
+    """Batch-1 greedy generation, tokens per second of the whole language model (embedding, LSTM layers,
+    softmax, argmax) at each preset's shapes, one thread: the dense model in eager PyTorch and compiled, and
+    each (LSTM method, softmax form) compiled (``suite.deploy``), interleaved; speed-ups against the fastest
+    dense form. Each compiled model's first logits are checked against its eager forward."""
+    from .deploy import compile_generator
+
+    softmax = SOFTMAX_FORMS if softmax is None else softmax
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows, gens = [], []
+    try:
+        for preset in presets:
+            cfg = load_run(preset, "dense")
+            if cfg.family != "lm":
+                raise ConfigError(f"bench generate decodes language models; {preset} is a {cfg.family} task")
+            model_cfg = {**cfg.model, "vocab": vocab, "dropout": 0.0}
+            torch.manual_seed(0)
+            base = tasks.get("lm").build_model(model_cfg).eval()
+            configs = [(None, sm) for sm in softmax] + [
+                ((m, f), sm) for m in lstm_methods for f in factors for sm in softmax
+            ]
+            for lstm, sm in configs:
+                model, cfs = compressed_lm(model_cfg, base, lstm, sm)
+                compiled = compile_generator(model)
+                if compiled is None:
+                    raise ConfigError(f"{lstm or sm} has no compiled deployment form; leave it out")
+                err = (
+                    (torch.from_numpy(compiled(0, 1)[1]) - _eager_generate(model)(0, 1)[1]).abs().max().item()
+                )
+                if err > 1e-3:
+                    raise RuntimeError(f"compiled decoding differs from the model's forward by {err:.2e}")
+                row = {
+                    "preset": str(preset),
+                    "shape": {k: cfg.model[k] for k in ("hidden", "layers")} | {"vocab": vocab},
+                    "lstm": "dense" if lstm is None else lstm[0],
+                    "lstm_factor": 1.0 if lstm is None else lstm[1],
+                    "lstm_cf": cfs.get("lstm", 1.0),
+                    "softmax": "dense" if sm is None else sm[0],
+                    "softmax_factor": 1.0 if sm is None else sm[1],
+                    "softmax_cf": cfs.get("softmax", 1.0),
+                    "form": "compiled",
+                    "compile_s": compiled.compile_s,
+                    "macs_per_token": compiled.macs,
+                    "weight_bytes_per_token": compiled.nbytes,
+                    "max_abs_err": err,
+                }
+                rows.append(row)
+                gens.append(compiled)
+                if lstm is None and sm is None:
+                    rows.append({**row, "form": "eager", "compile_s": 0.0, "max_abs_err": 0.0})
+                    gens.append(_eager_generate(model))
+        times: list[list[float]] = [[] for _ in gens]
+        for r in range(warmup + reps):
+            order = list(range(len(gens)))
+            order = order[r % len(order) :] + order[: r % len(order)]
+            for i in order:
+                t0 = time.perf_counter()
+                gens[i](r % 100, tokens)
+                if r >= warmup:
+                    times[i].append((time.perf_counter() - t0) / tokens)
+            if echo and (r + 1) % 5 == 0:
+                print(f"bench generate: round {r + 1}/{warmup + reps}", file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    for row, ts in zip(rows, times):
+        row["us_per_token"] = statistics.median(ts) * 1e6
+        row["tokens_per_s"] = 1e6 / row["us_per_token"]
+    for preset in presets:
+        mine = [r for r in rows if r["preset"] == str(preset)]
+        dense = [r for r in mine if r["lstm"] == "dense" and r["softmax"] == "dense"]
+        fastest = min(dense, key=lambda r: r["us_per_token"])
+        for r in mine:
+            r["dense_baseline"] = fastest["form"]
+            r["speedup_vs_dense"] = fastest["us_per_token"] / r["us_per_token"]
+    result = {
+        "benchmark": "lm_generate_batch1",
+        "threads": 1,
+        "tokens": tokens,
+        "reps": reps,
+        "warmup": warmup,
+        "softmax_counts": "Zipf (count of the k-th word ~ 1/k)",
+        "rows": rows,
+        "provenance": provenance(),
+    }
+    if out is not None:
+        write_json(Path(out), result)
+    return result
+
+
+def format_generate(result: dict) -> str:
+    lines = [
+        f"{'preset':<22}{'lstm':<10}{'CF':>6}{'softmax':<13}{'CF':>6}{'form':>10}{'us/token':>10}"
+        f"{'tokens/s':>10}{'speed-up':>10}{'KB/token':>10}"
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{Path(r['preset']).stem:<22}{r['lstm']:<10}{format_cf(r['lstm_cf']):>6} {r['softmax']:<12}"
+            f"{format_cf(r['softmax_cf']):>6}{r['form']:>10}{r['us_per_token']:>10.1f}{r['tokens_per_s']:>10.0f}"
+            f"{r['speedup_vs_dense']:>9.2f}x{r['weight_bytes_per_token'] / 1024:>10.0f}"
         )
     return "\n".join(lines)

@@ -325,11 +325,36 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0]}
+BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0], "generate": [25.0]}
+GENERATE_METHODS = ["doped_kp", "kp", "lmf", "prune"]
+GENERATE_PRESETS = "tasks/ptb-small.yaml,tasks/ptb-medium.yaml"
+
+
+def _softmax(text: str) -> list[tuple[str, float] | None]:
+    """``dense,groupreduce:8`` -> [None, ("groupreduce", 8.0)]."""
+    forms = []
+    for item in text.split(","):
+        if item == "dense":
+            forms.append(None)
+            continue
+        name, _, factor = item.partition(":")
+        try:
+            forms.append((name, float(factor)))
+        except ValueError:
+            raise ConfigError(f"--softmax takes dense or METHOD:CF items, got {item!r}") from None
+    return forms
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_infer, bench_train, format_infer, format_rows, infer_methods
+    from .bench import (
+        bench_generate,
+        bench_infer,
+        bench_train,
+        format_generate,
+        format_infer,
+        format_rows,
+        infer_methods,
+    )
     from .compressors import registry
     from .files import check_file
     from .pipeline import use_threads
@@ -338,13 +363,28 @@ def cmd_bench(args) -> int:
         methods = args.methods.split(",")
     elif args.kind == "infer":
         methods = infer_methods()
+    elif args.kind == "generate":
+        methods = GENERATE_METHODS
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
     out = check_file(Path(args.results) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
-    if args.kind == "train":
-        res = bench_train(args.preset, methods, factors, steps=args.steps, device=args.device, out=out)
+    if args.kind == "generate":
+        res = bench_generate(
+            (args.preset or GENERATE_PRESETS).split(","), methods, factors, _softmax(args.softmax), out=out
+        )
+        print(f"batch-1 greedy generation, 1 thread, median of {res['reps']} x {res['tokens']} tokens")
+        print(format_generate(res))
+    elif args.kind == "train":
+        res = bench_train(
+            args.preset or "tasks/ptb-small.yaml",
+            methods,
+            factors,
+            steps=args.steps,
+            device=args.device,
+            out=out,
+        )
         print(f"training step, {res['preset']}, {res['threads']} threads, median of {res['steps']} steps")
         print(format_rows(res["rows"], "speed_vs_dense"))
     else:
@@ -363,7 +403,7 @@ def cmd_bench(args) -> int:
             f"{'1 thread' if res['device'] == 'cpu' else res['device']}, median of "
             f"{res['reps']} x {res['inner']} steps"
         )
-        print(format_infer(res["rows"]))
+        print(format_infer(res))
     print(f"-> {out}")
     return 0
 
@@ -507,12 +547,27 @@ def build_parser() -> argparse.ArgumentParser:
     bl.set_defaults(func=cmd_baselines)
 
     b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
-    b.add_argument("kind", choices=sorted(BENCH_FACTORS), help="train: training step; infer: batch-1 step")
+    b.add_argument(
+        "kind",
+        choices=sorted(BENCH_FACTORS),
+        help="train: training step; infer: batch-1 LSTM step; generate: batch-1 greedy decoding of a whole LM",
+    )
     b.add_argument(
         "--methods", help="comma-separated (default: every registered method the benchmark can time)"
     )
-    b.add_argument("--factors", type=_factors, help="comma-separated CFs (train: 4,8; infer: 10,25)")
-    b.add_argument("--preset", default="tasks/ptb-small.yaml", help="train: the task whose shapes are used")
+    b.add_argument(
+        "--factors", type=_factors, help="comma-separated CFs (train: 4,8; infer: 10,25; generate: 25)"
+    )
+    b.add_argument(
+        "--preset",
+        help="the task whose shapes are used (train: tasks/ptb-small.yaml; generate: comma-separated, "
+        f"default {GENERATE_PRESETS})",
+    )
+    b.add_argument(
+        "--softmax",
+        default="dense,groupreduce:8,svd:8",
+        help="generate: the softmax forms, comma-separated `dense` or METHOD:CF",
+    )
     b.add_argument("--steps", type=_positive, default=30, help="train: timed steps")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's choice)")

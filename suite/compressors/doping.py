@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CompressionError, ConfigError
+from . import terms
 from .accounting import Storage, csr_storage
 from .hybrid import HMDConfig, make_hmd
 from .kronecker import KPConfig, make_kp
@@ -144,6 +145,10 @@ class Doped(Masked, Structured):
 
     def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
         return self.structured.deploy(factors[:-1]), self.csr(factors[-1])
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term] | None:
+        structured = self.structured.deploy_terms(factors[:-1])
+        return None if structured is None else [*structured, terms.Sparse(self.csr(factors[-1]))]
 
 
 def doped_tensors(model: nn.Module) -> list[SparseTensor]:

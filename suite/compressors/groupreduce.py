@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ..context import DataContext
 from ..errors import ConfigError
+from . import terms
 from .accounting import Storage, parametrized_tensors
 from .registry import (
     CompressorConfig,
@@ -232,6 +233,12 @@ class GroupReduce(Structured):
             return x.new_empty(rows).index_copy_(0, perm, out)  # scattered to the blocks' words
 
         return mv
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term]:
+        return [
+            terms.LowRank(u.contiguous(), v.contiguous(), index=self.perm[lo:hi].int())
+            for u, v, lo, hi in zip(factors[::2], factors[1::2], self.offsets, self.offsets[1:])
+        ]
 
     def lookup(self, factors: tuple[Tensor, ...], ids: Tensor) -> Tensor:
         """Rows ``ids`` of W (an embedding lookup) without building W: u_i V_b for each word's block."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from . import terms
 from .accounting import Storage
 from .lowrank import LowRank
 from .registry import (
@@ -100,6 +101,10 @@ class Hybrid(Structured):
     def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
         wd, u, v = (f.contiguous() for f in factors)
         return lambda x: torch.cat((torch.mv(wd, x), torch.mv(u, torch.mv(v, x))))  # (k,) over (m - k,)
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term]:
+        wd, u, v = (f.contiguous() for f in factors)
+        return [terms.Dense(wd), terms.LowRank(u, v, offset=self.k)]
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from . import terms
 from .accounting import Storage
 from .registry import (
     CF_TOLERANCE,
@@ -205,6 +206,10 @@ class Kronecker(Structured):
                 torch.bmm(torch.matmul(x.view(s.n1, s.n2).T, at).transpose(1, 2), bt).sum(0).view(m)
             )
         return lambda x: torch.bmm(a, torch.matmul(x.view(s.n1, s.n2), bt)).sum(0).view(m)
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term]:
+        a, b = factors
+        return [terms.Kron(a.contiguous(), b.contiguous(), self.kp.a_first)]
 
 
 @dataclass

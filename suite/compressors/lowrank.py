@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from . import terms
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
@@ -75,6 +76,9 @@ class LowRank(Structured):
     def deploy(self, factors: tuple[Tensor, ...]):
         u, v = (f.contiguous() for f in factors)
         return lambda x: u @ (v @ x)  # (m, r) @ ((r, n) @ (n,))
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term]:
+        return [terms.LowRank(*(f.contiguous() for f in factors))]
 
 
 def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> LowRank:

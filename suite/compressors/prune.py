@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from . import terms
 from .accounting import Storage, csr_storage
 from .registry import (
     CompressorConfig,
@@ -108,6 +109,9 @@ class Pruned(Masked, Structured):
     def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
         m = self.shape[0]
         return (lambda x: x.new_zeros(m)), self.csr(factors[0])
+
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term]:
+        return [terms.Sparse(self.csr(factors[0]))]
 
 
 def final_nnz_for(shape: tuple[int, int], factor: float) -> int:

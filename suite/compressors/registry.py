@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from ..context import DataContext
 from ..errors import CompressionError, ConfigError
+from . import terms
 from .accounting import Storage, matches, parametrized_tensors
 
 #: Default targets: the recurrent weight matrices, nn.LSTM's (``weight_ih_l0``, ``weight_hh_l1_reverse``, ...)
@@ -223,6 +224,12 @@ class Structured(nn.Module):
         layer does; None for a compact deployment form."""
         return None
 
+    def deploy_terms(self, factors: tuple[Tensor, ...]) -> list[terms.Term] | None:
+        """The deployment form as primitive terms (``terms``) for a compiled step; None when it is none of them.
+        By default the rebuilt matrix of ``deploy_dense``, when there is one."""
+        w = self.deploy_dense(factors)
+        return None if w is None else [terms.Dense(w)]
+
 
 def originals(module: nn.Module, tensor_name: str) -> tuple[Tensor, ...]:
     """The stored tensors (factors) of one parametrized weight, in the order ``forward`` takes them."""
@@ -320,6 +327,13 @@ def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tenso
     structured, factors = _structured_and_factors(module, tensor_name)
     with torch.no_grad():
         return structured.deploy_parts(factors)
+
+
+def deployed_terms(module: nn.Module, tensor_name: str) -> list[terms.Term] | None:
+    """``Structured.deploy_terms`` of one parametrized weight."""
+    structured, factors = _structured_and_factors(module, tensor_name)
+    with torch.no_grad():
+        return structured.deploy_terms(factors)
 
 
 def deployed_dense(module: nn.Module, tensor_name: str) -> Tensor | None:

@@ -118,7 +118,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .publish import publish, refresh_fingerprints, stale_published
+    from .publish import publish, publish_bench, refresh_fingerprints, stale_published
 
     if args.refresh:
         keys = refresh_fingerprints(args.results)
@@ -136,7 +136,14 @@ def cmd_publish(args) -> int:
         raise ConfigError(
             "name the run folders to publish (results/runs/<task>/<method>/<run-id>), or --stale"
         )
-    written, refused = publish(args.runs, args.results)
+    benches = [r for r in args.runs if str(r).endswith(".json")]
+    written, refused = publish([r for r in args.runs if r not in benches], args.results)
+    for path in benches:
+        dest, why = publish_bench(path, args.results)
+        if why:
+            refused.append(why)
+        else:
+            print(f"published benchmark {path} -> {dest}")
     for line in refused:
         print(f"error: {line}", file=sys.stderr)
     return 2 if refused else 0
@@ -440,7 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("publish", help="copy finished full-scale runs into results/published (kept in git)")
     pb.add_argument(
-        "runs", nargs="*", metavar="RUN_DIR", help="run folders (results/runs/<task>/<method>/<id>)"
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run folders (results/runs/<task>/<method>/<id>), or benchmark files (results/bench/infer.json)",
     )
     pb.add_argument("--stale", action="store_true", help="list the published records of changed behaviour")
     pb.add_argument(

@@ -63,8 +63,10 @@ def _pct(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{x:+.1f}%"
 
 
-def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per task (and training budget), the leaderboard as the cells people read."""
+def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Per task (and training budget), the leaderboard as the cells people read; ``speed``: (method, CF) ->
+    batch-1 speed-up of the published inference benchmark (``speed.speedups``)."""
+    speed = speed or {}
     out = {}
     for (task, budget, metric, direction), rows in board.groupby(
         ["task", "budget", "metric", "direction"], sort=False
@@ -83,6 +85,7 @@ def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 "vs dense": rows["vs_dense_pct"].map(_pct),
                 f"val {metric}": rows["val_mean"].map(format_metric),
                 "seeds": [f"{r.n_ok}/{r.n_asked}" + ("*" if r.partial else "") for r in rows.itertuples()],
+                "batch-1 speed-up": [_speed(speed, r.method, r.factor) for r in rows.itertuples()],
                 "commit": rows["commit"],
             }
         )
@@ -91,23 +94,34 @@ def display(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 FOOTER = (
     "settings and lr chosen on validation (among the rates tried), test reported for the choice; CF: achieved on the LSTM matrices, "
-    "rounded down; vs dense: change of the test metric; * = fewer seeds finished than asked"
+    "rounded down; vs dense: change of the test metric; * = fewer seeds finished than asked; batch-1 speed-up: "
+    "one LSTM step of the method at that CF against the fastest dense step, hidden 650, one thread (docs/speed.md)"
 )
 
 
+def _speed(speed: dict, method: str, factor: float) -> str:
+    x = 1.0 if method == "dense" else speed.get((method, float(factor)))
+    return "-" if x is None else f"{x:.1f}x"
+
+
 def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
+    from .speed import speedups
+
     if board.empty:
         return f"no full-scale results yet ({Path(results) / 'published'} is empty; `suite publish` adds finished runs)"
-    parts = [f"{title}\n{table.to_string(index=False)}" for title, table in display(board).items()]
+    shown = display(board, speedups(results))
+    parts = [f"{title}\n{table.to_string(index=False)}" for title, table in shown.items()]
     return "\n\n".join(parts) + "\n" + FOOTER
 
 
-def format_markdown(board: pd.DataFrame) -> str:
+def format_markdown(board: pd.DataFrame, results: str | Path = "results") -> str:
+    from .speed import speedups
+
     if board.empty:
         return "No full-scale results yet.\n"
     parts = [
         f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
-        for title, table in display(board).items()
+        for title, table in display(board, speedups(results)).items()
     ]
     return "\n".join(parts) + "\n" + FOOTER + ".\n"
 
@@ -147,13 +161,15 @@ GENERATED = (
 )
 
 
-def documents(summ: pd.DataFrame, records: list) -> dict[str, str]:
-    """docs/results.md (the leaderboard, and the embedding/softmax runs without fine-tuning) and docs/claims.md
-    (the source papers' claims against the records), built from the summary of ``records``."""
+def documents(summ: pd.DataFrame, records: list, results_dir: str | Path = "results") -> dict[str, str]:
+    """docs/results.md (the leaderboard, and the embedding/softmax runs without fine-tuning), docs/claims.md
+    (the source papers' claims against the records), built from the summary of ``records``, and docs/speed.md
+    (the published speed benchmarks of ``results_dir``)."""
     from .claims import check_claims
     from .claims import format_markdown as claims_markdown
+    from .speed import document as speed_document
 
-    results = GENERATED + "# Full-scale results\n\n" + format_markdown(leaderboard(summ))
+    results = GENERATED + "# Full-scale results\n\n" + format_markdown(leaderboard(summ), results_dir)
     vocab = vocabulary_table(summ)
     if not vocab.empty:
         results += (
@@ -167,7 +183,7 @@ def documents(summ: pd.DataFrame, records: list) -> dict[str, str]:
         + "Each verdict follows the rule written with the claim in suite/claims.py.\n\n"
         + claims_markdown(check_claims(summ, records))
     )
-    return {"results.md": results, "claims.md": claims}
+    return {"results.md": results, "claims.md": claims, "speed.md": GENERATED + speed_document(results_dir)}
 
 
 def vocabulary_table(summ: pd.DataFrame) -> pd.DataFrame:
@@ -207,13 +223,23 @@ def write_docs(results_dir, folder) -> list:
     runs = runs_frame(records)
     summ = summary(runs)
     written = []
-    for name, text in documents(summ, records).items():
+    for name, text in documents(summ, records, results_dir).items():
         write_text(Path(folder) / name, text, "results document")
         written.append(Path(folder) / name)
     with tempfile.TemporaryDirectory() as tmp:
         summ.to_csv(Path(tmp) / "summary.csv", index=False)
         epochs_frame(records, runs).to_csv(Path(tmp) / "epochs.csv", index=False)
-        made = make_figures(tmp, Path(tmp) / "figures", {"bench": Path(tmp) / "none.json"})
+        from .publish import SHIPPED, bench_dir
+
+        bench = next(
+            (
+                d / "infer.json"
+                for d in (bench_dir(results_dir), SHIPPED / "bench")
+                if (d / "infer.json").is_file()
+            ),
+            Path(tmp) / "none.json",
+        )
+        made = make_figures(tmp, Path(tmp) / "figures", {"bench": bench})
         figures = Path(folder) / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         for paths, _note in made.values():

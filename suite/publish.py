@@ -180,6 +180,45 @@ def publish(
     return written, refused
 
 
+BENCHMARKS = {"lstm_step_batch1": "infer.json", "lm_generate_batch1": "generate.json"}
+
+
+def bench_dir(results_dir: str | Path) -> Path:
+    return published_dir(results_dir) / "bench"
+
+
+def publish_bench(path: str | Path, results_dir: str | Path = "results") -> tuple[Path | None, str | None]:
+    """Copy a speed benchmark's JSON (``suite bench infer|generate``) into results/published/bench/, replacing
+    the one published before; refused (None, why) when it was not made from a clean tree at a commit of main."""
+    try:
+        result = json.loads(Path(path).read_text())
+        name = BENCHMARKS[result["benchmark"]]
+        prov = result["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{path}: not a benchmark written by `suite bench infer` or `suite bench generate`"
+    sha = prov.get("git_sha")
+    if not sha or prov.get("git_dirty") is not False:
+        return (
+            None,
+            f"{path}: refused: made from a tree with uncommitted changes; rerun from a clean checkout of main",
+        )
+    if not on_main(sha):
+        return None, f"{path}: refused: made at commit {sha[:7]}, which is not on main; rerun from main"
+    dest = bench_dir(results_dir) / name
+    write_json(
+        dest, {**result, "published": {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
+    )
+    return dest, None
+
+
+def published_bench(results_dir: str | Path, name: str) -> dict | None:
+    """A published benchmark (``infer.json``, ``generate.json``) of ``results_dir`` or of this checkout."""
+    for folder in (bench_dir(results_dir), SHIPPED / "bench"):
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())
+    return None
+
+
 # Staleness and reuse of published records ---------------------------------------------------------------------
 
 

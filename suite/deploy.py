@@ -167,7 +167,8 @@ def kron(g, off, a, b, z, a_first):
 
 @njit(error_model="numpy")
 def csr(g, crow, col, val, z):
-    """Row by row, two accumulators (the adds of a row are a dependency chain; the reads are the cost)."""
+    """Row by row, two accumulators (the adds of a row are a dependency chain). The indices are unsigned:
+    numba checks a signed index for wraparound on every access, which doubled the time."""
     for i in range(crow.shape[0] - 1):
         a0 = a1 = np.float32(0.0)
         k, end = crow[i], crow[i + 1]
@@ -201,6 +202,60 @@ def argmax(y):
             best = i
     return best
 '''
+
+
+def _kron_source(n2: int) -> str:
+    """A kernel for a Kronecker term with X = z.view(n1, n2) taken as (A X) B^T, specialized to n2: each pair of
+    rows of A is read once against all n2 columns of X (2 n2 running sums), so A is read once per step."""
+    rows = 2 if n2 > 1 else 4
+    sums = [[f"s{p}_{j}" for j in range(n2)] for p in range(rows)]
+    body = [
+        f"def kron_a{n2}(g, off, a, b, z):",
+        "    terms, m1, n1 = a.shape",
+        "    m2 = b.shape[1]",
+        f"    xt = np.empty({n2} * n1, np.float32)",
+        f"    for j in range({n2}):",
+        "        for i in range(n1):",
+        f"            xt[j * n1 + i] = z[i * {n2} + j]",
+        f"    t = np.empty(({n2}, m1), np.float32)",
+        "    for r in range(terms):",
+        "        ar = a[r]",
+        "        p = 0",
+        f"        while p + {rows} <= m1:",
+        f"            {' = '.join(x for row in sums for x in row)} = np.float32(0.0)",
+        "            for i in range(n1):",
+        *[f"                x{j} = xt[{j} * n1 + i]" for j in range(n2)],
+        *[f"                a{q} = ar[p + {q}, i]" for q in range(rows)],
+        *[f"                {sums[q][j]} += a{q} * x{j}" for q in range(rows) for j in range(n2)],
+        *[f"            t[{j}, p + {q}] = {sums[q][j]}" for q in range(rows) for j in range(n2)],
+        f"            p += {rows}",
+        "        while p < m1:",
+        f"            for j in range({n2}):",
+        "                acc = np.float32(0.0)",
+        "                for i in range(n1):",
+        "                    acc += ar[p, i] * xt[j * n1 + i]",
+        "                t[j, p] = acc",
+        "            p += 1",
+        "        for p in range(m1):",
+        "            for q in range(m2):",
+        "                acc = np.float32(0.0)",
+        f"                for j in range({n2}):",
+        "                    acc += t[j, p] * b[r, q, j]",
+        "                g[off + p * m2 + q] += acc",
+    ]
+    return '@njit(fastmath=True, error_model="numpy")\n' + "\n".join(body) + "\n"
+
+
+#: the widest X (n2 columns) a specialized Kronecker kernel is written for; wider ones take ``kron``
+KRON_SPECIALIZED = 8
+
+
+def _kron_kernel(n2: int) -> str:
+    """The name of the specialized (A X) B^T kernel for n2, compiled into the kernels' namespace on first use."""
+    ns, name = _kernels(), f"kron_a{n2}"
+    if name not in ns:
+        exec(compile(_kron_source(n2), f"<suite.deploy {name}>", "exec"), ns)
+    return name
 
 
 _KERNELS: dict | None = None
@@ -252,14 +307,18 @@ class Program:
             if term.index is None:
                 call = f"lowrank({g}, {term.offset}, {u}, {v}, {z})"
             else:
-                index = self.array(_np(term.index, np.int32))
+                index = self.array(_np(term.index, np.uint32))
                 call = f"lowrank_rows({g}, {index}, {u}, {v}, {z})"
         elif isinstance(term, Kron):
             a, b = self.array(_np(term.a)), self.array(_np(term.b))
-            call = f"kron({g}, {term.offset}, {a}, {b}, {z}, {term.a_first})"
+            n2 = term.b.shape[2]
+            if term.a_first and n2 <= KRON_SPECIALIZED:
+                call = f"{_kron_kernel(n2)}({g}, {term.offset}, {a}, {b}, {z})"
+            else:
+                call = f"kron({g}, {term.offset}, {a}, {b}, {z}, {term.a_first})"
         elif isinstance(term, Sparse):
             crow, col = term.csr.crow_indices(), term.csr.col_indices()
-            names = [self.array(_np(crow, np.int32)), self.array(_np(col, np.int32))]
+            names = [self.array(_np(crow, np.uint32)), self.array(_np(col, np.uint32))]
             names.append(self.array(_np(term.csr.values())))
             call = f"csr({g}, {', '.join(names)}, {z})"
         else:

@@ -250,6 +250,9 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
         m = m.sort_values(x)
         ax.plot(m[x], m[speed[0]], marker=marker(method), label=method, color=color(method))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
+    x = "cf" if "cf" in rows else "factor"
+    lim = [rows[x].min(), rows[x].max()]
+    ax.plot(lim, lim, color="gray", ls=":", lw=1, label="speed-up = CF")  # a step reading CF times fewer bytes
     log_axis(ax)
     ax.set_xlabel("achieved compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
@@ -260,12 +263,13 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
             " ".join(f"{k} {v}" for k, v in shape.items()),
             f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else "",
             str(data.get("device", "")),
+            f"vs dense {data['dense_baseline']}" if "dense_baseline" in data else "",
         )
         if x
     )
     ax.set_title("F4  batch-1 inference speed-up vs CF" + (f"\n({where})" if where else ""))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, out, "F4_speedup_vs_cf"), ""
 
 

@@ -453,7 +453,7 @@ def compressed_lm(
     model = copy.deepcopy(base)
     ctx = DataContext(row_frequencies={"decoder.weight": zipf_counts(model_cfg["vocab"])})
     cfs = {}
-    for part, spec, targets in (("lstm", lstm, None), ("softmax", softmax, ["decoder.weight"])):
+    for spec, targets in ((lstm, None), (softmax, ["decoder.weight"])):
         if spec is None:
             continue
         name, factor = spec
@@ -466,7 +466,11 @@ def compressed_lm(
         method.apply(model, cfg, ctx)
         if method.finalize is not None:
             method.finalize(model, cfg)
-        cfs[part] = account(model, cfg.targets, method=name).cf
+    acc = account(model, registry.LSTM_TARGETS + ["decoder.weight"])
+    for part, spec in (("lstm", lstm), ("softmax", softmax)):
+        if spec is not None:  # the CF of this part's matrices alone (the accounting holds both parts')
+            mine = [m for m in acc.matrices if (m.name == "decoder.weight") == (part == "softmax")]
+            cfs[part] = sum(m.dense for m in mine) / sum(m.storage.total + m.shared for m in mine)
     return model.eval(), cfs
 
 

@@ -81,6 +81,8 @@ def test_compiled_generation_follows_the_models_forward():
     base = LSTMLanguageModel(40, hidden=16, layers=2).eval()
     model, cfs = compressed_lm(cfg, base, ("doped_kp", 4.0), ("groupreduce", 2.0))
     assert cfs["lstm"] >= 4.0 and cfs["softmax"] >= 2.0
+    alone = compressed_lm(cfg, base, None, ("groupreduce", 2.0))[1]
+    assert alone["softmax"] == cfs["softmax"]  # each part's CF counts its own matrices only
     gen = compile_generator(model)
     tokens, logits = gen(3, 6)
     with torch.inference_mode(), torch.nn.utils.parametrize.cached():

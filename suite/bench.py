@@ -129,6 +129,21 @@ def _check_device(device: str) -> None:
             raise ConfigError(f"no CUDA device {device} here; use --device cpu")
 
 
+def caches() -> dict[str, int]:
+    """This CPU's data cache sizes in bytes by level (``L2``, ``L3``), from Linux's sysfs; empty elsewhere. A
+    speed-up depends on which level holds a model's weights."""
+    out = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            kind, level = (index / "type").read_text().strip(), (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction" and size[:-1].isdigit():
+            out[f"L{level}"] = int(size[:-1]) * {"K": 1024, "M": 1024**2}.get(size[-1], 1)
+    return out
+
+
 def format_rows(rows: list[dict], ratio: str) -> str:
     lines = [f"{'method':<14}{'CF':>6}{'median ms':>12}{ratio:>18}"]
     for r in rows:
@@ -334,6 +349,7 @@ def bench_infer(
         "benchmark": "lstm_step_batch1",
         "shape": {"hidden": hidden, "input": input_size},
         "threads": 1,
+        "caches": caches(),
         "device": device,
         "reps": reps,
         "inner": inner,
@@ -580,6 +596,7 @@ def bench_generate(
     result = {
         "benchmark": "lm_generate_batch1",
         "threads": 1,
+        "caches": caches(),
         "tokens": tokens,
         "reps": reps,
         "warmup": warmup,

@@ -82,6 +82,39 @@ def _made(bench: dict) -> str:
     )
 
 
+def _fits(infer: dict) -> str:
+    c = infer.get("caches") or {}
+    dense = max((f.get("weight_bytes", 0) for f in infer["baselines"]), default=0)
+    if not (c.get("L2") and c.get("L3") and dense):
+        return ""
+    return (
+        f" The dense layer's weights, {dense / 2**20:.1f} MB, fit this CPU's {c['L3'] / 2**20:.0f} MB L3 cache "
+        f"(warm steps read them from there); a compressed layer under {c['L2'] / 2**20:.0f} MB fits its L2."
+    )
+
+
+def _tiers(gen: dict) -> str:
+    """Why a speed-up can exceed the ratio of bytes read: the weights a token reads against the caches."""
+    l3 = (gen.get("caches") or {}).get("L3")
+    if not l3:
+        return ""
+    lines = []
+    for preset in dict.fromkeys(r["preset"] for r in gen["rows"]):
+        rows = [r for r in gen["rows"] if r["preset"] == preset]
+        dense = next(r for r in rows if r["lstm"] == "dense" and r["softmax"] == "dense")
+        small = min(rows, key=lambda r: r["weight_bytes_per_token"])
+        lines.append(
+            f"- {Path(preset).stem}: dense reads {dense['weight_bytes_per_token'] / 2**20:.1f} MB per token "
+            f"({'more' if dense['weight_bytes_per_token'] > l3 else 'less'} than the {l3 / 2**20:.0f} MB L3 "
+            f"cache); the smallest model here reads {small['weight_bytes_per_token'] / 2**20:.1f} MB."
+        )
+    return (
+        "\nWhere the weights live decides the speed. A model whose weights exceed the last-level cache streams "
+        "them from memory for every token; one that fits is read from cache, several times faster per byte, so "
+        "a speed-up can exceed the ratio of bytes read:\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def document(results_dir: str | Path = "results") -> str:
     """docs/speed.md from the published benchmarks."""
     text = "# Batch-1 inference speed\n\n"
@@ -101,7 +134,7 @@ def document(results_dir: str | Path = "results") -> str:
             f"{_made(infer)}; median of {infer['reps']} x {infer['inner']} warm steps per form, all forms "
             f"interleaved in one process.\n\n**Dense baselines:** {base}. Speed-ups divide the fastest, "
             f"**{infer['dense_baseline']}** (cold: {infer['dense_baseline_cold']}), by each method's fastest "
-            "form.\n\n"
+            f"form.{_fits(infer)}\n\n"
             + infer_table(infer).to_markdown(index=False, disable_numparse=True)
             + "\n\n*of CF*: the speed-up as a share of the achieved CF (a step that reads CF times fewer bytes "
             "could approach CF times faster). *MAC ratio*: dense's multiply-adds over the method's (a sparse "
@@ -119,5 +152,6 @@ def document(results_dir: str | Path = "results") -> str:
             "Speed-ups against the fastest dense form of the same shape.\n\n"
             + generate_table(gen).to_markdown(index=False, disable_numparse=True)
             + "\n"
+            + _tiers(gen)
         )
     return text

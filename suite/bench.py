@@ -621,3 +621,133 @@ def format_generate(result: dict) -> str:
             f"{r['speedup_vs_dense']:>9.2f}x{r['weight_bytes_per_token'] / 1024:>10.0f}"
         )
     return "\n".join(lines)
+
+
+def bench_decode(
+    presets: list[str],
+    methods: list[str],
+    factors: list[float],
+    items: int = 40,
+    reps: int = 3,
+    out: str | Path | None = "results/bench/decode.json",
+    echo: bool = True,
+) -> dict:
+    """Batch-1 decoding speed of exported models (translation: greedy and beam sentences/s; speech: utterances/s)
+    on the first ``items`` test examples of each preset's real data, one thread. The dense model and each method
+    at each CF (compressed from the same random dense model, finalized), each written with ``Compressed.export``
+    and read back into a fresh model (``suite.load``), decoded in eager PyTorch (a compressed weight rebuilt
+    once per batch); models interleaved, median over items and repetitions; speed-ups against dense. An exported
+    model must decode exactly as the model it was exported from."""
+    import dataclasses
+    import tempfile
+    from itertools import islice
+
+    from . import api
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows, calls = [], []
+    try:
+        for preset in presets:
+            cfg = load_run(preset, "dense")
+            family = tasks.get(cfg.family)
+            data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
+            train = dataclasses.replace(cfg.train, eval_batch_size=1)
+            batches = list(islice(iter(family.datamodule(data, train).test_dataloader()), items))
+            model_cfg = family.resolve_model(cfg.model, data)
+            torch.manual_seed(0)
+            base = family.build_model(model_cfg).eval()
+            lr_at = family.lr_at(train)
+            if not family.task(base, train, lr_at).decoders():
+                raise ConfigError(
+                    f"{preset} is a {cfg.family} task; bench decode times translation and speech"
+                )
+            specs = [("dense", 1.0)] + [(m, f) for m in methods for f in factors]
+            for name, factor in specs:
+                model, cf, exported = copy.deepcopy(base), 1.0, None
+                if name != "dense":
+                    try:
+                        c = api.compress(model, name, factor=factor, init="trained")
+                    except ConfigError:
+                        c = api.compress(model, name, factor=factor)
+                    c.finalize()
+                    cf = c.accounting.cf
+                    with tempfile.TemporaryDirectory() as tmp:
+                        c.export(Path(tmp) / "model.safetensors")
+                        again = api.load(Path(tmp) / "model.safetensors", family.build_model(model_cfg))
+                    exported = again.model.eval()
+                mine = family.task(exported if exported is not None else model, train, lr_at).eval()
+                for mode, decode in mine.decoders().items():
+                    if exported is not None:  # the file must decode as the model it came from
+                        ref = family.task(model.eval(), train, lr_at).eval().decoders()[mode]
+                        with torch.inference_mode():
+                            if decode(batches[0]) != ref(batches[0]):
+                                raise RuntimeError(
+                                    f"exported {name} decodes otherwise than the model it came from"
+                                )
+                    rows.append(
+                        {
+                            "preset": str(preset),
+                            "task": cfg.task,
+                            "method": name,
+                            "factor": factor,
+                            "cf": cf,
+                            "mode": mode,
+                        }
+                    )
+                    calls.append((decode, batches))
+        times: list[list[float]] = [[] for _ in calls]
+        tokens = [0 for _ in calls]
+        with torch.inference_mode():
+            for r in range(reps):
+                order = list(range(len(calls)))
+                order = order[r % len(order) :] + order[: r % len(order)]
+                for i in order:
+                    decode, batches = calls[i]
+                    for batch in batches:
+                        t0 = time.perf_counter()
+                        hyps = decode(batch)
+                        times[i].append(time.perf_counter() - t0)
+                        tokens[i] += sum(len(h) for h in hyps) if r == 0 else 0
+                if echo:
+                    print(f"bench decode: round {r + 1}/{reps}", file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    for row, ts, n in zip(rows, times, tokens):
+        row["ms_per_item"] = statistics.median(ts) * 1e3
+        row["items_per_s"] = 1e3 / row["ms_per_item"]
+        # an untrained model's outputs have arbitrary lengths, so decoding time is also given per output token
+        row["output_tokens"] = n
+        row["ms_per_output_token"] = sum(ts[: len(ts) // reps]) * 1e3 / max(n, 1)
+    for row in rows:
+        dense = next(
+            r
+            for r in rows
+            if r["preset"] == row["preset"] and r["mode"] == row["mode"] and r["method"] == "dense"
+        )
+        row["speedup_vs_dense"] = dense["ms_per_item"] / row["ms_per_item"]
+    result = {
+        "benchmark": "decode_batch1",
+        "threads": 1,
+        "items": items,
+        "reps": reps,
+        "caches": caches(),
+        "rows": rows,
+        "provenance": provenance(),
+    }
+    if out is not None:
+        write_json(Path(out), result)
+    return result
+
+
+def format_decode(result: dict) -> str:
+    lines = [
+        f"{'task':<18}{'method':<12}{'CF':>7}  {'decoding':<10}{'ms/item':>9}{'items/s':>9}{'speed-up':>10}"
+        f"{'ms/token':>10}"
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['task']:<18}{r['method']:<12}{format_cf(r['cf']):>7}  {r['mode']:<10}{r['ms_per_item']:>9.2f}"
+            f"{r['items_per_s']:>9.1f}{r['speedup_vs_dense']:>9.2f}x{r['ms_per_output_token']:>10.3f}"
+        )
+    return "\n".join(lines)

@@ -332,9 +332,10 @@ def cmd_baselines(args) -> int:
     return 0
 
 
-BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0], "generate": [25.0]}
+BENCH_FACTORS = {"train": [4.0, 8.0], "infer": [10.0, 25.0], "generate": [25.0], "decode": [10.0]}
 GENERATE_METHODS = ["doped_kp", "kp", "lmf", "prune"]
 GENERATE_PRESETS = "tasks/ptb-small.yaml,tasks/ptb-medium.yaml"
+DECODE_PRESETS = "tasks/multi30k-small.yaml,tasks/fsdd-digits.yaml"
 
 
 def _softmax(text: str) -> list[tuple[str, float] | None]:
@@ -354,9 +355,11 @@ def _softmax(text: str) -> list[tuple[str, float] | None]:
 
 def cmd_bench(args) -> int:
     from .bench import (
+        bench_decode,
         bench_generate,
         bench_infer,
         bench_train,
+        format_decode,
         format_generate,
         format_infer,
         format_rows,
@@ -370,14 +373,20 @@ def cmd_bench(args) -> int:
         methods = args.methods.split(",")
     elif args.kind == "infer":
         methods = infer_methods()
-    elif args.kind == "generate":
+    elif args.kind in ("generate", "decode"):
         methods = GENERATE_METHODS
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
     out = check_file(Path(args.results) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
-    if args.kind == "generate":
+    if args.kind == "decode":
+        res = bench_decode((args.preset or DECODE_PRESETS).split(","), methods, factors, out=out)
+        print(
+            f"batch-1 decoding of exported models, 1 thread, median over {res['items']} test items x {res['reps']}"
+        )
+        print(format_decode(res))
+    elif args.kind == "generate":
         res = bench_generate(
             (args.preset or GENERATE_PRESETS).split(","), methods, factors, _softmax(args.softmax), out=out
         )
@@ -560,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "kind",
         choices=sorted(BENCH_FACTORS),
-        help="train: training step; infer: batch-1 LSTM step; generate: batch-1 greedy decoding of a whole LM",
+        help="train: training step; infer: batch-1 LSTM step; generate: batch-1 greedy decoding of a whole LM; "
+        "decode: batch-1 translation and speech decoding of exported models",
     )
     b.add_argument(
         "--methods", help="comma-separated (default: every registered method the benchmark can time)"
@@ -570,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--preset",
-        help="the task whose shapes are used (train: tasks/ptb-small.yaml; generate: comma-separated, "
-        f"default {GENERATE_PRESETS})",
+        help="the task whose shapes are used (train: tasks/ptb-small.yaml; generate and decode: comma-separated, "
+        f"defaults {GENERATE_PRESETS} and {DECODE_PRESETS})",
     )
     b.add_argument(
         "--softmax",

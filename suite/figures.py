@@ -252,7 +252,9 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
     x = "cf" if "cf" in rows else "factor"
     lim = [rows[x].min(), rows[x].max()]
-    ax.plot(lim, lim, color="gray", ls=":", lw=1, label="speed-up = CF")  # a step reading CF times fewer bytes
+    ax.plot(
+        lim, lim, color="gray", ls=":", lw=1, label="speed-up = CF"
+    )  # a step reading CF times fewer bytes
     log_axis(ax)
     ax.set_xlabel("achieved compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")

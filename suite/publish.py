@@ -180,7 +180,11 @@ def publish(
     return written, refused
 
 
-BENCHMARKS = {"lstm_step_batch1": "infer.json", "lm_generate_batch1": "generate.json"}
+BENCHMARKS = {
+    "lstm_step_batch1": "infer.json",
+    "lm_generate_batch1": "generate.json",
+    "decode_batch1": "decode.json",
+}
 
 
 def bench_dir(results_dir: str | Path) -> Path:
@@ -195,7 +199,7 @@ def publish_bench(path: str | Path, results_dir: str | Path = "results") -> tupl
         name = BENCHMARKS[result["benchmark"]]
         prov = result["provenance"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, f"{path}: not a benchmark written by `suite bench infer` or `suite bench generate`"
+        return None, f"{path}: not a benchmark written by `suite bench infer`, `generate` or `decode`"
     sha = prov.get("git_sha")
     if not sha or prov.get("git_dirty") is not False:
         return (

@@ -11,7 +11,7 @@ import pandas as pd
 from .compressors.accounting import format_cf
 from .publish import published_bench
 
-INFER, GENERATE = "infer.json", "generate.json"
+INFER, GENERATE, DECODE = "infer.json", "generate.json", "decode.json"
 
 
 def speedups(results_dir: str | Path = "results") -> dict[tuple[str, float], float]:
@@ -153,5 +153,30 @@ def document(results_dir: str | Path = "results") -> str:
             + generate_table(gen).to_markdown(index=False, disable_numparse=True)
             + "\n"
             + _tiers(gen)
+        )
+    dec = published_bench(results_dir, DECODE)
+    if dec is not None:
+        table = pd.DataFrame(
+            {
+                "task": r["task"],
+                "method": r["method"],
+                "CF": format_cf(r["cf"]),
+                "decoding": r["mode"],
+                "ms/item": f"{r['ms_per_item']:.2f}",
+                "items/s": f"{r['items_per_s']:.1f}",
+                "speed-up": f"{r['speedup_vs_dense']:.2f}x",
+                "ms/output token": f"{r['ms_per_output_token']:.3f}",
+            }
+            for r in dec["rows"]
+        )
+        text += (
+            f"\n## Translation and speech decoding of exported models (`suite bench decode`)\n\n{_made(dec)}; "
+            f"batch 1, median over the first {dec['items']} test items x {dec['reps']}. Each model is written by "
+            "`Compressed.export` and read back with `suite.load`, then decoded in eager PyTorch: a compressed "
+            "weight is rebuilt once per item, which is why these speed-ups stay near or under 1 (the compiled "
+            "form covers the language model's LSTM step only). The models are untrained, so their outputs have "
+            "arbitrary lengths: compare *ms/output token* across methods.\n\n"
+            + table.to_markdown(index=False, disable_numparse=True)
+            + "\n"
         )
     return text

@@ -125,3 +125,45 @@ def test_bench_generate_rows(tmp_path):
         assert r["speedup_vs_dense"] == pytest.approx(fastest / r["us_per_token"])
         assert r["max_abs_err"] < 1e-3
     assert (tmp_path / "generate.json").is_file()
+
+
+def test_bench_decode_times_exported_translation_and_speech_models(tmp_path, monkeypatch):
+    import yaml
+    from test_speech import utterance_fields, write_fsdd
+    from test_translation import write_multi30k
+
+    from suite.bench import bench_decode
+
+    root = write_fsdd(write_multi30k(tmp_path / "data"))
+    monkeypatch.setenv("SUITE_DATA_DIR", str(root))
+    presets = []
+    for name, preset in {
+        "m30k": {
+            "family": "translation",
+            "dataset": "multi30k",
+            "model": {"hidden": 8, "emb_size": 8, "layers": 1, "bidirectional": True},
+            "train": {"epochs": 1, "batch_size": 8, "beam": 2, "min_freq": 1, "max_len_b": 4},
+        },
+        "digits": {
+            "family": "speech",
+            "dataset": "fsdd",
+            "model": {"hidden": 8, "layers": 1, "stack": 3},
+            "train": {"epochs": 1, "batch_size": 8, **utterance_fields()},
+        },
+    }.items():
+        presets.append(tmp_path / f"{name}.yaml")
+        presets[-1].write_text(yaml.safe_dump(preset))
+    res = bench_decode([str(p) for p in presets], ["prune"], [2.0], items=2, reps=1, out=None, echo=False)
+    got = {(r["task"], r["method"], r["mode"]) for r in res["rows"]}
+    assert got == {
+        ("m30k", "dense", "greedy"),
+        ("m30k", "dense", "beam 2"),
+        ("m30k", "prune", "greedy"),
+        ("m30k", "prune", "beam 2"),
+        ("digits", "dense", "greedy"),
+        ("digits", "prune", "greedy"),
+    }
+    for r in res["rows"]:
+        assert r["items_per_s"] > 0 and r["cf"] >= (1.0 if r["method"] == "dense" else 2.0)
+        if r["method"] == "dense":
+            assert r["speedup_vs_dense"] == 1.0

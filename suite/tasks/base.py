@@ -276,6 +276,11 @@ class Task(pl.LightningModule):
         with self.evaluating():
             self(*self.inputs(batch))
 
+    def decoders(self) -> dict[str, Callable[[Any], Any]]:
+        """How a deployed model of this task turns a batch into its output (``suite bench decode`` times each):
+        name -> decode(batch). None by default (a language model's is ``suite bench generate``)."""
+        return {}
+
 
 class Family:
     """A kind of task. Subclasses set the class attributes and implement the methods that raise here."""

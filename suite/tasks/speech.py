@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from ..data.audio import N_MELS
@@ -205,6 +206,14 @@ class SpeechTask(Task):
     def inputs(self, batch: Batch) -> tuple:
         x, lengths, *_ = (t.to(self.device) for t in batch)
         return x, lengths
+
+    def decoders(self) -> dict[str, Callable]:
+        return {"greedy": self.transcribe}
+
+    def transcribe(self, batch: Batch) -> list[list[int]]:
+        """Greedy CTC transcripts (digit ids) of a batch; every parametrized weight evaluated once."""
+        with parametrize.cached():
+            return greedy_decode(*self(*self.inputs(batch)))
 
 
 class Speech(Family):

@@ -231,6 +231,13 @@ class TranslationTask(Task):
                 return greedy(self.model, src, src_len, c.max_len_a, c.max_len_b)
             return beam_search(self.model, src, src_len, beam, c.max_len_a, c.max_len_b, c.length_alpha)
 
+    def decoders(self) -> dict[str, Callable]:
+        beam = self.cfg.beam
+        return {
+            "greedy": lambda batch: self.decode(batch, 1),
+            f"beam {beam}": lambda batch: self.decode(batch, beam),
+        }
+
     # Evaluation: corpus BLEU over the hypotheses of the whole split (greedy on val, the preset's beam on test),
     # and the per-token NLL.
     def eval_begin(self, split: str) -> dict:

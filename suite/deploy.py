@@ -9,9 +9,12 @@ reads only the stored tensors, once. The dense model gets the same compiler (its
 so that compiled dense is one of the baselines every ratio is measured against.
 
 Why numba: at batch 1 a compressed LSTM step is 10-30 small operations on a few hundred KB; eager PyTorch
-pays microseconds of dispatch per op, Dynamo does not trace sparse CSR, and a C++ extension needs a build
-system at install time. numba (already a dependency of the audio stack) compiles in-process in seconds, and
-its kernels are plain loops that LLVM vectorizes. The gates use a rational tanh (max error 3e-7 against
+pays microseconds of dispatch per op. Measured on one thread at hidden 650 (us per step; compile time):
+kp at CF 25: eager 49.5, torch.compile (Inductor, max-autotune-no-cudagraphs) 63.7 (1.3 s), numba 15.4
+(0.7 s); lmf at CF 25: 38.1, 49.4, 13.7; dense: addmv 353, torch.compile 325 (16 s), numba 220 (2.2 s).
+Dynamo does not trace sparse CSR, and a C++ extension needs a build system at install time. numba (already a
+dependency of the audio stack) compiles in-process in seconds, and its kernels are plain loops that LLVM
+vectorizes. The gates use a rational tanh (max error 3e-7 against
 float64), since a scalar libm call per gate element costs more than a compressed matrix product."""
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from .config import load_run
 from .context import DataContext
 from .errors import ConfigError
 from .models.lm import detach
-from .track import provenance, write_json
+from .provenance import provenance
+from .record import write_json
 
 
 def _train_step(model, opt, x, y, hidden, clip):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .leaderboard import full_scale, leaderboard
-from .track import Record
+from .record import Record
 
 REPRODUCED, REFUTED, NOT_RUN, NOT_TESTABLE = "reproduced", "refuted", "not run yet", "not testable here"
 

@@ -50,8 +50,9 @@ def cmd_train(args) -> int:
     from .compressors.accounting import format_cf
     from .config import load_run, parse_sets
     from .pipeline import use_threads
-    from .track import format_metric, locate, record_path
-    from .train import find, train
+    from .record import format_metric
+    from .store import find, locate, record_path
+    from .train import train
 
     use_threads(args.threads)
     sets = parse_sets(args.set)
@@ -310,7 +311,7 @@ def cmd_prepare(args) -> int:
 def cmd_baselines(args) -> int:
     from .files import check_file
     from .pipeline import baselines, load_params, use_threads
-    from .track import format_metric
+    from .record import format_metric
 
     params = load_params(_params_file(args.params), args.profile)
     check_file(args.out, "list of baselines (--out)")

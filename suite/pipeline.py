@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import PROFILES, load_run, read_yaml
 from .errors import ConfigError, SuiteError
-from .track import write_json
+from .record import write_json
 
 PARAMS = "params.yaml"
 

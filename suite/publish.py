@@ -25,7 +25,8 @@ from typing import Any
 
 from .errors import DataError
 from .files import write_text
-from .track import Record, record_path, write_json
+from .record import Record, write_json
+from .store import RECORD, record_path
 
 PUBLISHED = "published"
 
@@ -161,7 +162,7 @@ def publish(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            write_json(staging / "record.json", d, "published record")
+            write_json(record_path(staging), d, "published record")
             csv = folder / "csv" / "metrics.csv"
             if csv.is_file():
                 write_text(staging / "metrics.csv", csv.read_text(), "published CSV log")
@@ -205,7 +206,7 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
 
 def stale_published(results_dir: str | Path = "results") -> list[tuple[Record, str]]:
     """The published records whose code no longer behaves as the current code does, each with what changed."""
-    from .track import load_records
+    from .store import load_records
 
     records = [r for r in load_records(results_dir) if r.published]
     reasons = stale_reasons(records)
@@ -216,7 +217,7 @@ def refresh_fingerprints(results_dir: str | Path = "results") -> set:
     """Write the current code's fingerprints of every published record's (family, method, variant) into
     results/published/behaviour.json, so that a fresh clone judges the records without a tiny run."""
     from .behaviour import publish as keep
-    from .track import load_records
+    from .store import load_records
 
     keys = {behaviour_key(r) for r in load_records(results_dir) if r.published}
     keep(keys, replace=True)
@@ -242,7 +243,7 @@ def find_published(cfg) -> Record | None:
         roots.append(SHIPPED)
     want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
     found = []
-    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob("*/record.json"))]
+    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob(f"*/{RECORD}"))]
     for path in paths:
         try:
             rec = Record.load(path)

@@ -30,8 +30,9 @@ from scipy import stats
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .files import atomic
+from .record import Record, write_json
+from .store import load_records
 from .tasks.base import DEFAULT_PRECISION, train_identity
-from .track import Record, load_records, write_json
 
 DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 

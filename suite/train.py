@@ -20,25 +20,16 @@ import psutil
 import torch
 from torch import nn
 
-from . import api, checkpoints, plugins, tasks
+from . import api, checkpoints, plugins, tasks, tracking
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
-from .errors import ConfigError, DataError, SuiteError, TrialDiverged
+from .errors import ConfigError, SuiteError, TrialDiverged
 from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
+from .provenance import device_info, provenance
+from .record import Record
+from .store import find, locate, record_path, run_folder, run_lock
 from .tasks.base import Family
-from .track import (
-    History,
-    Record,
-    close_wandb,
-    device_info,
-    locate,
-    provenance,
-    record_path,
-    run_dir,
-    run_lock,
-    wandb_logger,
-)
 
 MODEL_FILE = "model.pt"
 LIGHTNING_PRECISION = {"32": "32-true"}
@@ -105,31 +96,6 @@ def _remove_stale_staging(final_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(cfg: RunConfig, anywhere: bool = False, published: bool = True) -> Record | None:
-    """The finished record of this exact configuration (same run-id: config, seed and code version) in this
-    run's store (``anywhere``: in any store under results/runs), if there is one; else (``published``) a
-    published record of the same configuration and seed whose code behaves as the current code does
-    (``suite.publish.find_published``). A pipeline stage reuses only its own runs, so that what it reports is its
-    own output; the dense baseline a trained init starts from is looked up everywhere (the baselines stage made
-    it), but never among published records, which keep no weights. A record file that cannot be read is a
-    DataError naming it."""
-    own = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
-    folder = locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) if anywhere else None
-    path = record_path(folder or own)
-    if path.is_file():
-        try:
-            rec = Record.load(path)
-        except DataError as e:
-            raise DataError(f"{e}; delete its folder, or redo the run with --force") from None
-        if rec.status == "ok":
-            return rec
-    if published and cfg.profile == "paper":
-        from .publish import find_published
-
-        return find_published(cfg)
-    return None
-
-
 def train(
     cfg: RunConfig,
     *,
@@ -148,7 +114,7 @@ def train(
     if not force and (done := find(cfg)) is not None:
         return done
     setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
-    created = missing_dirs(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store).parent)
+    created = missing_dirs(run_folder(cfg).parent)
     try:
         with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store):
             if not force and (done := find(cfg)) is not None:
@@ -264,7 +230,7 @@ def _run(
 ) -> Record:
     mcfg, family = cfg.method_config, setup.family
     model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
-    final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
+    final_dir = run_folder(cfg)
     staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
     make_dir(staging, "run folder")
@@ -297,25 +263,8 @@ def _run(
         + f" seed {cfg.seed}"
     )
     units = family.train_units(data)
-    history = History(label, setup.epochs, units, metric=metric.val, unit=family.units)
-    wandb = wandb_logger(
-        cfg.wandb,
-        staging,
-        group=cfg.study or cfg.task,
-        job_type=cfg.method,
-        name=f"{cfg.method}-{cfg.run_id}",
-        # Method settings also at the top level (factor, cmr, ...), so charts can group and plot by them.
-        config={
-            **{k: v for k, v in cfg.compress.items() if k not in record.config},
-            **record.config,
-            "metric": metric.name,
-            "direction": metric.direction,
-            "lr": cfg.train.lr,  # undotted, so that W&B can group by it
-            "achieved_cf": setup.accounting.cf,
-            "model_cf": setup.accounting.model_cf,
-        },
-        tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
-    )
+    history = tracking.History(label, setup.epochs, units, metric=metric.val, unit=family.units)
+    wandb = tracking.start(record, staging)
     # The checkpoint folder outlives this process: a killed run resumes from its last epoch, CSV log included.
     ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key)
     resume_from = checkpoints.resumable(ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr))
@@ -368,7 +317,7 @@ def _run(
             record.status, record.reason = "pruned", str(e) or "pruned by the sweep's pruner"
         else:
             record.reason = f"{type(e).__name__}: {e}"
-            close_wandb(wandb, exit_code=1)
+            tracking.close(wandb, exit_code=1)
             shutil.rmtree(staging, ignore_errors=True)
             if checkpoints.last_checkpoint(ckpt_dir) is None:  # else the same command resumes from it
                 shutil.rmtree(csv_log.log_dir, ignore_errors=True)
@@ -391,12 +340,10 @@ def _run(
             if history.train_seconds
             else None,
         }
-    summary = {"final": record.final, "cf": record.accounting["cf"], "status": record.status}
-    final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
-    close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
+    tracking.close(wandb, record, exit_code)
     try:
         checkpoints.join_csv(ckpt_dir, staging / "csv")
-        record.save(staging / "record.json")
+        record.save(record_path(staging))
         # A finished run this one replaces (--force) is dropped only once this one is in place.
         replace_dir(staging, final_dir)
     except BaseException:

@@ -21,10 +21,11 @@ from suite import files
 from suite.cli import main
 from suite.config import load_run
 from suite.errors import DataError
+from suite.record import Record
+from suite.store import find, load_records, run_dir, run_lock
 from suite.sweep import load_spec
 from suite.sweep.storage import OWNER, REASON, open_storage
-from suite.track import Record, load_records, run_dir, run_lock
-from suite.train import find, train
+from suite.train import train
 from suite.version import code_version
 
 

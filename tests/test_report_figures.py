@@ -16,9 +16,10 @@ from suite.compressors.registry import LSTM_TARGETS
 from suite.figures import make_figures
 from suite.pipeline import load_params
 from suite.plots import pareto
+from suite.record import Record
 from suite.report import load, runs_frame, selected, summary
+from suite.store import run_dir
 from suite.sweep import load_spec
-from suite.track import Record, run_dir
 from suite.version import code_version
 
 

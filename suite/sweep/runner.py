@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from ..errors import ConfigError, DataError, SuiteError
 from ..files import atomic
-from ..track import Record, run_dir
+from ..record import Record
+from ..store import record_path, run_folder
 from ..train import train
 from . import storage as st
 from .build import FitPruning, make_pruner, make_sampler
@@ -135,9 +136,7 @@ class Objective:
             try:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:
-                pruned = Record.load(
-                    run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) / "record.json"
-                )
+                pruned = Record.load(record_path(run_folder(cfg)))
                 self.note(
                     trial, [*records, pruned], [*epochs, pruning.reports if pruning else len(pruned.epochs)]
                 )

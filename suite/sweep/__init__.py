@@ -4,7 +4,7 @@ spec.py validates a sweep file; runner.py creates or resumes the study and runs 
 the study lives and how workers share it; build.py holds the Optuna parts; objectives.py what a trial returns.
 """
 
-from .runner import export, open_study, run_sweep, status, trial_rows, work
+from .runner import export, open_study, run_sweep, status, trials_table, work
 from .spec import Objective, Param, SweepSpec, load_spec
 
 __all__ = [
@@ -16,6 +16,6 @@ __all__ = [
     "open_study",
     "run_sweep",
     "status",
-    "trial_rows",
+    "trials_table",
     "work",
 ]

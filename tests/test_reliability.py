@@ -174,8 +174,8 @@ BAD = {
         lambda f: ["figures", "--tables", tables_holding(f, b"a\n"), "--out", "afile"],
         "afile",
     ),
-    "prepare: --out under a file": (lambda f: ["prepare", "ptb", "--out", "afile/ptb.json"], "afile"),
-    "prepare: unknown dataset": (lambda f: ["prepare", "nope", "--out", "p.json"], "unknown dataset"),
+    "prepare: --out under a file": (lambda f: ["prepare", "ptb", "--out", "afile/prepared"], "afile"),
+    "prepare: unknown dataset": (lambda f: ["prepare", "nope", "--out", "prepared"], "unknown dataset"),
     "bench: no repetitions": (lambda f: ["bench", "infer", "--reps", "0"], "--reps"),
     "bench: no hidden units": (lambda f: ["bench", "infer", "--hidden", "0"], "--hidden"),
     "bench: CF below 1": (lambda f: ["bench", "infer", "--factors", "0.5"], "--factors"),
@@ -223,13 +223,13 @@ BAD = {
         lambda f: ["sweep", sweep_of(f, "tiny.yaml"), "--params", params(f, workers=True)],
         "workers",
     ),
-    "baselines: --out under a file": (lambda f: ["baselines", "tiny.yaml", "--out", "afile/b.json"], "afile"),
+    "baselines: --out under a file": (lambda f: ["baselines", "tiny.yaml", "--out", "afile/baselines"], "afile"),
     "baselines: params set not a mapping": (
         lambda f: [
             "baselines",
             "tiny.yaml",
             "--out",
-            "b.json",
+            "baselines",
             "--params",
             params(f, profiles={"smoke": {"set": [1]}}),
         ],
@@ -240,7 +240,7 @@ BAD = {
         "figures must be a mapping",
     ),
     "baselines: params threads zero": (
-        lambda f: ["baselines", "tiny.yaml", "--out", "b.json", "--params", params(f, threads=0)],
+        lambda f: ["baselines", "tiny.yaml", "--out", "baselines", "--params", params(f, threads=0)],
         "threads",
     ),
 }

@@ -223,7 +223,10 @@ BAD = {
         lambda f: ["sweep", sweep_of(f, "tiny.yaml"), "--params", params(f, workers=True)],
         "workers",
     ),
-    "baselines: --out under a file": (lambda f: ["baselines", "tiny.yaml", "--out", "afile/baselines"], "afile"),
+    "baselines: --out under a file": (
+        lambda f: ["baselines", "tiny.yaml", "--out", "afile/baselines"],
+        "afile",
+    ),
     "baselines: params set not a mapping": (
         lambda f: [
             "baselines",

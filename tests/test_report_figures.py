@@ -368,9 +368,7 @@ def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test, as one_thread restores torch's
     with one_thread():
-        assert (
-            main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines"]) == 0
-        )
+        assert main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines"]) == 0
     runs = json.loads(Path("baselines/tiny.json").read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["test_ppl"] > 1 for r in runs)
 

@@ -353,7 +353,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         ],
         axis=1,
     )
-    out = out.loc[:, ~out.columns.duplicated(keep="last")]  # a user attribute named as an objective wins, as before
+    # A user attribute named as an objective (val_ppl: the mean over seeds either way) is listed once, as itself.
+    out = out.loc[:, ~out.columns.duplicated(keep="last")]
     for column in COUNTS:
         if column in out:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype("Int64")

@@ -150,9 +150,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .publish import publish, refresh_fingerprints, stale_published
+    from .publish import DATA, publish, record_data, refresh_fingerprints, stale_published
 
     results = _results(args)
+    if args.data:
+        known = record_data(results, args.data_dir)
+        print(f"{results}/published/{DATA}: the data fingerprints of {len(known)} task(s)")
+        return 0
     if args.refresh:
         keys = refresh_fingerprints(results)
         print(
@@ -294,7 +298,9 @@ def cmd_prepare(args) -> int:
 
     out = _out_folder(args.out, "dataset description")
     path, info = prepare(args.dataset, out, args.data_dir)
-    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds"))
+    facts = ", ".join(
+        f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds", "fingerprint")
+    )
     print(f"{args.dataset}: {facts} -> {path}")
     return 0
 
@@ -411,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("runs", nargs="*", metavar="RUN_DIR", help="results/runs/<task>/<method>/<run-id>")
     pb.add_argument("--stale", action="store_true", help="list the published records of changed behaviour")
     pb.add_argument("--refresh", action="store_true", help="keep the current code's behaviour fingerprints")
+    pb.add_argument(
+        "--data", action="store_true", help="keep the fingerprints of the published records' data"
+    )
+    pb.add_argument("--data-dir", help="with --data: the folder of that data (default: SUITE_DATA_DIR)")
 
     f = command(
         "figures", cmd_figures, "paper figures (PNG, PDF) from the tables of `suite report`", "params"

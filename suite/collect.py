@@ -31,8 +31,9 @@ from .files import ASIDE, check_dir, make_dir, replace_dir
 from .record import Record, format_metric
 from .store import record_path, run_lock
 
-RUN_ID = re.compile(r"[0-9a-f]{12}")
-"""A run folder's name (``config.RunConfig.run_id``): what a folder without its record is recognised by."""
+RUN_ID = re.compile(r"[0-9a-f]{12}(-d[0-9a-f]{8})?")
+"""A run folder's name (``config.RunConfig.run_id``, on other data than the published with ``store.data_suffix``):
+what a folder without its record is recognised by."""
 
 
 @dataclass

@@ -102,6 +102,7 @@ def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> tuple
     """Load (and cache) a dataset with its task family's defaults and write what it is (origin, sizes) to
     ``out``/<dataset>.json; that file and what it holds."""
     from . import tasks
+    from .data.sources import fingerprint
 
     owners = [tasks.get(name) for name in tasks.available() if dataset in tasks.get(name).datasets]
     if not owners:
@@ -112,6 +113,8 @@ def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> tuple
     t0 = time.perf_counter()
     data = family.load_data(dataset, data_dir, family.train_settings())
     info = {"dataset": dataset, "family": family.name, **data.describe(), "seconds": time.perf_counter() - t0}
+    # The sha256 of its files: a change of the data changes this file, and DVC reruns the stages after it.
+    info["fingerprint"] = fingerprint(family.data_files(dataset, data_dir))
     write_json(path, info)
     return path, info
 

@@ -39,6 +39,10 @@ class Record:
     accounting: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    data_fingerprint: dict = field(default_factory=dict)
+    """sha256 of each data file the run read, by name (``train``: a split's file; a folder of files hashes as one;
+    a hub dataset is named by its id): a finished run is reused only on the same data (``store.find``). Empty in a
+    record made before it was kept (judged by results/published/data.json) and for a family that names no files."""
     metric_detail: dict = field(default_factory=dict)
     """How the metric was computed, where a family says (a sacrebleu signature)."""
     reason: str | None = None
@@ -119,6 +123,7 @@ _FIELDS = {
     "epochs": list,
     "accounting": dict,
     "timings": dict,
+    "data_fingerprint": dict,
 }
 
 

@@ -1,10 +1,20 @@
 """Where records live: results/runs/[<store>/]<task>/<method>/<run-id>/record.json, the per-run lock, and the
-lookup of a finished run (``find``). Every path to a record is built by ``record_path``."""
+lookup of a finished run (``find``). Every path to a record is built by ``record_path``.
+
+A finished run is reused only on the data it was made on: each record keeps the fingerprint of its data files
+(``data_fingerprint``), and a record of before keeps none and is judged by the fingerprint of the data the
+published records were made with (results/published/data.json, ``publish.published_data``). The run-id names the
+configuration, so it never changes with the data; where the data differs from the published data of its task,
+the run's folder (and the ``run_id`` its record holds) is the run-id with ``-d`` and 8 hex digits of the data's
+fingerprint appended (``data_suffix``), so that both runs stay. A task without published data keeps one folder per
+run-id, and a run on changed data replaces the run of the data as it was."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -28,9 +38,43 @@ def run_dir(results_dir: str | Path, task: str, method: str, run_id: str, store:
     return (root / store if store else root) / task / method / run_id
 
 
-def run_folder(cfg: RunConfig) -> Path:
-    """The folder of ``cfg``'s run in its own store."""
-    return run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
+def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
+    """The fingerprint of the data ``cfg``'s run reads, as it is now (``sources.fingerprint`` of the files its
+    family names); a DataError, as loading it would raise, when it is missing."""
+    from . import tasks
+    from .data.sources import fingerprint
+
+    return fingerprint(tasks.get(cfg.family).data_files(cfg.dataset, cfg.data_dir))
+
+
+def data_suffix(cfg: RunConfig, data: dict[str, str]) -> str:
+    """What the run's folder adds to its run-id for data ``data``: nothing on the data its task's published records
+    were made with (or for a task without any), else ``-d`` and 8 hex digits of the data's fingerprint."""
+    from .publish import published_data
+
+    reference = published_data(cfg.task, cfg.results_dir)
+    if not data or reference is None or reference == data:
+        return ""
+    return "-d" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_id(cfg: RunConfig, data: dict[str, str] | None = None) -> str:
+    """The id of ``cfg``'s run on data ``data`` (default: its data as it is now): its folder's name."""
+    return cfg.run_id + data_suffix(cfg, data_fingerprint(cfg) if data is None else data)
+
+
+def run_folder(cfg: RunConfig, data: dict[str, str] | None = None) -> Path:
+    """The folder of ``cfg``'s run on data ``data`` (default: its data as it is now) in its own store."""
+    return run_dir(cfg.results_dir, cfg.task, cfg.method, run_id(cfg, data), cfg.store)
+
+
+def made_on(record: Record, data: dict[str, str], results_dir: str | Path) -> bool:
+    """Whether ``record`` was made on data ``data``: its own fingerprint, or for a record of before (none), the
+    published data of its task; a record that says nothing of a task without published data is trusted."""
+    from .publish import published_data
+
+    made = record.data_fingerprint or published_data(record.task, results_dir)
+    return made is None or made == data
 
 
 def record_path(folder: str | Path) -> Path:
@@ -58,27 +102,31 @@ def locate(
     return None
 
 
-def find(cfg: RunConfig, anywhere: bool = False, published: bool = True) -> Record | None:
-    """The finished record of this exact configuration (same run-id: config, seed and code version) in this
-    run's store (``anywhere``: in any store under results/runs), if there is one; else (``published``) a
-    published record of the same configuration and seed whose code behaves as the current code does
-    (``suite.publish.find_published``). A pipeline stage reuses only its own runs, so that what it reports is its
-    own output; the dense baseline a trained init starts from is looked up everywhere (the baselines stage made
-    it), but never among published records, which keep no weights. A record file that cannot be read is a
-    DataError naming it."""
-    folder = locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) if anywhere else None
-    path = record_path(folder or run_folder(cfg))
+def find(
+    cfg: RunConfig, anywhere: bool = False, published: bool = True, data: dict[str, str] | None = None
+) -> Record | None:
+    """The finished record of this exact configuration (same run-id: config, seed and code version) made on data
+    ``data`` (default: the run's data as it is now) in this run's store (``anywhere``: in any store under
+    results/runs), if there is one; else (``published``) a published record of the same configuration, seed and
+    data whose code behaves as the current code does (``suite.publish.find_published``). A pipeline stage reuses
+    only its own runs, so that what it reports is its own output; the dense baseline a trained init starts from is
+    looked up everywhere (the baselines stage made it), but never among published records, which keep no weights.
+    A record file that cannot be read is a DataError naming it."""
+    data = data_fingerprint(cfg) if data is None else data
+    rid = run_id(cfg, data)
+    folder = locate(cfg.results_dir, cfg.task, cfg.method, rid, cfg.store) if anywhere else None
+    path = record_path(folder or run_dir(cfg.results_dir, cfg.task, cfg.method, rid, cfg.store))
     if path.is_file():
         try:
             rec = Record.load(path)
         except DataError as e:
             raise DataError(f"{e}; delete its folder, or redo the run with --force") from None
-        if rec.status == "ok":
+        if rec.status == "ok" and made_on(rec, data, cfg.results_dir):
             return rec
     if published and cfg.profile == "paper":
         from .publish import find_published
 
-        return find_published(cfg)
+        return find_published(cfg, data)
     return None
 
 

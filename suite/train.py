@@ -28,7 +28,7 @@ from .errors import ConfigError, SuiteError, TrialDiverged
 from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
 from .provenance import device_info, provenance
 from .record import Record
-from .store import find, locate, record_path, run_folder, run_lock
+from .store import data_fingerprint, find, locate, record_path, run_folder, run_lock
 from .tasks.base import Family
 
 MODEL_FILE = "model.pt"
@@ -103,7 +103,8 @@ def train(
     callbacks: Sequence[pl.Callback] = (),
     progress_bar: bool | None = None,
 ) -> Record:
-    """Train, evaluate and record one run; a finished run with the same run-id is returned, not redone.
+    """Train, evaluate and record one run; a finished run with the same run-id, made on the same data (its
+    fingerprint: ``store.data_fingerprint``), is returned, not redone.
 
     Everything that can be wrong with the inputs (method, settings, data, reachable CF) is checked before
     anything is written. The run is built in a staging folder and moved into place with its record, so a
@@ -111,13 +112,16 @@ def train(
     Processes asking for the same run at once (sweep workers) take turns: the second finds the first's record.
     """
     check_dir(cfg.results_dir, "results folder")
-    if not force and (done := find(cfg)) is not None:
+    # The data as it is now: what this run reads, or what the run found was made on.
+    fingerprint = data_fingerprint(cfg)
+    if not force and (done := find(cfg, data=fingerprint)) is not None:
         return done
-    setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
-    created = missing_dirs(run_folder(cfg).parent)
+    setup = _setup(cfg, progress_bar, fingerprint)  # every input check; writes nothing of this run
+    folder = run_folder(cfg, fingerprint)
+    created = missing_dirs(folder.parent)
     try:
-        with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store):
-            if not force and (done := find(cfg)) is not None:
+        with run_lock(cfg.results_dir, cfg.task, cfg.method, folder.name, cfg.store):
+            if not force and (done := find(cfg, data=fingerprint)) is not None:
                 return done
             return _run(cfg, setup, callbacks, progress_bar)
     except BaseException:
@@ -175,6 +179,8 @@ class _Setup:
     """A run ready to train: data, compressed model, its accounting, the epochs and learning rates."""
 
     t_start: float
+    fingerprint: dict[str, str]
+    """The fingerprint of the data (``store.data_fingerprint``), taken before it was read."""
     family: Family
     data: object
     datamodule: pl.LightningDataModule
@@ -188,7 +194,7 @@ class _Setup:
     """Wall time of training the dense baseline a trained init started from (None: it was found)."""
 
 
-def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
+def _setup(cfg: RunConfig, progress_bar: bool | None, fingerprint: dict[str, str]) -> _Setup:
     t_start = time.perf_counter()
     family = tasks.get(cfg.family)
     method = registry.get(cfg.method)  # an unknown method fails here, before any work
@@ -206,7 +212,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
         dry.init = "scratch"
         build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
         t_base = time.perf_counter()
-        found = find(baseline_config(cfg), anywhere=True, published=False)
+        found = find(baseline_config(cfg), anywhere=True, published=False, data=fingerprint)
         base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
@@ -221,7 +227,18 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     model_cfg = model.config
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
     return _Setup(
-        t_start, family, data, datamodule, model, model_cfg, reference, accounting, epochs, lr_at, baseline_s
+        t_start,
+        fingerprint,
+        family,
+        data,
+        datamodule,
+        model,
+        model_cfg,
+        reference,
+        accounting,
+        epochs,
+        lr_at,
+        baseline_s,
     )
 
 
@@ -230,13 +247,13 @@ def _run(
 ) -> Record:
     mcfg, family = cfg.method_config, setup.family
     model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
-    final_dir = run_folder(cfg)
-    staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
+    final_dir = run_folder(cfg, setup.fingerprint)  # <run-id>, or <run-id>-d<data> on other data (store.py)
+    staging = final_dir.with_name(f".{final_dir.name}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
     make_dir(staging, "run folder")
     metric = family.metric
     record = Record(
-        run_id=cfg.run_id,
+        run_id=final_dir.name,
         task=cfg.task,
         method=cfg.method,
         seed=cfg.seed,
@@ -252,6 +269,7 @@ def _run(
         },
         accounting=setup.accounting.to_dict(),
         provenance=provenance(),
+        data_fingerprint=setup.fingerprint,
     )
     used = {"method": plugins.origin("methods", cfg.method), "family": plugins.origin("families", cfg.family)}
     if any(used.values()):  # a plugin's name and version (its code is in the code version)
@@ -266,12 +284,16 @@ def _run(
     history = tracking.History(label, setup.epochs, units, metric=metric.val, unit=family.units)
     wandb = tracking.start(record, staging)
     # The checkpoint folder outlives this process: a killed run resumes from its last epoch, CSV log included.
-    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key)
-    resume_from = checkpoints.resumable(ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr))
+    # A run on other data than the published (its folder's suffix) has a checkpoint of its own.
+    suffix = final_dir.name.removeprefix(cfg.run_id)
+    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key + suffix)
+    resume_from = checkpoints.resumable(
+        ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr), data=setup.fingerprint
+    )
     state = checkpoints.RunState(setup.t_start)
     csv_log = checkpoints.csv_logger(ckpt_dir)
     new_ckpt_dirs = missing_dirs(Path(csv_log.log_dir))
-    checkpoints.claim(ckpt_dir, cfg, record.provenance)
+    checkpoints.claim(ckpt_dir, cfg, record.provenance, setup.fingerprint)
     loggers = [csv_log] + ([wandb] if wandb else [])
     compressed = api.Compressed(model, cfg.method, mcfg)  # what suite.compress returns a library user
     extra = compressed.callbacks()

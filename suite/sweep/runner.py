@@ -313,48 +313,27 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     trial it retries, the number of pruner reports, and its seconds."""
     names = study.user_attrs.get("spec", {}).get("objectives") or []
     names = [o["name"] for o in names] or [f"value_{i}" for i in range(len(study.directions))]
-    frame = study.trials_dataframe(attrs=TRIAL_ATTRS, multi_index=True)
+    frame = study.trials_dataframe(attrs=TRIAL_ATTRS)  # columns number, values_0, params_<name>, ...
     if frame.empty:
         return pd.DataFrame(columns=["study", "number", "state"])
 
-    def group(name: str) -> pd.DataFrame:
-        return frame[name] if name in frame.columns.get_level_values(0) else pd.DataFrame(index=frame.index)
+    def part(prefix: str) -> pd.DataFrame:
+        return frame.filter(regex=f"^{prefix}").rename(columns=lambda c: c.removeprefix(prefix))
 
-    values = group("values").rename(columns=lambda i: names[i])
-    attrs = group("user_attrs").map(lambda v: " ".join(v) if isinstance(v, list) else v)
-    worker = attrs.pop(st.OWNER) if st.OWNER in attrs else pd.Series(None, index=frame.index, dtype=object)
-    system = group("system_attrs")
-    trials = study.get_trials(deepcopy=False)  # trials_dataframe's order
-    out = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "study": study.study_name,
-                    "number": frame["number"],
-                    "state": frame["state"].str.lower(),
-                    "objective": names[0],
-                    "direction": study.directions[0].name.lower(),
-                    "value": values[names[0]],
-                }
-            ),
-            values,
-            group("params"),
-            attrs,
-            pd.DataFrame(
-                {
-                    "host": worker.map(lambda w: w.get("host") if isinstance(w, dict) else None),
-                    "pid": worker.map(lambda w: w.get("pid") if isinstance(w, dict) else None),
-                    "retry_of": system.get("failed_trial"),
-                    "intermediate_steps": [len(t.intermediate_values) for t in trials],
-                    "seconds": frame["duration"].map(lambda d: d.total_seconds() if pd.notna(d) else None),
-                },
-                index=frame.index,
-            ),
-        ],
-        axis=1,
-    )
+    attrs = part("user_attrs_").map(lambda v: " ".join(v) if isinstance(v, list) else v)
+    who = attrs.pop(st.OWNER) if st.OWNER in attrs else pd.Series(None, index=frame.index, dtype=object)
     # A user attribute named as an objective (val_ppl: the mean over seeds either way) is listed once, as itself.
-    out = out.loc[:, ~out.columns.duplicated(keep="last")]
+    values = part("values_").rename(columns=lambda i: names[int(i)])
+    out = pd.DataFrame({"study": study.study_name, "number": frame["number"]})
+    out["state"] = frame["state"].str.lower()
+    out["objective"], out["direction"] = names[0], study.directions[0].name.lower()
+    out["value"] = values[names[0]]
+    out = out.join([values.drop(columns=[c for c in values if c in attrs]), part("params_"), attrs])
+    out["host"] = who.map(lambda w: w.get("host") if isinstance(w, dict) else None)
+    out["pid"] = who.map(lambda w: w.get("pid") if isinstance(w, dict) else None)
+    out["retry_of"] = frame.get("system_attrs_failed_trial")
+    out["intermediate_steps"] = [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
+    out["seconds"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
     for column in COUNTS:
         if column in out:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype("Int64")

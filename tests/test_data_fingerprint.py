@@ -146,3 +146,17 @@ def test_the_committed_data_fingerprints_cover_every_published_task():
     known = json.loads((root / DATA).read_text())
     tasks = {p.parent.parent.parent.name for p in root.glob("*/*/*/record.json")}
     assert tasks and tasks <= set(known)
+
+
+def test_runs_on_other_data_never_share_a_row_of_the_tables(preset, corpus, results):
+    from suite.report import runs_frame, summary
+
+    cfg = config(preset, results)
+    (results / "published").mkdir(parents=True)
+    (results / "published" / DATA).write_text(json.dumps({cfg.task: data_fingerprint(cfg)}))
+    first = train(cfg, progress_bar=False)
+    damage(corpus)
+    other = train(cfg, progress_bar=False)
+    rows = summary(runs_frame([first, other]))
+    assert len(rows) == 2 and list(rows["n_ok"]) == [1, 1] and rows["setup_id"].nunique() == 2
+    assert sorted(rows["data"]) == sorted({other.run_id[-8:], runs_frame([first])["data"][0]})

@@ -1,7 +1,7 @@
 """Benchmark suite for compressed recurrent models.
 
 The spine: a config (``suite.config``) goes into ``suite.train.train``, which writes a record
-(``suite.track``); records become tables and figures (``suite.report``).
+(``suite.record``, kept by ``suite.store``); records become tables and figures (``suite.report``).
 
 As a library (docs/library.md): ``suite.compress(model, "doped_kp", factor=10)`` compresses any module in place
 and returns a ``suite.Compressed`` (accounting, training hooks, ``export``); ``suite.load`` reads an export back.

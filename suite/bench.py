@@ -24,7 +24,8 @@ from .context import DataContext
 from .deploy import layer_csr
 from .errors import ConfigError
 from .models.lm import detach
-from .track import provenance, write_json
+from .provenance import provenance
+from .record import write_json
 
 
 def _train_step(model, opt, x, y, hidden, clip):

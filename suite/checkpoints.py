@@ -43,22 +43,25 @@ def last_checkpoint(folder: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def claim(folder: Path, cfg, provenance: dict) -> None:
-    """Say which code makes the checkpoints of ``folder`` (read by ``resumable`` when the run resumes)."""
+def claim(folder: Path, cfg, provenance: dict, data: dict | None = None) -> None:
+    """Say which code, on which data (its fingerprint), makes the checkpoints of ``folder`` (read by
+    ``resumable`` when the run resumes)."""
     folder.mkdir(parents=True, exist_ok=True)
     owner = {
         "run_id": cfg.run_id,
         "code_version": cfg.code_version,
         "git_sha": provenance.get("git_sha"),
         "git_dirty": provenance.get("git_dirty"),
+        "data": data,
     }
     (folder / OWNER).write_text(json.dumps(owner, indent=1) + "\n")
 
 
-def resumable(folder: Path, cfg, echo=print) -> Path | None:
-    """The checkpoint this run resumes from: one made by the same code version, or by a clean commit whose code
-    behaves as the current code does for this run (``suite.behaviour``: a refactor between two sessions loses
-    no training). A checkpoint of code that behaves otherwise is removed, and the run starts over."""
+def resumable(folder: Path, cfg, echo=print, data: dict | None = None) -> Path | None:
+    """The checkpoint this run resumes from: one made on the same data (fingerprint ``data``; a checkpoint of
+    before that kept none is taken to be) by the same code version, or by a clean commit whose code behaves as the
+    current code does for this run (``suite.behaviour``: a refactor between two sessions loses no training). A
+    checkpoint of other data, or of code that behaves otherwise, is removed, and the run starts over."""
     last = last_checkpoint(folder)
     if last is None:
         return None
@@ -66,6 +69,10 @@ def resumable(folder: Path, cfg, echo=print) -> Path | None:
         owner = json.loads((folder / OWNER).read_text())
     except (OSError, ValueError):
         owner = {}
+    if owner.get("data") and data is not None and owner["data"] != data:
+        echo(f"note: the checkpoint in {folder} was made on other data; starting over")
+        remove(folder)
+        return None
     if owner.get("code_version") == cfg.code_version:
         return last
     sha = owner.get("git_sha")

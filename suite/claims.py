@@ -16,7 +16,7 @@ import pandas as pd
 
 from .compressors.accounting import format_cf
 from .leaderboard import full_scale, leaderboard
-from .track import Record
+from .record import Record
 
 REPRODUCED, REFUTED, NOT_RUN, NOT_TESTABLE = "reproduced", "refuted", "not run yet", "not testable here"
 

@@ -1,5 +1,9 @@
-"""Command line: ``suite train|sweep|methods|report|figures|dashboard|bench|collect|prepare|baselines``.
-Errors the user can fix print one line and exit 2."""
+"""Command line: ``suite <command>`` (``suite --help`` lists them).
+
+An option means the same on every command that takes it (shared parent parsers): ``--profile`` smoke or paper,
+``--results`` the results folder (default ``results``), ``--set`` a fixed setting, ``--params`` params.yaml,
+``--threads`` torch threads, ``--store`` a folder of results/runs; ``--out`` is always a folder. Errors the user
+can fix print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, SuiteError
+
+RESULTS = "results"
+"""The results folder of every command that reads or writes one, unless --results (or results_dir) names
+another."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,24 +54,47 @@ def _params_file(path: str | None) -> str | None:
     return path
 
 
-def cmd_train(args) -> int:
-    from .compressors.accounting import format_cf
-    from .config import load_run, parse_sets
-    from .pipeline import use_threads
-    from .track import format_metric, locate, record_path
-    from .train import find, train
+def _out_folder(path: str, what: str) -> Path:
+    """``--out``, a folder on every command; a file name (``*.json``) is refused rather than made a folder."""
+    from .files import check_dir
 
-    use_threads(args.threads)
+    out = Path(path)
+    if out.suffix == ".json" and not out.is_dir():
+        raise ConfigError(f"--out is a folder, got the file name {path}; name the folder for the {what}")
+    return check_dir(out, f"{what} folder (--out)")
+
+
+def _results(args) -> str:
+    return args.results or RESULTS
+
+
+def _overrides(args) -> dict:
+    """``--set`` items, with --profile and --results as the settings they stand for (a --set of either wins)."""
+    from .config import parse_sets
+
     sets = parse_sets(args.set)
     for key, value in (("profile", args.profile), ("results_dir", args.results)):
         if value is not None:
-            sets.setdefault(key, value)  # --profile smoke is --set profile=smoke, as for sweep and baselines
-    cfg = load_run(args.preset, args.method, args.factor, args.seed, sets)
+            sets.setdefault(key, value)
+    return sets
+
+
+def cmd_train(args) -> int:
+    from .compressors.accounting import format_cf
+    from .config import load_run
+    from .pipeline import use_threads
+    from .record import format_metric
+    from .store import find, locate, record_path
+    from .train import train
+
+    use_threads(args.threads)
+    cfg = load_run(args.preset, args.method, args.factor, args.seed, _overrides(args))
     if not args.force and (rec := find(cfg)) is not None:
         print(f"found finished run {rec.run_id}; use --force to redo it", file=sys.stderr)
     else:
         rec = train(cfg, force=args.force)
-    path = record_path(locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store))
+    folder = locate(cfg.results_dir, cfg.task, cfg.method, rec.run_id, cfg.store)
+    path = record_path(folder) if folder else f"the published record {rec.run_id}"
     if rec.status != "ok":
         print(f"run {rec.run_id} {rec.status}: {rec.reason} (record: {path})", file=sys.stderr)
         return 1
@@ -96,38 +127,44 @@ def cmd_methods(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .files import check_dir, check_file
+    from .files import check_file
     from .leaderboard import report_text, write_docs
     from .report import load, runs_frame, summary, write_tables
 
+    results = _results(args)
     if args.out is not None:
-        check_dir(args.out, "tables folder (--out)")
+        _out_folder(args.out, "tables")
     if args.metrics is not None:
         check_file(args.metrics, "metrics file (--metrics)")
     if args.docs is not None:
-        for path in write_docs(args.results, args.docs):
+        for path in write_docs(results, args.docs):
             print(f"-> {path}")
     if args.out is None:
-        records, left_out = load(args.results, args.stale)
-        print(report_text(summary(runs_frame(records)), left_out, args.results))
+        records, left_out = load(results, args.stale)
+        print(report_text(summary(runs_frame(records)), left_out, results))
         return 0
-    written, summ, left_out = write_tables(args.results, args.out, args.metrics, args.stale)
-    print(report_text(summ, left_out, args.results))
+    written, summ, left_out = write_tables(results, args.out, args.metrics, args.stale)
+    print(report_text(summ, left_out, results))
     print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 
 
 def cmd_publish(args) -> int:
-    from .publish import publish, publish_bench, refresh_fingerprints, stale_published
+    from .publish import DATA, publish, publish_bench, record_data, refresh_fingerprints, stale_published
 
+    results = _results(args)
+    if args.data:
+        known = record_data(results, args.data_dir)
+        print(f"{results}/published/{DATA}: the data fingerprints of {len(known)} task(s)")
+        return 0
     if args.refresh:
-        keys = refresh_fingerprints(args.results)
+        keys = refresh_fingerprints(results)
         print(
             f"results/published/behaviour.json: the current fingerprints of {len(keys)} (family, method) pair(s)"
         )
         return 0
     if args.stale:
-        stale = stale_published(args.results)
+        stale = stale_published(results)
         for rec, reason in stale:
             print(f"{rec.task} {rec.method} {rec.run_id}: {reason}\n  rerun: {rec.published.get('command')}")
         print(f"{len(stale)} stale published record(s)")
@@ -137,9 +174,9 @@ def cmd_publish(args) -> int:
             "name the run folders to publish (results/runs/<task>/<method>/<run-id>), or --stale"
         )
     benches = [r for r in args.runs if str(r).endswith(".json")]
-    written, refused = publish([r for r in args.runs if r not in benches], args.results)
+    written, refused = publish([r for r in args.runs if r not in benches], results)
     for path in benches:
-        dest, why = publish_bench(path, args.results)
+        dest, why = publish_bench(path, results)
         if why:
             refused.append(why)
         else:
@@ -151,7 +188,6 @@ def cmd_publish(args) -> int:
 
 def cmd_figures(args) -> int:
     from .figures import make_figures
-    from .files import check_dir
     from .pipeline import load_params
 
     if not (Path(args.tables) / "summary.csv").is_file():
@@ -159,8 +195,8 @@ def cmd_figures(args) -> int:
             f"no tables in {args.tables}; make them first with `suite report --out {args.tables}`"
         )
     options = load_params(_params_file(args.params)).figures
-    check_dir(args.out, "figures folder (--out)")
-    made = make_figures(args.tables, args.out, options)
+    out = _out_folder(args.out or f"{RESULTS}/figures", "figures")
+    made = make_figures(args.tables, out, options)
     for name, (paths, note) in made.items():
         print(f"{name}: {', '.join(str(p) for p in paths) if paths else 'skipped: ' + note}")
     return 0
@@ -169,8 +205,10 @@ def cmd_figures(args) -> int:
 def cmd_dashboard(args) -> int:
     from .dashboard import dashboards
 
+    if args.out is not None:
+        _out_folder(args.out, "dashboard definitions")
     made = dashboards(
-        args.results,
+        _results(args),
         task=args.task,
         study=args.study,
         entity=args.entity,
@@ -195,9 +233,8 @@ def cmd_dashboard(args) -> int:
 def cmd_sweep(args) -> int:
     from .config import parse_sets
     from .pipeline import load_params, use_threads
-    from .sweep import devices, load_spec, run_sweep, status, work
+    from .sweep import devices, launch, load_spec, run_sweep, work
     from .sweep.runner import location
-    from .sweep.storage import retry_pending
 
     params = load_params(_params_file(args.params), args.profile) if args.params else None
     use_threads(args.threads if args.threads is not None else (params.threads if params else None))
@@ -208,13 +245,12 @@ def cmd_sweep(args) -> int:
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
-    if args.results:
-        sets["results_dir"] = args.results
-    if args.store:
-        sets["store"] = args.store
+    for key, value in (("results_dir", args.results), ("store", args.store)):
+        if value:
+            sets[key] = value
     spec = load_spec(args.spec, args.profile or (params.profile if params else None), sets)
     if args.status:
-        print(_status(args, spec, sets))
+        print(launch.status_text(args.spec, spec, args.storage, sets, chosen=args.profile is not None))
         return 0
     if args.as_worker:
         try:
@@ -222,64 +258,25 @@ def cmd_sweep(args) -> int:
         except KeyboardInterrupt:
             return 130  # the command that started this worker says so, once
         return 0
-    argv = ["sweep", args.spec]
-    for flag, value in (
-        ("--storage", args.storage),
-        ("--profile", args.profile),
-        ("--params", args.params),
-        ("--results", args.results),
-        ("--threads", args.threads),
-        ("--store", args.store),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    for item in args.set or []:
-        argv += ["--set", item]
+    argv = launch.worker_argv(
+        args.spec,
+        storage=args.storage,
+        profile=args.profile,
+        params=args.params,
+        results=args.results,
+        threads=args.threads,
+        store=args.store,
+        sets=args.set,
+    )
     study = run_sweep(spec, args.storage, workers, argv, gpus)
-    print(status(spec, args.storage))
-    left = retry_pending(study)
-    if left:
-        print(
-            f"{left} trial(s) failed for a reason their settings do not decide (listed above as to retry); "
-            "rerun the command to retry them",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def _status(args, spec, sets: dict) -> str:
-    """The study's status; without --profile, the one study of the spec that exists when the default's does
-    not (a user who ran the smoke profile asks for its status as they ran it)."""
-    from .sweep import load_spec, status
-
-    try:
-        return status(spec, args.storage)
-    except ConfigError:
-        if args.profile is not None or args.storage is not None:
-            raise
-        import yaml
-
-        raw = yaml.safe_load(Path(args.spec).read_text()) or {}
-        for other in ["paper", *(raw.get("profiles") or {})]:
-            if other == spec.profile:
-                continue
-            try:
-                text = status(load_spec(args.spec, other, sets), None)
-            except ConfigError:
-                continue
-            print(
-                f"note: no {spec.profile} study yet; this is the {other} one (--profile to choose)",
-                file=sys.stderr,
-            )
-            return text
-        raise
+    print(launch.status_text(args.spec, spec, args.storage, sets, chosen=True))
+    return launch.exit_code(study)
 
 
 def cmd_export(args) -> int:
     from .export import export_run
 
-    info = export_run(args.run, args.out, args.check)
+    info = export_run(args.run, args.out and _out_folder(args.out, "exported file"), args.check)
     print(
         f"run {info['run_id']}: {info['bytes']:,} bytes on disk, {info['tensor_bytes']:,} in tensors, "
         f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index)"
@@ -304,31 +301,31 @@ def cmd_collect(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .files import check_file
     from .pipeline import prepare
 
-    check_file(args.out, "description file (--out)")
-    info = prepare(args.dataset, args.out, args.data_dir)
-    facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds"))
-    print(f"{args.dataset}: {facts} -> {args.out}")
+    out = _out_folder(args.out, "dataset description")
+    path, info = prepare(args.dataset, out, args.data_dir)
+    facts = ", ".join(
+        f"{k} {v}" for k, v in info.items() if k not in ("dataset", "family", "seconds", "fingerprint")
+    )
+    print(f"{args.dataset}: {facts} -> {path}")
     return 0
 
 
 def cmd_baselines(args) -> int:
-    from .files import check_file
     from .pipeline import baselines, load_params, use_threads
-    from .track import format_metric
+    from .record import format_metric
 
     params = load_params(_params_file(args.params), args.profile)
-    check_file(args.out, "list of baselines (--out)")
+    out = _out_folder(args.out, "list of baselines")
     use_threads(params.threads)
-    info = baselines(args.preset, params, args.out, args.store)
+    path, info = baselines(args.preset, params, out, args.store)
     for r in info["runs"]:
         m = r["metric"]
         print(
             f"{info['task']} dense seed {r['seed']}: test {m} {format_metric(r[f'test_{m}'])} ({r['run_id']})"
         )
-    print(f"-> {args.out}")
+    print(f"-> {path}")
     return 0
 
 
@@ -378,7 +375,7 @@ def cmd_bench(args) -> int:
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
-    out = check_file(Path(args.results) / "bench" / f"{args.kind}.json", "benchmark file")
+    out = check_file(Path(_results(args)) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
     if args.kind == "decode":
         res = bench_decode((args.preset or DECODE_PRESETS).split(","), methods, factors, out=out)
@@ -424,159 +421,136 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _shared() -> dict[str, argparse.ArgumentParser]:
+    """The options several commands take, each defined once (argparse parent parsers)."""
+    options = {
+        "profile": dict(
+            help="smoke or paper (default: params.yaml's with --params, else the preset's paper)"
+        ),
+        "results": dict(metavar="DIR", help=f"the results folder (default {RESULTS})"),
+        "set": dict(action="append", metavar="KEY=VALUE", help="a fixed setting of every run, e.g. cmr=0.5"),
+        "params": dict(metavar="FILE", help="params.yaml (profile, seeds, workers, threads, set, figures)"),
+        "threads": dict(
+            type=int, help="torch threads per process (default: params', else torch's or cores/workers)"
+        ),
+        "store": dict(help="sub-folder of results/runs for these runs (pipeline stages)"),
+    }
+    parents = {}
+    for name, kwargs in options.items():
+        parents[name] = argparse.ArgumentParser(add_help=False)
+        parents[name].add_argument(f"--{name}", default=None, **kwargs)
+    return parents
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="suite", description="Benchmark suite for compressed recurrent models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    shared = _shared()
 
-    t = sub.add_parser("train", help="train and evaluate one run")
+    def command(name: str, func, help: str, options: str = "") -> argparse.ArgumentParser:
+        """A subcommand taking the shared ``options`` (space-separated names)."""
+        parser = sub.add_parser(name, help=help, parents=[shared[k] for k in options.split()])
+        parser.set_defaults(func=func)
+        return parser
+
+    t = command("train", cmd_train, "train and evaluate one run", "profile results set threads")
     t.add_argument("preset", help="task preset, e.g. tasks/ptb-small.yaml")
     t.add_argument("--method", default="dense", help="compressor name (see `suite methods`)")
     t.add_argument("--factor", type=float, default=None, help="target compression factor")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. profile=smoke, cmr=0.5"
-    )
-    t.add_argument("--profile", default=None, help="smoke or paper (default: the preset's paper settings)")
-    t.add_argument("--results", default=None, help="results folder (default results)")
     t.add_argument("--force", action="store_true", help="redo a run that already finished")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    t.set_defaults(func=cmd_train)
 
-    m = sub.add_parser("methods", help="list the registered compressors")
+    m = command("methods", cmd_methods, "list the registered compressors")
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's settings")
-    m.set_defaults(func=cmd_methods)
 
-    r = sub.add_parser("report", help="table of all finished runs; with --out, write the CSV tables")
-    r.add_argument("--results", default="results")
-    r.add_argument("--out", default=None, help="folder for runs.csv, summary.csv, epochs.csv, trials.csv")
-    r.add_argument("--metrics", default=None, help="also write headline metrics as JSON (DVC metrics)")
+    r = command("report", cmd_report, "table of all finished runs; with --out, the CSV tables", "results")
+    r.add_argument("--out", help="folder for runs.csv, summary.csv, epochs.csv, trials.csv, ...")
+    r.add_argument("--metrics", help="also write headline metrics to this JSON file (DVC metrics)")
     r.add_argument("--stale", action="store_true", help="also show runs of older code, marked stale")
-    r.add_argument("--docs", default=None, help="write results.md and claims.md from the published records")
-    r.set_defaults(func=cmd_report)
+    r.add_argument("--docs", help="write results.md and claims.md from the published records")
 
-    pb = sub.add_parser("publish", help="copy finished full-scale runs into results/published (kept in git)")
+    pb = command("publish", cmd_publish, "copy finished full-scale runs into results/published", "results")
     pb.add_argument(
         "runs",
         nargs="*",
         metavar="RUN_DIR",
-        help="run folders (results/runs/<task>/<method>/<id>), or benchmark files (results/bench/infer.json)",
+        help="results/runs/<task>/<method>/<run-id>, or a benchmark's JSON (results/bench/infer.json)",
     )
     pb.add_argument("--stale", action="store_true", help="list the published records of changed behaviour")
+    pb.add_argument("--refresh", action="store_true", help="keep the current code's behaviour fingerprints")
     pb.add_argument(
-        "--refresh", action="store_true", help="keep the current code's fingerprints in results/published"
+        "--data", action="store_true", help="keep the fingerprints of the published records' data"
     )
-    pb.add_argument("--results", default="results", help="the results tree whose published/ receives them")
-    pb.set_defaults(func=cmd_publish)
+    pb.add_argument("--data-dir", help="with --data: the folder of that data (default: SUITE_DATA_DIR)")
 
-    f = sub.add_parser("figures", help="paper figures (PNG and PDF) from the tables of `suite report --out`")
-    f.add_argument("--tables", default="results/tables")
-    f.add_argument("--out", default="results/figures")
-    f.add_argument("--params", default=None, help="params.yaml (its figures: section)")
-    f.set_defaults(func=cmd_figures)
+    f = command(
+        "figures", cmd_figures, "paper figures (PNG, PDF) from the tables of `suite report`", "params"
+    )
+    f.add_argument("--tables", default=f"{RESULTS}/tables", help=f"tables folder (default {RESULTS}/tables)")
+    f.add_argument("--out", help=f"folder for the figures (default {RESULTS}/figures)")
 
-    d = sub.add_parser(
-        "dashboard", help="W&B workspaces (or a report) that compare methods, from the records"
-    )
-    d.add_argument("--results", default="results")
-    d.add_argument("--task", default=None, help="only this task's runs (its own view and its studies')")
-    d.add_argument("--study", default=None, help="only this study's runs")
-    d.add_argument(
-        "--entity", default=None, help="W&B entity (default: WANDB_ENTITY, else your default entity)"
-    )
-    d.add_argument(
-        "--project", default=None, help="W&B project (default: WANDB_PROJECT, else compression-suite)"
-    )
+    d = command("dashboard", cmd_dashboard, "W&B workspaces (or reports) that compare methods", "results")
+    d.add_argument("--task", help="only this task's runs (its own view and its studies')")
+    d.add_argument("--study", help="only this study's runs")
+    d.add_argument("--entity", help="W&B entity (default: WANDB_ENTITY, else your default entity)")
+    d.add_argument("--project", help="W&B project (default: WANDB_PROJECT, else compression-suite)")
     d.add_argument("--report", action="store_true", help="a report per study (text and the same panels)")
     d.add_argument("--publish", action="store_true", help="save to W&B (needs `wandb login`)")
-    d.add_argument(
-        "--out", default=None, help="folder of the offline definitions (default: <results>/dashboards)"
-    )
-    d.set_defaults(func=cmd_dashboard)
+    d.add_argument("--out", help="folder of the offline definitions (default: <results>/dashboards)")
 
-    s = sub.add_parser("sweep", help="run, resume or inspect an Optuna study from a sweep spec")
+    s = command(
+        "sweep",
+        cmd_sweep,
+        "run, resume or inspect an Optuna study",
+        "profile results set params threads store",
+    )
     s.add_argument("spec", help="sweep spec, e.g. sweeps/ptb-small-tpe.yaml")
     s.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="worker processes on this machine (default: one per device of --devices, else 1)",
+        "--workers", type=int, help="worker processes (default: params', else one per device, else 1)"
     )
     s.add_argument(
-        "--devices",
-        default=None,
-        help="CUDA devices for the workers, one each, round-robin: indices (0,1,...) or cpu "
-        "(default: every visible GPU, else the CPU)",
+        "--devices", help="CUDA devices, one per worker in turn: 0,1,... or cpu (default: all GPUs)"
     )
-    s.add_argument(
-        "--storage",
-        default=None,
-        help="an Optuna RDB URL (postgresql://user@host/db) or a journal "
-        "file path (default: results/sweeps/<name>/journal.log)",
-    )
+    s.add_argument("--storage", help="journal file or RDB URL (default <results>/sweeps/<name>/journal.log)")
     s.add_argument("--status", action="store_true", help="print the study's progress and best trials")
-    s.add_argument("--profile", default=None, help="smoke or paper (default: the spec's, else paper)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed setting of every run")
-    s.add_argument("--params", default=None, help="take profile, workers and fixed settings from params.yaml")
-    s.add_argument("--results", default=None, help="results folder (default results)")
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads per worker (default: params, else cores / workers)",
-    )
-    s.add_argument(
-        "--store", default=None, help="sub-folder of results/runs for the trials' runs (pipeline stages)"
-    )
     s.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
-    s.set_defaults(func=cmd_sweep)
 
-    ex = sub.add_parser(
-        "export", help="a finished run's compressed model as safetensors (run with checkpoint=true)"
-    )
+    ex = command("export", cmd_export, "a finished run's compressed model as safetensors (checkpoint=true)")
     ex.add_argument("run", metavar="RUN_DIR", help="results/runs/<task>/<method>/<run-id>")
-    ex.add_argument(
-        "--out", default=None, help="folder for <task>-<method>-<run-id>.safetensors (default: RUN_DIR)"
-    )
+    ex.add_argument("--out", help="folder for <task>-<method>-<run-id>.safetensors (default: RUN_DIR)")
     ex.add_argument(
         "--check", action="store_true", help="reload it and compare outputs on a validation batch"
     )
-    ex.set_defaults(func=cmd_export)
 
-    co = sub.add_parser("collect", help="merge the results trees of several machines into one, by run-id")
+    co = command("collect", cmd_collect, "merge the results trees of several machines into one, by run-id")
     co.add_argument("dirs", nargs="+", metavar="DIR", help="results folders (each holding runs/)")
     co.add_argument(
-        "--into", default="results", help="the results folder that receives them (default results)"
+        "--into", default=RESULTS, help=f"the results folder that receives them (default {RESULTS})"
     )
-    co.set_defaults(func=cmd_collect)
 
-    pr = sub.add_parser("prepare", help="load and cache a corpus, write its description (pipeline stage)")
+    pr = command("prepare", cmd_prepare, "load and cache a corpus, write its description (pipeline stage)")
     pr.add_argument("dataset", help="a dataset a task family loads (ptb, wikitext2, ...)")
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--data-dir", default=None, help="default: SUITE_DATA_DIR")
-    pr.set_defaults(func=cmd_prepare)
+    pr.add_argument("--out", required=True, help="folder for <dataset>.json")
+    pr.add_argument("--data-dir", help="default: SUITE_DATA_DIR")
 
-    bl = sub.add_parser("baselines", help="train the dense runs of a task for every seed (pipeline stage)")
-    bl.add_argument("preset")
-    bl.add_argument("--out", required=True)
-    bl.add_argument("--params", default=None, help="params.yaml (profile, seeds, fixed settings)")
-    bl.add_argument("--profile", default=None)
-    bl.add_argument(
-        "--store", default=None, help="sub-folder of results/runs for these runs (pipeline stages)"
+    bl = command(
+        "baselines", cmd_baselines, "train a task's dense runs (pipeline stage)", "profile params store"
     )
-    bl.set_defaults(func=cmd_baselines)
+    bl.add_argument("preset")
+    bl.add_argument("--out", required=True, help="folder for <task>.json, the list of the runs")
 
-    b = sub.add_parser("bench", help="speed benchmarks against dense, in one process")
+    b = command("bench", cmd_bench, "speed benchmarks against dense, in one process", "results threads")
     b.add_argument(
         "kind",
         choices=sorted(BENCH_FACTORS),
         help="train: training step; infer: batch-1 LSTM step; generate: batch-1 greedy decoding of a whole LM; "
         "decode: batch-1 translation and speech decoding of exported models",
     )
+    b.add_argument("--methods", help="comma-separated (default: every method the benchmark can time)")
     b.add_argument(
-        "--methods", help="comma-separated (default: every registered method the benchmark can time)"
-    )
-    b.add_argument(
-        "--factors", type=_factors, help="comma-separated CFs (train: 4,8; infer: 10,25; generate: 25)"
+        "--factors",
+        type=_factors,
+        help="comma-separated CFs (train: 4,8; infer: 10,25; generate, decode: 25, 10)",
     )
     b.add_argument(
         "--preset",
@@ -590,12 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--steps", type=_positive, default=30, help="train: timed steps")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
-    b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's choice)")
     b.add_argument("--hidden", type=_positive, default=650, help="infer: LSTM hidden size (ptb-medium: 650)")
     b.add_argument("--input", type=_positive, default=650, help="infer: LSTM input size")
     b.add_argument("--reps", type=_positive, default=300, help="infer: timed repetitions")
-    b.add_argument("--results", default="results")
-    b.set_defaults(func=cmd_bench)
     return p
 
 

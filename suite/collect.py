@@ -28,10 +28,12 @@ import psutil
 
 from .errors import ConfigError, DataError
 from .files import ASIDE, check_dir, make_dir, replace_dir
-from .track import Record, format_metric, run_lock
+from .record import Record, format_metric
+from .store import record_path, run_lock
 
-RUN_ID = re.compile(r"[0-9a-f]{12}")
-"""A run folder's name (``config.RunConfig.run_id``): what a folder without its record is recognised by."""
+RUN_ID = re.compile(r"[0-9a-f]{12}(-d[0-9a-f]{8})?")
+"""A run folder's name (``config.RunConfig.run_id``, on other data than the published with ``store.data_suffix``):
+what a folder without its record is recognised by."""
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Copy:
 
     @property
     def path(self) -> Path:
-        return self.folder / "record.json"
+        return record_path(self.folder)
 
 
 @dataclass
@@ -113,7 +115,7 @@ def _run_folder(root: Path, folder: Path, notes: list[str], own: Path | None = N
     ``own``: where the run belongs, when that is not ``folder``."""
     own = own or folder
     rel = own.relative_to(root)
-    if not (folder / "record.json").is_file():
+    if not record_path(folder).is_file():
         if RUN_ID.fullmatch(folder.name) and len(rel.parts) >= 4:
             notes.append(f"{folder}: a run folder without record.json (a partial copy); skipped")
             return False
@@ -122,7 +124,7 @@ def _run_folder(root: Path, folder: Path, notes: list[str], own: Path | None = N
         notes.append(f"{folder}: a record outside runs/<task>/<method>/<run-id>; skipped")
         return False
     try:
-        record = Record.load(folder / "record.json")
+        record = Record.load(record_path(folder))
     except DataError as e:
         notes.append(f"{e} (a partial copy); skipped")
         return False

@@ -20,55 +20,14 @@ from urllib.parse import urlsplit
 
 from .dashboard_panels import Panels, sections
 from .errors import ConfigError, SuiteError
-from .track import Record, flatten, format_metric, write_json
-
-DEFAULT_PROJECT = "compression-suite"  # track.wandb_logger's default
-#: Per-epoch keys that track.History adds itself and logs under ``epoch/``; every other key of an epoch row is
-#: logged by Lightning under its own name, with ``epoch`` (counted from 0) beside it.
-_HISTORY_OWN = re.compile(r"lr|train_ppl|seconds|train_\w+_per_s")
+from .record import Record, format_metric, write_json
+from .tracking import DEFAULT_PROJECT, Keys, logged_keys
 
 
 def metric_of(record: Record) -> tuple[str, str]:
     """(bare metric name, direction) of a record: ("ppl", "minimize"), ("bleu", "maximize"). Records of before
     bare names (``metric: "test_ppl"``) are read as ("ppl", "minimize") by ``Record.from_dict``."""
     return record.metric, record.direction
-
-
-@dataclass(frozen=True)
-class Keys:
-    """What the W&B runs of some records log: per-epoch history keys, summary keys and config keys."""
-
-    history: frozenset[str]
-    summary: frozenset[str]
-    config: frozenset[str]
-
-
-def wandb_config(record: Record) -> dict[str, Any]:
-    """The flattened W&B run config of a record, as train.py logs it (method settings also at the top level)."""
-    compress, acc = record.config.get("compress", {}), record.accounting or {}
-    top = {k: v for k, v in compress.items() if k not in record.config}
-    extra = {
-        "metric": record.metric,
-        "direction": record.direction,
-        "lr": record.config.get("train", {}).get("lr"),
-        "achieved_cf": acc.get("cf"),
-        "model_cf": acc.get("model_cf"),
-    }
-    return flatten({**top, **record.config, **extra})
-
-
-def logged_keys(records: list[Record]) -> Keys:
-    """The keys the W&B runs of ``records`` log, from what the records hold (train.py logs the same)."""
-    history: set[str] = set()
-    summary: set[str] = {"cf", "status"}
-    config: set[str] = set()
-    for r in records:
-        for row in r.epochs:
-            history.update(f"epoch/{k}" if _HISTORY_OWN.fullmatch(k) else k for k in row)
-        summary.update(f"final.{k}" for k in r.final)
-        config.update(wandb_config(r))
-    # W&B keeps the last value of each history key in the summary.
-    return Keys(frozenset(history), frozenset(summary | history), frozenset(config))
 
 
 @dataclass

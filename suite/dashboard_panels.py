@@ -1,6 +1,6 @@
 """The panels of the comparison dashboards (wandb_workspaces objects), shared by workspaces and reports.
 
-Every key a panel names is one the runs log (suite/train.py, track.History): history keys for line plots (x =
+Every key a panel names is one the runs log (``suite.tracking``): history keys for line plots (x =
 ``epoch``, which Lightning logs beside each of its metrics), summary keys (``final.val_<metric>``, ``status``) and
 config keys (``method``, ``factor``, ``cmr``, ``achieved_cf``, ``train.lr``). A panel whose key no run of the view
 logs is left out.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .dashboard import Keys
+    from .tracking import Keys
 
 #: One colour per method (matplotlib's tab10), the same in every view.
 PALETTE = (

@@ -131,7 +131,8 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
     from .compressors import registry
     from .config import RunConfig
     from .files import check_dir
-    from .track import Record, record_path
+    from .record import Record
+    from .store import record_path
     from .train import MODEL_FILE, _context
 
     run = Path(run)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .compressors.accounting import format_cf
+from .record import format_metric
 from .report import DEFAULT_TARGETS, SELECT_KEYS, selected
 from .report_text import settings_text
-from .track import format_metric
 
 
 def full_scale(summ: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from typing import Any
 
 from .config import PROFILES, load_run, read_yaml
 from .errors import ConfigError, SuiteError
-from .track import write_json
+from .files import check_file
+from .record import write_json
 
 PARAMS = "params.yaml"
 
@@ -97,31 +98,39 @@ def use_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> dict:
-    """Load (and cache) a dataset with its task family's defaults and write what it is (origin, sizes)."""
+def prepare(dataset: str, out: str | Path, data_dir: str | None = None) -> tuple[Path, dict]:
+    """Load (and cache) a dataset with its task family's defaults and write what it is (origin, sizes) to
+    ``out``/<dataset>.json; that file and what it holds."""
     from . import tasks
+    from .data.sources import fingerprint
 
     owners = [tasks.get(name) for name in tasks.available() if dataset in tasks.get(name).datasets]
     if not owners:
         known = sorted(d for name in tasks.available() for d in tasks.get(name).datasets)
         raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
     family = owners[0]
+    path = check_file(Path(out) / f"{dataset}.json", "description file")
     t0 = time.perf_counter()
     data = family.load_data(dataset, data_dir, family.train_settings())
     info = {"dataset": dataset, "family": family.name, **data.describe(), "seconds": time.perf_counter() - t0}
-    write_json(Path(out), info)
-    return info
+    # The sha256 of its files: a change of the data changes this file, and DVC reruns the stages after it.
+    info["fingerprint"] = fingerprint(family.data_files(dataset, data_dir))
+    write_json(path, info)
+    return path, info
 
 
-def baselines(preset: str | Path, params: Params, out: str | Path, store: str | None = None) -> dict:
+def baselines(
+    preset: str | Path, params: Params, out: str | Path, store: str | None = None
+) -> tuple[Path, dict]:
     """Train (or find) the dense runs of a task, one per seed, into ``store`` (a folder of results/runs), and
-    list them."""
+    list them in ``out``/<task>.json; that file and what it holds."""
     from .train import train
 
+    sets = {**params.set, "profile": params.profile, "seeds": list(params.seeds), "store": store}
+    configs = [load_run(preset, "dense", seed=seed, sets=sets) for seed in params.seeds]
+    path = check_file(Path(out) / f"{configs[0].task}.json", "list of baselines")
     runs = []
-    for seed in params.seeds:
-        sets = {**params.set, "profile": params.profile, "seeds": list(params.seeds), "store": store}
-        cfg = load_run(preset, "dense", seed=seed, sets=sets)
+    for seed, cfg in zip(params.seeds, configs):
         rec = train(cfg, progress_bar=False)
         if rec.status != "ok":
             raise SuiteError(
@@ -136,6 +145,6 @@ def baselines(preset: str | Path, params: Params, out: str | Path, store: str | 
                 "metric": rec.metric,
             }
         )
-    info = {"task": cfg.task, "profile": params.profile, "runs": runs}
-    write_json(Path(out), info)
-    return info
+    info = {"task": configs[0].task, "profile": params.profile, "runs": runs}
+    write_json(path, info)
+    return path, info

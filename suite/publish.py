@@ -9,6 +9,11 @@ main, and a run already published. A published record carries, under ``published
   tiny fixed run of its family and method. The record stays current while the code keeps that behaviour
   (comments, docstrings, formatting, renames, moves) and is marked stale, with what changed, when it does not.
 Paths are left out or made relative: the data folder becomes the dataset's name, the results folder ``results``.
+
+results/published/data.json holds, per task, the fingerprint of the data its published records were made with
+(``suite publish --data`` writes it from the data folder; publishing the first record of a task adds its own): a
+record published before records kept their data's fingerprint is judged by it, and a run is never published on
+other data than the published records of its task.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .files import write_text
-from .track import Record, record_path, write_json
+from .record import Record, write_json
+from .store import RECORD, made_on, record_path
 
 PUBLISHED = "published"
+DATA = "data.json"
+"""Per task, the fingerprint of the data its published records were made with (``store.data_fingerprint``)."""
 
 
 def published_dir(results_dir: str | Path) -> Path:
@@ -37,6 +45,65 @@ def published_dir(results_dir: str | Path) -> Path:
 #: The published records this checkout of the suite ships with (results/published beside the package), also
 #: consulted by a run whose results folder is elsewhere (``--results /scratch/results``).
 SHIPPED = Path(__file__).resolve().parent.parent / "results" / PUBLISHED
+
+
+def _roots(results_dir: str | Path) -> list[Path]:
+    """The published folders a results folder sees: its own, and this checkout's (``SHIPPED``)."""
+    roots = [published_dir(results_dir)]
+    if SHIPPED.is_dir() and SHIPPED.resolve() != roots[0].resolve():
+        roots.append(SHIPPED)
+    return roots
+
+
+def _read_data(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        known = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{path} cannot be read ({e}); restore it from git or rewrite it: suite publish --data"
+        ) from None
+    if not isinstance(known, dict) or not all(isinstance(v, dict) for v in known.values()):
+        raise DataError(
+            f"{path} is not a mapping of task -> data fingerprint; suite publish --data rewrites it"
+        )
+    return known
+
+
+def published_data(task: str, results_dir: str | Path = "results") -> dict[str, str] | None:
+    """The fingerprint of the data the published records of ``task`` were made with, from data.json of the
+    results folder's published/, else of this checkout's; None: no published data for the task."""
+    for root in _roots(results_dir):
+        known = _read_data(root / DATA)
+        if task in known:
+            return known[task]
+    return None
+
+
+def record_data(
+    results_dir: str | Path = "results", data_dir: str | None = None
+) -> dict[str, dict[str, str]]:
+    """Write results/published/data.json: for every task of the published records, the fingerprint of its data
+    as the data folder (``data_dir``, else SUITE_DATA_DIR, else a checked download) holds it now. Run it where
+    the data the published records were made with is."""
+    from . import tasks
+    from .data.sources import fingerprint
+
+    path = published_dir(results_dir) / DATA
+    known = _read_data(path)
+    done: dict[str, dict[str, str]] = {}
+    for rec_path in sorted(published_dir(results_dir).glob(f"*/*/*/{RECORD}")):
+        rec = Record.load(rec_path)
+        family, dataset = rec.config.get("family", "lm"), rec.config.get("dataset")
+        key = json.dumps([family, dataset], sort_keys=True)
+        if key not in done:
+            done[key] = fingerprint(tasks.get(family).data_files(dataset, data_dir))
+        known[rec.task] = done[key]
+    if not done:
+        raise ConfigError(f"no published records under {published_dir(results_dir)}; nothing to fingerprint")
+    write_json(path, dict(sorted(known.items())), "published data fingerprints")
+    return known
 
 
 def full_scale(record: Record) -> bool:
@@ -110,8 +177,8 @@ def scrub(record: Record) -> dict[str, Any]:
     return d
 
 
-def refusal(record: Record, dest: Path) -> str | None:
-    """Why ``record`` cannot be published (None: it can)."""
+def refusal(record: Record, dest: Path, results_dir: str | Path = "results") -> str | None:
+    """Why ``record`` cannot be published into ``results_dir``'s published/ (None: it can)."""
     if record.status != "ok":
         return f"the run {record.status}" + (f" ({record.reason})" if record.reason else "")
     if not full_scale(record):
@@ -125,6 +192,18 @@ def refusal(record: Record, dest: Path) -> str | None:
         return f"made at commit {sha[:7]}, which is not on main; rerun from main"
     if dest.exists():
         return f"already published ({dest})"
+    return data_refusal(record, results_dir)
+
+
+def data_refusal(record: Record, results_dir: str | Path = "results") -> str | None:
+    """Why ``record`` cannot join the published records of its task for its data (None: it can): the published
+    results of a task are of one data set."""
+    reference = published_data(record.task, results_dir)
+    if record.data_fingerprint and reference is not None and record.data_fingerprint != reference:
+        return (
+            f"made on other data than the published records of {record.task} (results/published/{DATA}); "
+            "rerun it on their data"
+        )
     return None
 
 
@@ -145,7 +224,7 @@ def publish(
             refused.append(f"{folder}: {e}")
             continue
         dest = published_dir(results_dir) / rec.task / rec.method / rec.run_id
-        why = refusal(rec, dest)
+        why = refusal(rec, dest, results_dir)
         if why is not None:
             refused.append(f"{folder}: refused: {why}")
             continue
@@ -161,7 +240,7 @@ def publish(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            write_json(staging / "record.json", d, "published record")
+            write_json(record_path(staging), d, "published record")
             csv = folder / "csv" / "metrics.csv"
             if csv.is_file():
                 write_text(staging / "metrics.csv", csv.read_text(), "published CSV log")
@@ -170,6 +249,12 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         written.append(dest)
+        if rec.data_fingerprint and published_data(rec.task, results_dir) is None:
+            known = _read_data(published_dir(results_dir) / DATA)  # the first record of its task: its data
+            known[rec.task] = rec.data_fingerprint
+            write_json(
+                published_dir(results_dir) / DATA, dict(sorted(known.items())), "published data fingerprints"
+            )
         if record_fingerprints:
             from .behaviour import publish as keep_fingerprints
 
@@ -248,7 +333,7 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
 
 def stale_published(results_dir: str | Path = "results") -> list[tuple[Record, str]]:
     """The published records whose code no longer behaves as the current code does, each with what changed."""
-    from .track import load_records
+    from .store import load_records
 
     records = [r for r in load_records(results_dir) if r.published]
     reasons = stale_reasons(records)
@@ -259,7 +344,7 @@ def refresh_fingerprints(results_dir: str | Path = "results") -> set:
     """Write the current code's fingerprints of every published record's (family, method, variant) into
     results/published/behaviour.json, so that a fresh clone judges the records without a tiny run."""
     from .behaviour import publish as keep
-    from .track import load_records
+    from .store import load_records
 
     keys = {behaviour_key(r) for r in load_records(results_dir) if r.published}
     keep(keys, replace=True)
@@ -276,22 +361,24 @@ def _what(config: dict) -> str:
     return json.dumps(what, sort_keys=True, default=str)
 
 
-def find_published(cfg) -> Record | None:
-    """A published record of this very configuration and seed whose code still behaves as the current code does:
-    a run that need not be redone (after a refactor, say) although its run-id (code version) differs. Looked up
-    in the results folder's published/ and in the checkout's own (``SHIPPED``)."""
-    roots = [published_dir(cfg.results_dir)]
-    if SHIPPED.is_dir() and SHIPPED.resolve() != roots[0].resolve():
-        roots.append(SHIPPED)
+def find_published(cfg, data: dict[str, str] | None = None) -> Record | None:
+    """A published record of this very configuration and seed, made on data ``data`` (default: the run's data as
+    it is now), whose code still behaves as the current code does: a run that need not be redone (after a
+    refactor, say) although its run-id (code version) differs. Looked up in the results folder's published/ and
+    in the checkout's own (``SHIPPED``)."""
+    from .store import data_fingerprint
+
+    data = data_fingerprint(cfg) if data is None else data
+    roots = _roots(cfg.results_dir)
     want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
     found = []
-    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob("*/record.json"))]
+    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob(f"*/{RECORD}"))]
     for path in paths:
         try:
             rec = Record.load(path)
         except DataError:
             continue
-        if rec.status == "ok" and _what(rec.config) == want:
+        if rec.status == "ok" and _what(rec.config) == want and made_on(rec, data, cfg.results_dir):
             found.append(rec)
     current = [r for r in found if stale_reasons([r])[r.run_id] is None]
     return current[0] if current else None

@@ -30,8 +30,9 @@ from scipy import stats
 from .compressors.registry import LSTM_TARGETS
 from .errors import ConfigError
 from .files import atomic
+from .record import Record, write_json
+from .store import load_records
 from .tasks.base import DEFAULT_PRECISION, train_identity
-from .track import Record, load_records, write_json
 
 DEFAULT_TARGETS = ",".join(LSTM_TARGETS)
 
@@ -80,9 +81,13 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
 
     ``config_id`` names a configuration without its seed (the seeds of one configuration share it); ``setup_id``
     names the task data, model, profile and training budget without the learning rate (the runs a figure or a
-    choice compares: one method's learning rates compete within a setup).
+    choice compares: one method's learning rates compete within a setup). The data is the one a run read (its
+    ``data_fingerprint``; a record of before: its task's published data), so that runs of one configuration on
+    other data never share a row (``data``: 8 hex digits of it).
     """
-    rows = []
+    from .publish import published_data
+
+    rows, published = [], {}
     for r in records:
         acc = r.accounting or {}
         config = r.config
@@ -90,6 +95,11 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
         train = train_identity(config.get("train") or {})  # a record of before precision was a setting: fp32
         without_lr = {k: v for k, v in train.items() if k != "lr"}
         setup = {k: config.get(k) for k in ("task", "dataset", "model", "profile")}
+        if r.task not in published:
+            published[r.task] = published_data(r.task)
+        data = r.data_fingerprint or published[r.task]
+        if data:
+            setup["data"] = data
         seeds = config.get("seeds") or [r.seed]
         stale = bool(getattr(r, "_stale", False))
         # Current records compare with each other whatever code version made them (a published record is current
@@ -102,6 +112,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 "profile": config.get("profile"),
                 "budget": budget_text(train),
                 "precision": train.get("precision", DEFAULT_PRECISION),
+                "data": _hash(data)[:8] if data else None,
                 "method": r.method,
                 "factor": float(compress.get("factor", 1.0)),
                 **{k: _cell(v) for k, v in compress.items() if k != "factor"},

@@ -12,8 +12,8 @@ import pandas as pd
 from .compressors import registry
 from .compressors.accounting import format_cf
 from .errors import ConfigError
+from .record import format_metric
 from .report import _cell
-from .track import format_metric
 
 
 def _defaults(method: str) -> dict[str, Any]:

@@ -20,25 +20,16 @@ import psutil
 import torch
 from torch import nn
 
-from . import api, checkpoints, plugins, tasks
+from . import api, checkpoints, plugins, tasks, tracking
 from .compressors import Accounting, account, registry
 from .config import RunConfig
 from .context import DataContext
-from .errors import ConfigError, DataError, SuiteError, TrialDiverged
+from .errors import ConfigError, SuiteError, TrialDiverged
 from .files import check_dir, make_dir, missing_dirs, remove_new_dirs, replace_dir
+from .provenance import device_info, provenance
+from .record import Record
+from .store import data_fingerprint, find, locate, record_path, run_folder, run_lock
 from .tasks.base import Family
-from .track import (
-    History,
-    Record,
-    close_wandb,
-    device_info,
-    locate,
-    provenance,
-    record_path,
-    run_dir,
-    run_lock,
-    wandb_logger,
-)
 
 MODEL_FILE = "model.pt"
 LIGHTNING_PRECISION = {"32": "32-true"}
@@ -105,31 +96,6 @@ def _remove_stale_staging(final_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(cfg: RunConfig, anywhere: bool = False, published: bool = True) -> Record | None:
-    """The finished record of this exact configuration (same run-id: config, seed and code version) in this
-    run's store (``anywhere``: in any store under results/runs), if there is one; else (``published``) a
-    published record of the same configuration and seed whose code behaves as the current code does
-    (``suite.publish.find_published``). A pipeline stage reuses only its own runs, so that what it reports is its
-    own output; the dense baseline a trained init starts from is looked up everywhere (the baselines stage made
-    it), but never among published records, which keep no weights. A record file that cannot be read is a
-    DataError naming it."""
-    own = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
-    folder = locate(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) if anywhere else None
-    path = record_path(folder or own)
-    if path.is_file():
-        try:
-            rec = Record.load(path)
-        except DataError as e:
-            raise DataError(f"{e}; delete its folder, or redo the run with --force") from None
-        if rec.status == "ok":
-            return rec
-    if published and cfg.profile == "paper":
-        from .publish import find_published
-
-        return find_published(cfg)
-    return None
-
-
 def train(
     cfg: RunConfig,
     *,
@@ -137,7 +103,8 @@ def train(
     callbacks: Sequence[pl.Callback] = (),
     progress_bar: bool | None = None,
 ) -> Record:
-    """Train, evaluate and record one run; a finished run with the same run-id is returned, not redone.
+    """Train, evaluate and record one run; a finished run with the same run-id, made on the same data (its
+    fingerprint: ``store.data_fingerprint``), is returned, not redone.
 
     Everything that can be wrong with the inputs (method, settings, data, reachable CF) is checked before
     anything is written. The run is built in a staging folder and moved into place with its record, so a
@@ -145,13 +112,16 @@ def train(
     Processes asking for the same run at once (sweep workers) take turns: the second finds the first's record.
     """
     check_dir(cfg.results_dir, "results folder")
-    if not force and (done := find(cfg)) is not None:
+    # The data as it is now: what this run reads, or what the run found was made on.
+    fingerprint = data_fingerprint(cfg)
+    if not force and (done := find(cfg, data=fingerprint)) is not None:
         return done
-    setup = _setup(cfg, progress_bar)  # every input check; writes nothing of this run
-    created = missing_dirs(run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store).parent)
+    setup = _setup(cfg, progress_bar, fingerprint)  # every input check; writes nothing of this run
+    folder = run_folder(cfg, fingerprint)
+    created = missing_dirs(folder.parent)
     try:
-        with run_lock(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store):
-            if not force and (done := find(cfg)) is not None:
+        with run_lock(cfg.results_dir, cfg.task, cfg.method, folder.name, cfg.store):
+            if not force and (done := find(cfg, data=fingerprint)) is not None:
                 return done
             return _run(cfg, setup, callbacks, progress_bar)
     except BaseException:
@@ -209,6 +179,8 @@ class _Setup:
     """A run ready to train: data, compressed model, its accounting, the epochs and learning rates."""
 
     t_start: float
+    fingerprint: dict[str, str]
+    """The fingerprint of the data (``store.data_fingerprint``), taken before it was read."""
     family: Family
     data: object
     datamodule: pl.LightningDataModule
@@ -222,7 +194,7 @@ class _Setup:
     """Wall time of training the dense baseline a trained init started from (None: it was found)."""
 
 
-def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
+def _setup(cfg: RunConfig, progress_bar: bool | None, fingerprint: dict[str, str]) -> _Setup:
     t_start = time.perf_counter()
     family = tasks.get(cfg.family)
     method = registry.get(cfg.method)  # an unknown method fails here, before any work
@@ -240,7 +212,7 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
         dry.init = "scratch"
         build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
         t_base = time.perf_counter()
-        found = find(baseline_config(cfg), anywhere=True, published=False)
+        found = find(baseline_config(cfg), anywhere=True, published=False, data=fingerprint)
         base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
         if base.status != "ok":
             raise SuiteError(f"the dense baseline {base.run_id} did not finish ({base.reason})")
@@ -255,7 +227,18 @@ def _setup(cfg: RunConfig, progress_bar: bool | None) -> _Setup:
     model_cfg = model.config
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
     return _Setup(
-        t_start, family, data, datamodule, model, model_cfg, reference, accounting, epochs, lr_at, baseline_s
+        t_start,
+        fingerprint,
+        family,
+        data,
+        datamodule,
+        model,
+        model_cfg,
+        reference,
+        accounting,
+        epochs,
+        lr_at,
+        baseline_s,
     )
 
 
@@ -264,13 +247,13 @@ def _run(
 ) -> Record:
     mcfg, family = cfg.method_config, setup.family
     model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
-    final_dir = run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store)
-    staging = final_dir.with_name(f".{cfg.run_id}.tmp{os.getpid()}")
+    final_dir = run_folder(cfg, setup.fingerprint)  # <run-id>, or <run-id>-d<data> on other data (store.py)
+    staging = final_dir.with_name(f".{final_dir.name}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
     make_dir(staging, "run folder")
     metric = family.metric
     record = Record(
-        run_id=cfg.run_id,
+        run_id=final_dir.name,
         task=cfg.task,
         method=cfg.method,
         seed=cfg.seed,
@@ -286,6 +269,7 @@ def _run(
         },
         accounting=setup.accounting.to_dict(),
         provenance=provenance(),
+        data_fingerprint=setup.fingerprint,
     )
     used = {"method": plugins.origin("methods", cfg.method), "family": plugins.origin("families", cfg.family)}
     if any(used.values()):  # a plugin's name and version (its code is in the code version)
@@ -297,32 +281,19 @@ def _run(
         + f" seed {cfg.seed}"
     )
     units = family.train_units(data)
-    history = History(label, setup.epochs, units, metric=metric.val, unit=family.units)
-    wandb = wandb_logger(
-        cfg.wandb,
-        staging,
-        group=cfg.study or cfg.task,
-        job_type=cfg.method,
-        name=f"{cfg.method}-{cfg.run_id}",
-        # Method settings also at the top level (factor, cmr, ...), so charts can group and plot by them.
-        config={
-            **{k: v for k, v in cfg.compress.items() if k not in record.config},
-            **record.config,
-            "metric": metric.name,
-            "direction": metric.direction,
-            "lr": cfg.train.lr,  # undotted, so that W&B can group by it
-            "achieved_cf": setup.accounting.cf,
-            "model_cf": setup.accounting.model_cf,
-        },
-        tags=[cfg.task, cfg.method, cfg.profile, *([cfg.study] if cfg.study else [])],
-    )
+    history = tracking.History(label, setup.epochs, units, metric=metric.val, unit=family.units)
+    wandb = tracking.start(record, staging)
     # The checkpoint folder outlives this process: a killed run resumes from its last epoch, CSV log included.
-    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key)
-    resume_from = checkpoints.resumable(ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr))
+    # A run on other data than the published (its folder's suffix) has a checkpoint of its own.
+    suffix = final_dir.name.removeprefix(cfg.run_id)
+    ckpt_dir = checkpoints.checkpoint_dir(cfg.results_dir, cfg.run_key + suffix)
+    resume_from = checkpoints.resumable(
+        ckpt_dir, cfg, echo=lambda m: print(m, file=sys.stderr), data=setup.fingerprint
+    )
     state = checkpoints.RunState(setup.t_start)
     csv_log = checkpoints.csv_logger(ckpt_dir)
     new_ckpt_dirs = missing_dirs(Path(csv_log.log_dir))
-    checkpoints.claim(ckpt_dir, cfg, record.provenance)
+    checkpoints.claim(ckpt_dir, cfg, record.provenance, setup.fingerprint)
     loggers = [csv_log] + ([wandb] if wandb else [])
     compressed = api.Compressed(model, cfg.method, mcfg)  # what suite.compress returns a library user
     extra = compressed.callbacks()
@@ -368,7 +339,7 @@ def _run(
             record.status, record.reason = "pruned", str(e) or "pruned by the sweep's pruner"
         else:
             record.reason = f"{type(e).__name__}: {e}"
-            close_wandb(wandb, exit_code=1)
+            tracking.close(wandb, exit_code=1)
             shutil.rmtree(staging, ignore_errors=True)
             if checkpoints.last_checkpoint(ckpt_dir) is None:  # else the same command resumes from it
                 shutil.rmtree(csv_log.log_dir, ignore_errors=True)
@@ -391,12 +362,10 @@ def _run(
             if history.train_seconds
             else None,
         }
-    summary = {"final": record.final, "cf": record.accounting["cf"], "status": record.status}
-    final_cf = {"achieved_cf": record.accounting["cf"], "model_cf": record.accounting["model_cf"]}
-    close_wandb(wandb, summary, exit_code, final_cf)  # the final accounting: a doped D is annealed only now
+    tracking.close(wandb, record, exit_code)
     try:
         checkpoints.join_csv(ckpt_dir, staging / "csv")
-        record.save(staging / "record.json")
+        record.save(record_path(staging))
         # A finished run this one replaces (--force) is dropped only once this one is in place.
         replace_dir(staging, final_dir)
     except BaseException:

@@ -24,17 +24,20 @@ PACKAGE = __name__.split(".")[0]
 ROOTS = (f"{PACKAGE}.train",)
 """Modules every run depends on, besides its family's and its method's."""
 VIEWS = (
-    f"{PACKAGE}.track",
+    f"{PACKAGE}.record",
+    f"{PACKAGE}.store",
+    f"{PACKAGE}.provenance",
+    f"{PACKAGE}.tracking",
     f"{PACKAGE}.files",
     f"{PACKAGE}.publish",
     f"{PACKAGE}.behaviour",
     f"{PACKAGE}.plugins",
     f"{PACKAGE}.export",
 )
-"""Modules train() imports that only write, log or show a run (the record's file format, W&B and CSV logs,
-progress lines, atomic file writes), judge whether a record or a checkpoint is current (published records,
-behaviour fingerprints), load plugins (whose own modules are followed) or write the exported file: they never
-decide a result, so they are not followed."""
+"""Modules train() imports that only write, find, log or show a run (the record's file format, where records
+live, provenance, W&B and CSV logs, progress lines, atomic file writes), judge whether a record or a checkpoint
+is current (published records, behaviour fingerprints), load plugins (whose own modules are followed) or write
+the exported file: they never decide a result, so they are not followed."""
 
 
 def _module_file(name: str) -> Path | None:

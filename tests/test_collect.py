@@ -12,7 +12,8 @@ import pytest
 
 from suite.cli import main
 from suite.collect import collect
-from suite.track import Record, load_records
+from suite.record import Record
+from suite.store import load_records
 
 
 def run(

@@ -11,14 +11,16 @@ import pytest
 from suite import dashboard
 from suite.cli import main
 from suite.compressors.registry import LSTM_TARGETS
-from suite.track import Record, flatten, load_records
+from suite.record import Record
+from suite.store import load_records
+from suite.tracking import flatten
 from suite.version import code_version
 
 STUDY = "ptb-small-cf-smoke"
 
 
 def _rows(metric: str, doped: bool, speed_key: str = "train_tokens_per_s") -> list[dict]:
-    """Per-epoch rows as track.History writes them (Lightning's metrics plus lr, seconds, speed)."""
+    """Per-epoch rows as tracking.History writes them (Lightning's metrics plus lr, seconds, speed)."""
     rows = []
     for epoch in (1, 2):
         row = {"epoch": epoch, "lr": 1.0 / epoch, "train_loss": 5.0 / epoch, "val_loss": 5.2 / epoch}
@@ -145,7 +147,7 @@ def _no_network_no_login(monkeypatch, tmp_path):
 
 
 def _logged(records: list[Record]) -> dict[str, set[str]]:
-    """The keys the W&B runs of these records log, written out here from train.py and track.History."""
+    """The keys the W&B runs of these records log, written out here from what tracking says and History adds."""
     history, summary, config = set(), {"cf", "status"}, set()
     for r in records:
         for row in r.epochs:

@@ -16,10 +16,11 @@ from sweep_fixtures import one_thread, write_corpus, write_preset, write_spec
 from suite.cli import main
 from suite.config import RunConfig, load_run
 from suite.errors import ConfigError
+from suite.provenance import device_info
 from suite.publish import _what
+from suite.record import Record
 from suite.report import runs_frame, summary
 from suite.sweep import devices, runner
-from suite.track import Record, device_info
 from suite.train import train
 
 

@@ -17,9 +17,9 @@ from suite.behaviour import PRESETS, WRITERS
 from suite.bench import bench_infer, infer_methods
 from suite.cli import main
 from suite.config import load_run
+from suite.record import Record
 from suite.sweep import devices, load_spec
 from suite.sweep.storage import open_storage
-from suite.track import Record
 from suite.train import train
 
 pytestmark = [

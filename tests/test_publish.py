@@ -13,8 +13,8 @@ import pytest
 from suite.cli import main
 from suite.compressors.registry import LSTM_TARGETS
 from suite.publish import publish
+from suite.record import Record
 from suite.report import load, runs_frame, summary
-from suite.track import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -201,7 +201,8 @@ def test_a_published_run_is_found_not_redone_from_any_results_folder(tiny_preset
     and in the checkout's own (a run whose results folder is elsewhere), and never when the settings differ."""
     import suite.publish as pub
     from suite.config import load_run
-    from suite.train import find, train
+    from suite.store import find
+    from suite.train import train
 
     mine = tmp_path / "mine"
     cfg = load_run(tiny_preset, "dense", sets={"results_dir": str(mine), "epochs": 1, "wandb": "disabled"})

@@ -21,10 +21,11 @@ from suite import files
 from suite.cli import main
 from suite.config import load_run
 from suite.errors import DataError
+from suite.record import Record
+from suite.store import find, load_records, run_dir, run_lock
 from suite.sweep import load_spec
 from suite.sweep.storage import OWNER, REASON, open_storage
-from suite.track import Record, load_records, run_dir, run_lock
-from suite.train import find, train
+from suite.train import train
 from suite.version import code_version
 
 
@@ -173,8 +174,8 @@ BAD = {
         lambda f: ["figures", "--tables", tables_holding(f, b"a\n"), "--out", "afile"],
         "afile",
     ),
-    "prepare: --out under a file": (lambda f: ["prepare", "ptb", "--out", "afile/ptb.json"], "afile"),
-    "prepare: unknown dataset": (lambda f: ["prepare", "nope", "--out", "p.json"], "unknown dataset"),
+    "prepare: --out under a file": (lambda f: ["prepare", "ptb", "--out", "afile/prepared"], "afile"),
+    "prepare: unknown dataset": (lambda f: ["prepare", "nope", "--out", "prepared"], "unknown dataset"),
     "bench: no repetitions": (lambda f: ["bench", "infer", "--reps", "0"], "--reps"),
     "bench: no hidden units": (lambda f: ["bench", "infer", "--hidden", "0"], "--hidden"),
     "bench: CF below 1": (lambda f: ["bench", "infer", "--factors", "0.5"], "--factors"),
@@ -222,13 +223,16 @@ BAD = {
         lambda f: ["sweep", sweep_of(f, "tiny.yaml"), "--params", params(f, workers=True)],
         "workers",
     ),
-    "baselines: --out under a file": (lambda f: ["baselines", "tiny.yaml", "--out", "afile/b.json"], "afile"),
+    "baselines: --out under a file": (
+        lambda f: ["baselines", "tiny.yaml", "--out", "afile/baselines"],
+        "afile",
+    ),
     "baselines: params set not a mapping": (
         lambda f: [
             "baselines",
             "tiny.yaml",
             "--out",
-            "b.json",
+            "baselines",
             "--params",
             params(f, profiles={"smoke": {"set": [1]}}),
         ],
@@ -239,7 +243,7 @@ BAD = {
         "figures must be a mapping",
     ),
     "baselines: params threads zero": (
-        lambda f: ["baselines", "tiny.yaml", "--out", "b.json", "--params", params(f, threads=0)],
+        lambda f: ["baselines", "tiny.yaml", "--out", "baselines", "--params", params(f, threads=0)],
         "threads",
     ),
 }

@@ -16,9 +16,10 @@ from suite.compressors.registry import LSTM_TARGETS
 from suite.figures import make_figures
 from suite.pipeline import load_params
 from suite.plots import pareto
+from suite.record import Record
 from suite.report import load, runs_frame, selected, summary
+from suite.store import run_dir
 from suite.sweep import load_spec
-from suite.track import Record, run_dir
 from suite.version import code_version
 
 
@@ -343,7 +344,7 @@ def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
     corpus = write_corpus(tmp_path / "data" / "ptb")
     for split in ("train", "valid", "test"):  # the PTB layout, tiny
         (corpus / f"{split}.txt").rename(corpus / f"ptb.{split}.txt")
-    assert main(["prepare", "ptb", "--data-dir", str(tmp_path / "data"), "--out", "prepared/ptb.json"]) == 0
+    assert main(["prepare", "ptb", "--data-dir", str(tmp_path / "data"), "--out", "prepared"]) == 0
     assert json.loads(Path("prepared/ptb.json").read_text())["vocab"] == 42  # 40 words, <eos> and <unk>
     preset = tmp_path / "tiny.yaml"
     preset.write_text(
@@ -367,9 +368,7 @@ def test_prepare_and_baselines_commands(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test, as one_thread restores torch's
     with one_thread():
-        assert (
-            main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines/tiny.json"]) == 0
-        )
+        assert main(["baselines", str(preset), "--params", "params.yaml", "--out", "baselines"]) == 0
     runs = json.loads(Path("baselines/tiny.json").read_text())["runs"]
     assert [r["seed"] for r in runs] == [0, 1] and all(r["test_ppl"] > 1 for r in runs)
 

@@ -26,9 +26,9 @@ from sweep_fixtures import (
 )
 
 from suite.cli import main
+from suite.record import Record
 from suite.sweep import load_spec, run_sweep
 from suite.sweep.storage import open_storage, progress
-from suite.track import Record
 
 
 @pytest.fixture
@@ -473,7 +473,7 @@ def test_a_resumed_trial_gives_the_pruner_the_epochs_it_had_before_it_was_interr
     from types import SimpleNamespace
 
     from suite.sweep.build import FitPruning, SettingHalving
-    from suite.track import History
+    from suite.tracking import History
 
     study = optuna.create_study(direction="minimize", pruner=SettingHalving("lr", after_epochs=2))
     study.add_trial(_trial({"method": "kp", "factor": 25, "lr": 1.0}, [200.0, 150.0, 140.0]))

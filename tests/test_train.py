@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from suite.config import load_run
+from suite.store import find, load_records
 from suite.tasks.lm import LanguageModelTask
-from suite.track import load_records
-from suite.train import find, train
+from suite.train import train
 
 
 def run(preset, results, method="dense", factor=None, **sets):
@@ -38,7 +38,7 @@ def test_dense_run_writes_a_complete_record(tiny_preset, results):
 def test_git_dirty_counts_untracked_files_of_the_package_only(tmp_path, monkeypatch):
     import subprocess
 
-    import suite.track as track
+    import suite.provenance as provenance
 
     checkout = tmp_path / "checkout"
     (checkout / "suite").mkdir(parents=True)
@@ -47,14 +47,14 @@ def test_git_dirty_counts_untracked_files_of_the_package_only(tmp_path, monkeypa
     git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
         subprocess.run([*git, *args], check=True, capture_output=True)
-    monkeypatch.setattr(track, "PACKAGE", checkout / "suite")
+    monkeypatch.setattr(provenance, "PACKAGE", checkout / "suite")
     (checkout / "notes.txt").write_text("outside the package")
     (checkout / "suite" / "__pycache__").mkdir()
     (checkout / "suite" / "__pycache__" / "train.pyc").write_text("ignored")
-    assert track.provenance()["git_dirty"] is False
+    assert provenance.provenance()["git_dirty"] is False
     (checkout / "suite" / "compressors").mkdir()
     (checkout / "suite" / "compressors" / "mine.py").write_text("")  # a new method module, not added yet
-    assert track.provenance()["git_dirty"] is True
+    assert provenance.provenance()["git_dirty"] is True
 
 
 def test_finished_run_is_found_not_redone(tiny_preset, results):

@@ -75,6 +75,22 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def fingerprint(files: dict[str, Path | str]) -> dict[str, str]:
+    """What data is, by name: the sha256 of each file, of each folder (over its files' names and sha256s, as a
+    SHA256SUMS file lists them), and a hub dataset's id as it is."""
+    out = {}
+    for name, where in sorted(files.items()):
+        if isinstance(where, str):
+            out[name] = where
+        elif Path(where).is_dir():
+            files_in = sorted(p for p in Path(where).iterdir() if p.is_file() and not p.name.startswith("."))
+            lines = "".join(f"{sha256(p)}  {p.name}\n" for p in files_in)
+            out[name] = hashlib.sha256(lines.encode()).hexdigest()
+        else:
+            out[name] = sha256(Path(where))
+    return out
+
+
 def empty_split(where: Path | str, split: str) -> DataError:
     """The error for a split without data (refused before training): it names the file and what to do."""
     return DataError(

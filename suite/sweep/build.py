@@ -8,7 +8,7 @@ import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
 from ..errors import ConfigError
-from ..track import History
+from ..tracking import History
 
 if TYPE_CHECKING:
     from .spec import SweepSpec

@@ -2,7 +2,7 @@
 devices (or those ``--devices`` names), by running with CUDA_VISIBLE_DEVICES set to that one GPU.
 
 A worker then sees its GPU as cuda:0 and train() needs no device setting of its own; the record names the
-GPU in the machine's numbering (``track.device_info``). Without CUDA, workers run on the CPU.
+GPU in the machine's numbering (``provenance.device_info``). Without CUDA, workers run on the CPU.
 """
 
 from __future__ import annotations

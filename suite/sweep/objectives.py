@@ -14,7 +14,7 @@ from ..compressors import registry
 from ..compressors.accounting import matches, parametrized_tensors
 from ..context import DataContext
 from ..errors import SuiteError
-from ..track import Record
+from ..record import Record
 from .spec import SweepSpec
 
 _ACCOUNTING = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -14,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, DataError, SuiteError
 from ..files import atomic
-from ..track import Record, run_dir
+from ..record import Record
+from ..store import record_path, run_folder
 from ..train import train
 from . import storage as st
 from .build import FitPruning, make_pruner, make_sampler
@@ -135,9 +136,7 @@ class Objective:
             try:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:
-                pruned = Record.load(
-                    run_dir(cfg.results_dir, cfg.task, cfg.method, cfg.run_id, cfg.store) / "record.json"
-                )
+                pruned = Record.load(record_path(run_folder(cfg)))
                 self.note(
                     trial, [*records, pruned], [*epochs, pruning.reports if pruning else len(pruned.epochs)]
                 )
@@ -301,37 +300,51 @@ def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
     return [point for point in spec.grid()[: spec.n_trials] if point not in settled]
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: state, objective values, settings, runs and what the runs reached."""
+TRIAL_ATTRS = ("number", "state", "values", "params", "user_attrs", "system_attrs", "duration")
+"""What of each trial Optuna's ``trials_dataframe`` gives the trials table."""
+COUNTS = ("number", "pid", "retry_of", "intermediate_steps", "epochs")
+"""Columns of whole numbers (written without a decimal point where a trial has none)."""
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, from Optuna's ``trials_dataframe``: the study, number and state, the first objective
+    (``objective``, ``direction``, ``value``) and every objective by its name, the settings, what the runs reached
+    (user attributes: run ids, epochs, val and test metric, achieved CF, a reason), the worker's host and pid, the
+    trial it retries, the number of pruner reports, and its seconds."""
     names = study.user_attrs.get("spec", {}).get("objectives") or []
     names = [o["name"] for o in names] or [f"value_{i}" for i in range(len(study.directions))]
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"study": study.study_name, "number": t.number, "state": t.state.name.lower()}
-        values = t.values or [None] * len(names)
-        row.update(objective=names[0], direction=study.directions[0].name.lower(), value=values[0])
-        row.update(zip(names, values))
-        row.update(t.params)
-        attrs = dict(t.user_attrs)
-        who = attrs.pop(st.OWNER, {})
-        row.update({k: (" ".join(v) if isinstance(v, list) else v) for k, v in attrs.items()})
-        row["host"], row["pid"] = who.get("host"), who.get("pid")
-        row["retry_of"] = t.system_attrs.get("failed_trial")
-        row["intermediate_steps"] = len(t.intermediate_values)
-        row["seconds"] = t.duration.total_seconds() if t.duration else None
-        rows.append(row)
-    return rows
+    frame = study.trials_dataframe(attrs=TRIAL_ATTRS)  # columns number, values_0, params_<name>, ...
+    if frame.empty:
+        return pd.DataFrame(columns=["study", "number", "state"])
+
+    def part(prefix: str) -> pd.DataFrame:
+        return frame.filter(regex=f"^{prefix}").rename(columns=lambda c: c.removeprefix(prefix))
+
+    attrs = part("user_attrs_").map(lambda v: " ".join(v) if isinstance(v, list) else v)
+    who = attrs.pop(st.OWNER) if st.OWNER in attrs else pd.Series(None, index=frame.index, dtype=object)
+    # A user attribute named as an objective (val_ppl: the mean over seeds either way) is listed once, as itself.
+    values = part("values_").rename(columns=lambda i: names[int(i)])
+    out = pd.DataFrame({"study": study.study_name, "number": frame["number"]})
+    out["state"] = frame["state"].str.lower()
+    out["objective"], out["direction"] = names[0], study.directions[0].name.lower()
+    out["value"] = values[names[0]]
+    out = out.join([values.drop(columns=[c for c in values if c in attrs]), part("params_"), attrs])
+    out["host"] = who.map(lambda w: w.get("host") if isinstance(w, dict) else None)
+    out["pid"] = who.map(lambda w: w.get("pid") if isinstance(w, dict) else None)
+    out["retry_of"] = frame.get("system_attrs_failed_trial")
+    out["intermediate_steps"] = [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
+    out["seconds"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
+    for column in COUNTS:
+        if column in out:
+            out[column] = pd.to_numeric(out[column], errors="coerce").astype("Int64")
+    return out
 
 
 def export(spec: SweepSpec, study: optuna.Study) -> Path:
     """Write results/sweeps/<name>/<study>.csv (the report collects these)."""
-    rows = trial_rows(study)
     out = Path(spec.set.get("results_dir", "results")) / "sweeps" / spec.name / f"{spec.study_name}.csv"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic(out, "trials table") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic(out, "trials table") as tmp:
+        trials_table(study).to_csv(tmp, index=False)
     return out
 
 

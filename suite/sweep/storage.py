@@ -17,10 +17,18 @@ Failed trials: every one keeps its reason. One whose settings decide the failure
 is done; one whose settings do not (its worker died, it was interrupted, its data went missing, an unexpected
 error) keeps its place in the budget and is retried with the same settings the next time the sweep runs, at
 most MAX_RETRY times. So a grid never loses a point to a failure, and never runs a point twice.
+
+Retries are Optuna's: ``RetryHeartbeatStaleTrialCallback`` queues the copy and keeps the bookkeeping (the
+original trial and the retry history, as system attributes), for a stale RDB heartbeat and for the failures
+above alike. What Optuna does not give is kept here: a journal file has no heartbeat, so a dead worker on this
+host is found by its process (``fail_dead_trials``); the copy takes the failed trial's settings but not its user
+attributes (its reason and runs stay with the failure); and a failure caught by the worker is retried only at
+the next run of the sweep, so that a sweep command ends rather than retrying a broken setting in a loop.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -33,6 +41,7 @@ from pathlib import Path
 
 import optuna
 import psutil
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError, DataError
@@ -50,20 +59,36 @@ RETRY = "retry"
 """User attribute of a failed trial: whether its settings did not decide the failure, so that it is retried."""
 
 
+with warnings.catch_warnings():  # experimental in Optuna, stable in use since 2.8
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def retry_history(t: FrozenTrial) -> list[int]:
+    """The failed trials ``t`` retries, the original first (empty: ``t`` is no retry); Optuna's bookkeeping."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(t)
+
+
+def retried_trial(t: FrozenTrial) -> int | None:
+    """The number of the original trial ``t`` retries (None: ``t`` is no retry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+
+
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue a copy of a failed trial (its settings, not its attributes), at most MAX_RETRY times per original.
-    Also RDBStorage's callback for trials whose heartbeat stopped."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > MAX_RETRY:
+    """Queue a copy of a failed trial (its settings, not its user attributes), at most MAX_RETRY times per
+    original, with Optuna's retry callback; whether a copy was queued. Also RDBStorage's callback for trials
+    whose heartbeat stopped."""
+    if not retries_left(trial):
         return False
-    study.add_trial(
-        optuna.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history},
-        )
-    )
+    bare = copy.deepcopy(trial)  # the callback extends the history list of the trial it is given
+    bare.user_attrs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _RETRY(study, bare)
     return True
 
 
@@ -81,11 +106,11 @@ def retryable(t: FrozenTrial) -> bool:
 
 def retried(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of the failed trials that have a retry."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return {n for t in trials for n in retry_history(t)}
 
 
 def retries_left(t: FrozenTrial) -> bool:
-    return len(t.system_attrs.get("retry_history", [])) < MAX_RETRY
+    return len(retry_history(t)) < MAX_RETRY
 
 
 def retry_failed(study: optuna.Study) -> list[int]:

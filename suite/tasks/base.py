@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -299,6 +300,12 @@ class Family:
         """Load (from ``data_dir``/SUITE_DATA_DIR, a cache or a download) everything the runs need; raise
         DataError with what to do when it is missing or corrupt. The result has ``describe() -> dict``."""
         raise NotImplementedError
+
+    def data_files(self, dataset: str | dict, data_dir: str | None) -> dict[str, Path | str]:
+        """The files ``load_data`` reads, by name (a split's file, or a folder read whole), or a hub dataset's id (a
+        string): what a run's data fingerprint hashes. Empty: the family does not say, and its runs are reused
+        without a check of their data. Missing data is the DataError ``load_data`` raises."""
+        return {}
 
     def check_model(self, model: dict) -> dict:
         """The model settings, validated by ``model_settings`` and with its defaults filled in."""

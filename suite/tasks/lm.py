@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..data import BPTTWindows, Corpus, batchify, load_corpus, prefix
+from ..data import BPTTWindows, Corpus, batchify, load_corpus, locate, prefix
 from ..data.loaders import loader
 from ..errors import ConfigError
 from ..models.lm import build_lm, detach
@@ -171,6 +171,10 @@ class LanguageModeling(Family):
 
     def load_data(self, dataset, data_dir, train: LMTrain) -> Corpus:
         return load_corpus(dataset, data_dir, train.max_vocab)
+
+    def data_files(self, dataset, data_dir) -> dict:
+        _, where = locate(dataset, data_dir)  # split -> file, or a hub dataset's (id, config)
+        return {"hub": "/".join(where)} if isinstance(where, tuple) else dict(where)
 
     def resolve_model(self, model: dict, data: Corpus) -> dict:
         return {**model, "vocab": len(data.vocab)}

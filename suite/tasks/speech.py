@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..data.audio import N_MELS
 from ..data.buckets import BucketBatchSampler
-from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd
+from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd, locate_fsdd
 from ..data.loaders import loader
 from ..data.utterances import Batch, Utterances, collate
 from ..errors import ConfigError
@@ -225,9 +225,16 @@ class Speech(Family):
     units = "frames"
 
     def load_data(self, dataset, data_dir, train: SpeechTrain) -> FSDD:
+        self._check_dataset(dataset)
+        return load_fsdd(data_dir, train.utterances())
+
+    def data_files(self, dataset, data_dir) -> dict:
+        self._check_dataset(dataset)
+        return {"recordings": locate_fsdd(data_dir)}  # every split is drawn from this folder's clips
+
+    def _check_dataset(self, dataset) -> None:
         if dataset != "fsdd":
             raise ConfigError(f"the speech family reads dataset fsdd, got {dataset!r}")
-        return load_fsdd(data_dir, train.utterances())
 
     def resolve_model(self, model: dict, data: FSDD) -> dict:
         return {**model, "features": data.n_mels}

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from ..data.buckets import BucketBatchSampler, PairDataset, collate
 from ..data.loaders import loader
-from ..data.multi30k import PAD_ID, ParallelCorpus, load_multi30k
+from ..data.multi30k import MULTI30K, PAD_ID, ParallelCorpus, load_multi30k
+from ..data.sources import find
 from ..errors import ConfigError
 from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
 from . import register
@@ -285,11 +286,18 @@ class Translation(Family):
     units = "tokens"
 
     def load_data(self, dataset, data_dir, train: TranslationTrain) -> ParallelCorpus:
+        self._check_dataset(dataset)
+        return load_multi30k(data_dir, train.min_freq)
+
+    def data_files(self, dataset, data_dir) -> dict:
+        self._check_dataset(dataset)
+        return find(MULTI30K, data_dir)  # train.en ... test.de -> file
+
+    def _check_dataset(self, dataset) -> None:
         if dataset not in self.datasets:
             raise ConfigError(
                 f"task family translation reads dataset(s) {', '.join(self.datasets)}, got {dataset!r}"
             )
-        return load_multi30k(data_dir, train.min_freq)
 
     def resolve_model(self, model: dict, data: ParallelCorpus) -> dict:
         return {**model, "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab)}

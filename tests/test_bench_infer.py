@@ -15,8 +15,8 @@ from suite.bench import (
     dense_step,
     deployed_step,
     infer_methods,
-    layer_csr,
 )
+from suite.deploy import layer_csr
 from suite.errors import CompressionError, ConfigError
 
 

@@ -1,0 +1,136 @@
+"""Config dataclasses: what a config serialises to and the run keys it hashes to, held to literal values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from suite.compressors import registry
+from suite.config import load_run
+from suite.pipeline import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+LSTM = ["*weight_ih_l*", "*weight_hh_l*", "*weight_ih", "*weight_hh"]
+BASE = {"finetune_epochs": None, "finetune_lr": None, "init": "scratch", "targets": LSTM}
+
+#: (preset, method, factor, overrides) -> (run_key, the compress dict), computed before the settings mechanism:
+#: checkpoints are filed under the run key and published records are matched by the same identity, so the same
+#: settings must keep giving the same dict, to the type of each number (``dense_share: 0`` stays an int).
+IDENTITIES = {
+    ("ptb-small", "dense", None, ()): ("59e9506317c0", {**BASE, "factor": 1.0}),
+    ("ptb-small", "kp", 25, ()): ("713bfdd708de", {**BASE, "factor": 25.0, "terms": 1}),
+    ("ptb-small", "doped_kp", 10, (("cmr", 0.5), ("profile", "smoke"))): (
+        "442f9c457a00",
+        {
+            **BASE,
+            "factor": 10.0,
+            "terms": 1,
+            "structured_share": 0.8,
+            "initial_sparsity": 0.0,
+            "anneal_start": 0.1,
+            "anneal_end": 0.75,
+            "prune_every": 100,
+            "cmr": 0.5,
+            "cmr_mode": "element",
+        },
+    ),
+    ("ptb-small", "hmd", 4, (("dense_share", 0),)): (
+        "5736fb1d0d37",
+        {**BASE, "factor": 4.0, "dense_share": 0},
+    ),
+    ("ptb-small", "groupreduce", 4, (("targets", ("decoder.weight",)),)): (
+        "9ef824a7be65",
+        {
+            **BASE,
+            "factor": 4.0,
+            "init": "trained",
+            "finetune_epochs": 0,
+            "targets": ["decoder.weight"],
+            "blocks": 5,
+            "rank_exponent": 0.5,
+            "refine_iters": 3,
+            "quantize": False,
+        },
+    ),
+    ("ptb-medium", "prune", 8, (("seed", 2),)): (
+        "877c8a2ae3f1",
+        {
+            **BASE,
+            "factor": 8.0,
+            "scope": "matrix",
+            "initial_sparsity": 0.0,
+            "anneal_start": 0.1,
+            "anneal_end": 0.75,
+            "prune_every": 100,
+        },
+    ),
+    ("multi30k-small", "lmf", 4, ()): ("6608afa7eeae", {**BASE, "factor": 4.0}),
+    ("fsdd-digits", "dense", None, (("profile", "smoke"),)): ("7d963885f4ec", {**BASE, "factor": 1.0}),
+    ("fsdd-digits-speaker", "svd", 2, ()): (
+        "78bfc25e9f9b",
+        {**BASE, "factor": 2.0, "init": "trained", "finetune_epochs": 0},
+    ),
+}
+
+
+def _json(d: dict) -> str:
+    return json.dumps(d, sort_keys=True)  # 0 and 0.0 differ here, as they do in a run-id
+
+
+@pytest.mark.parametrize("key", list(IDENTITIES), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_a_config_serialises_and_hashes_as_before(key):
+    preset, method, factor, sets = key
+    run_key, compress = IDENTITIES[key]
+    sets = {k: list(v) if isinstance(v, tuple) else v for k, v in sets}
+    cfg = load_run(ROOT / "tasks" / f"{preset}.yaml", method, factor=factor, sets=sets)
+    assert _json(cfg.compress) == _json(compress)
+    assert cfg.run_key == run_key
+
+
+def test_settings_keep_their_order_and_values():
+    doped = registry.make_config("doped_kp", {"factor": 2})
+    assert list(doped.to_dict()) == [
+        *("factor", "targets", "init", "finetune_epochs", "finetune_lr", "terms", "structured_share"),
+        *("initial_sparsity", "anneal_start", "anneal_end", "prune_every", "cmr", "cmr_mode"),
+    ]
+    cfg = load_run(ROOT / "tasks/fsdd-digits.yaml", "dense", sets={"profile": "smoke"})
+    train = dataclasses.asdict(cfg.train)
+    assert _json(train) == _json(
+        {
+            **{"train_utterances": 1000, "val_utterances": 100, "test_utterances": 200, "min_digits": 1},
+            **{"max_digits": 7, "min_silence": 0.05, "max_silence": 0.3, "val_takes": 5},
+            **{"held_out_speaker": None, "utterance_seed": 0, "epochs": 3, "batch_size": 16, "lr": 0.004},
+            **{"clip": 5.0, "train_fraction": 1.0, "eval_fraction": 1.0, "precision": "32"},
+            **{"lr_decay": 1.25, "decay_after": 8, "eval_batch_size": 64},
+        }
+    )
+    assert list(train)[:3] == ["train_utterances", "val_utterances", "test_utterances"]
+    assert list(cfg.to_dict())[:8] == [
+        "task",
+        "dataset",
+        "model",
+        "train",
+        "method",
+        "compress",
+        "seed",
+        "profile",
+    ]
+    lm = load_run(ROOT / "tasks/ptb-small.yaml", "dense")
+    assert _json(lm.model) == _json(
+        {"hidden": 200, "layers": 2, "dropout": 0.0, "init": 0.1, "emb_size": None, "tie_weights": False}
+        | {"vocab": None}
+    )
+    params = dataclasses.asdict(load_params(ROOT / "params.yaml"))
+    assert _json(params) == _json(
+        {
+            "profile": "smoke",
+            "workers": 2,
+            "threads": 1,
+            "seeds": [0],
+            "set": {},
+            "figures": {"cmr_cf": None, "bench": "results/bench/infer.json"},
+        }
+    )

@@ -90,8 +90,9 @@ def cmd_methods(args) -> int:
             f"{name:<14}{m.summary}" + (f" [plugin {origin['plugin']} {origin['version']}]" if origin else "")
         )
         if args.verbose:
-            for field, kind, default, doc in registry.describe_settings(name):
-                print(f"{'':<14}{field}: {kind} = {default!r}" + (f"  {doc}" if doc else ""))
+            for field, kind, default, where, doc in registry.describe_settings(name):
+                line = f"{'':<14}{field}: {kind} = {default!r}" + (f", {where}" if where else "")
+                print(line + (f"  {doc}" if doc else ""))
     return 0
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from suite.compressors import registry
 from suite.config import load_run
+from suite.errors import ConfigError
 from suite.pipeline import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,3 +135,35 @@ def test_settings_keep_their_order_and_values():
             "figures": {"cmr_cf": None, "bench": "results/bench/infer.json"},
         }
     )
+
+
+# One check for every setting: a bool is not a number, an int is whole, one wording ----------------------------
+
+
+@pytest.mark.parametrize(
+    "method, settings, wording",
+    [
+        ("hmd", {"dense_share": False}, "dense_share must be a number in [0, 1), got False"),
+        ("kp", {"finetune_epochs": 1.5}, "finetune_epochs must be an integer >= 0 or null, got 1.5"),
+        ("kp", {"finetune_epochs": True}, "finetune_epochs must be an integer >= 0 or null, got True"),
+        ("kp", {"finetune_lr": "fast"}, "finetune_lr must be a finite number > 0 or null, got 'fast'"),
+        ("kp", {"terms": 2.0}, "terms must be an integer >= 1, got 2.0"),
+        ("kp", {"factor": float("nan")}, "factor must be a finite number >= 1, got nan"),
+        ("doped_kp", {"cmr": True}, "cmr must be a number in [0, 1), got True"),
+        ("dense", {"factor": 4}, "factor must be 1, got 4; dense does not compress: drop --factor"),
+        ("svd", {"init": "scratch"}, "init must be 'trained', got 'scratch'; svd decomposes trained weights"),
+        ("kp", {"colour": 1}, "method kp has no setting colour; use one of: factor, targets, init"),
+    ],
+)
+def test_a_method_setting_out_of_its_type_or_range_is_refused_in_one_wording(method, settings, wording):
+    with pytest.raises(ConfigError) as e:
+        registry.make_config(method, {"factor": 1.0 if method == "dense" else 2.0, **settings})
+    assert str(e.value).startswith(wording) and "\n" not in str(e.value)
+
+
+def test_a_subclass_that_changes_a_default_keeps_the_range_of_its_base():
+    assert registry.make_config("svd", {"factor": 2}).finetune_epochs == 0
+    with pytest.raises(ConfigError, match="finetune_epochs must be an integer >= 0"):
+        registry.make_config("svd", {"factor": 2, "finetune_epochs": -1})
+    with pytest.raises(ConfigError, match="terms must be an integer >= 1"):
+        registry.make_config("doped_kp", {"factor": 2, "terms": 0})  # KPConfig's, through DopedConfig

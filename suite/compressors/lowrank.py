@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
@@ -87,15 +87,10 @@ def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> LowRa
 
 @dataclass
 class SVDConfig(CompressorConfig):
-    init: str = "trained"
+    init: str = setting(
+        "trained", choices=("trained",), hint="svd decomposes trained weights (use lmf to train from scratch)"
+    )
     finetune_epochs: int | None = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init != "trained":
-            raise ConfigError(
-                "svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)"
-            )
 
 
 register(

@@ -189,6 +189,7 @@ def cmd_dashboard(args) -> int:
 def cmd_sweep(args) -> int:
     from .config import parse_sets
     from .pipeline import load_params, use_threads
+    from .settings import check
     from .sweep import devices, load_spec, run_sweep, status, work
     from .sweep.runner import location
     from .sweep.storage import retry_pending
@@ -199,8 +200,7 @@ def cmd_sweep(args) -> int:
     workers = args.workers if args.workers is not None else (params.workers if params else None)
     if workers is None:  # one worker per device named, else one
         workers = len(gpus) if isinstance(gpus, list) else 1
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
+    check("workers", workers, int, ge=1)
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     if args.results:
         sets["results_dir"] = args.results

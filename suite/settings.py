@@ -187,23 +187,31 @@ class Settings:
     """Prefix of the setting names in errors (``train``: ``train.epochs must be ...``)."""
 
     def __post_init__(self) -> None:
-        where = f"{self.section}." if self.section else ""
         for name, kind, rule in rules(type(self)):
-            check(where + name, getattr(self, name), kind, rule)
+            check(self.where(name), getattr(self, name), kind, rule)
+
+    def where(self, name: str) -> str:
+        """A setting as errors name it: where it is written."""
+        return f"{self.section}.{name}" if self.section else name
 
 
 def build(cls: type, values: Any, what: str) -> Any:
     """``cls(**values)`` for a settings dataclass; a key it has no field for is a ConfigError naming its fields."""
     if not isinstance(values, dict):
         raise ConfigError(f"{what} must be a mapping of settings, got {values!r}")
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    known = [f.name for f in fields]
     unknown = sorted(set(map(str, values)) - set(known))
     if unknown:
         raise ConfigError(f"{what} has no setting {', '.join(unknown)}; use one of: {', '.join(known)}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"bad {what} settings: {e}") from None
+    needed = [
+        f.name
+        for f in fields
+        if f.name not in values and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if needed:
+        raise ConfigError(f"{what} must have {', '.join(needed)}")
+    return cls(**values)
 
 
 def _docs(cls: type) -> dict[str, str]:

@@ -23,7 +23,7 @@ def fails_cleanly(capsys, results, argv, match):
         (["--method", "nope"], ["unknown method 'nope'"]),
         (["--method", "svd", "--factor", "100000"], ["cannot reach CF 100000", "smaller --factor"]),
         (["--method", "svd", "--factor", "0.5"], [">= 1"]),
-        (["--threads", "0"], ["threads must be at least 1"]),
+        (["--threads", "0"], ["threads must be an integer >= 1"]),
     ],
     ids=["unknown-method", "impossible-cf", "factor-below-one", "threads-below-one"],
 )

@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from suite.cli import main
 from suite.compressors import registry
 from suite.config import load_run
+from suite.data import load_corpus
+from suite.data.multi30k import load_multi30k
 from suite.errors import ConfigError
 from suite.pipeline import load_params
 
@@ -167,3 +171,62 @@ def test_a_subclass_that_changes_a_default_keeps_the_range_of_its_base():
         registry.make_config("svd", {"factor": 2, "finetune_epochs": -1})
     with pytest.raises(ConfigError, match="terms must be an integer >= 1"):
         registry.make_config("doped_kp", {"factor": 2, "terms": 0})  # KPConfig's, through DopedConfig
+
+
+@pytest.mark.parametrize("seeds", [[True], [-1], [0, 2**32], ["0"], []])
+def test_the_pipeline_refuses_a_seed_that_is_no_seed(tmp_path, seeds):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"profile": "smoke", "profiles": {"smoke": {"seeds": seeds}}}))
+    with pytest.raises(
+        ConfigError, match=r"profiles\.smoke\.seeds must be a non-empty list of integers in \[0, "
+    ):
+        load_params(params)
+
+
+def test_the_pipeline_refuses_a_bool_as_workers_or_threads(tmp_path):
+    for key in ("workers", "threads"):
+        params = tmp_path / f"{key}.yaml"
+        params.write_text(yaml.safe_dump({key: True}))
+        with pytest.raises(ConfigError, match=rf"^{params}: {key} must be an integer >= 1"):
+            load_params(params)
+
+
+def test_multi30k_refuses_a_bad_min_freq_as_every_setting_is_refused(capsys):
+    with pytest.raises(ConfigError, match="min_freq must be an integer >= 1, got 0"):
+        load_multi30k(min_freq=0)
+    with pytest.raises(ConfigError, match="min_freq must be an integer >= 1, got True"):
+        load_multi30k(min_freq=True)
+    preset = str(ROOT / "tasks" / "multi30k-small.yaml")
+    for value in ("0", "1.5", "true"):
+        assert main(["train", preset, "--set", f"min_freq={value}", "--set", "wandb=disabled"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: train.min_freq must be an integer >= 1, got ") and "\n" not in err
+
+
+def test_a_users_corpus_is_refused_the_way_every_setting_is(tmp_path):
+    with pytest.raises(ConfigError, match="dataset has no setting colour; use one of: path, name, max_vocab"):
+        load_corpus({"path": str(tmp_path), "colour": 1})
+    with pytest.raises(ConfigError, match="dataset must have path"):
+        load_corpus({"name": "mine"})
+    with pytest.raises(
+        ConfigError, match="dataset.max_vocab must be an integer >= 2 or null, got 1; a word and <unk>"
+    ):
+        load_corpus({"path": str(tmp_path), "max_vocab": 1})
+
+
+def test_run_level_settings_are_checked_by_their_type_and_range():
+    preset = ROOT / "tasks" / "ptb-small.yaml"
+    for sets, wording in [
+        ({"seed": True}, "seed must be an integer in [0, 4294967295], got True"),
+        ({"seed": -1}, "seed must be an integer in [0, 4294967295], got -1"),
+        ({"trial": 1.5}, "trial must be an integer >= 0 or null, got 1.5"),
+        ({"checkpoint": "yes"}, "checkpoint must be true or false, got 'yes'"),
+        ({"wandb": "cloud"}, "wandb must be one of offline, online, disabled, got 'cloud'"),
+        ({"store": ""}, "store must be a non-empty string or null, got ''"),
+        ({"epochs": 2.0}, "train.epochs must be an integer >= 0, got 2.0"),
+        ({"model.dropout": False}, "model.dropout must be a number in [0, 1), got False"),
+        ({"train.colour": 1}, "train has no setting colour; use one of: epochs, batch_size"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_run(preset, "dense", sets=sets)
+        assert str(e.value).startswith(wording), (sets, str(e.value))

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import operator
 import textwrap
 import types
 import typing
@@ -41,43 +42,37 @@ class Rule:
     choices: tuple | None = None
     hint: str = ""
 
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+
+    @property
+    def bounds(self) -> list[tuple[str, float]]:
+        """(comparison, bound) of each bound given: ``[(">=", 0), ("<", 1)]``."""
+        pairs = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return [(op, bound) for op, bound in pairs if bound is not None]
+
     def admits(self, v: Any) -> bool:
         if self.choices is not None:
             return v in self.choices
-        return not (
-            (self.ge is not None and v < self.ge)
-            or (self.gt is not None and v <= self.gt)
-            or (self.le is not None and v > self.le)
-            or (self.lt is not None and v >= self.lt)
-        )
-
-    @property
-    def bounded(self) -> bool:
-        return self.choices is not None or self.le is not None or self.lt is not None
+        return all(_COMPARE[op](v, bound) for op, bound in self.bounds)
 
     def text(self) -> str:
         """``in [0, 1)``, ``>= 1``, ``one of a, b``, ``'trained'``; empty without a range."""
         if self.choices is not None:
-            if len(self.choices) == 1:
-                return repr(self.choices[0])
-            return "one of " + ", ".join(map(str, self.choices))
-        low = (
-            f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else ""
-        )
-        high = (
-            f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else ""
-        )
-        if low and high:
-            return f"in {low}, {high}"
-        if low:
-            return (">= " if low[0] == "[" else "> ") + low[1:]
-        if high:
-            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
-        return ""
+            return (
+                repr(self.choices[0])
+                if len(self.choices) == 1
+                else "one of " + ", ".join(map(str, self.choices))
+            )
+        num = [f"{b:g}" if isinstance(b, float) else str(b) for _, b in self.bounds]
+        if len(num) == 2:  # a lower and an upper bound
+            (low, _), (high, _) = self.bounds
+            return f"in {'[' if low == '>=' else '('}{num[0]}, {num[1]}{']' if high == '<=' else ')'}"
+        return " ".join(f"{op} {n}" for (op, _), n in zip(self.bounds, num))
 
 
-def _num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
 def setting(
@@ -92,7 +87,7 @@ def setting(
     hint: str = "",
 ) -> Any:
     """A dataclass field with a range (``factory``: a default made per instance, as ``default_factory``)."""
-    rule = Rule(ge, gt, le, lt, tuple(choices) if choices is not None else None, hint)
+    rule = Rule(ge, gt, le, lt, choices, hint)
     return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule})
 
 
@@ -152,7 +147,7 @@ def _wants(kind: Any, rule: Rule, plural: bool = False) -> str:
         noun = _NOUNS.get(origin, (f"a {getattr(origin, '__name__', origin)}",) * 2)[plural]
         if arm in (int, float) and rule.text():
             noun += " " + rule.text()
-        if arm is float and not rule.bounded:
+        if arm is float and rule.choices is None and not any(op[0] == "<" for op, _ in rule.bounds):
             noun = noun.replace("number", "finite number", 1)
         words.append(noun)
     return " or ".join(words + (["null"] if optional else []))
@@ -161,7 +156,7 @@ def _wants(kind: Any, rule: Rule, plural: bool = False) -> str:
 def check(label: str, value: Any, kind: Any, rule: Rule | None = None, **bounds: Any) -> None:
     """Refuse ``value`` unless it is a ``kind`` (a type annotation) within ``rule`` (or ``bounds``, the keywords
     of ``setting``): a ConfigError ``<label> must be <what>, got <value>[; <hint>]``."""
-    rule = rule or Rule(**{k: tuple(v) if k == "choices" else v for k, v in bounds.items()})
+    rule = rule or Rule(**bounds)
     if not _fits(kind, value, rule):
         hint = f"; {rule.hint}" if rule.hint else ""
         raise ConfigError(f"{label} must be {_wants(kind, rule)}, got {value!r}{hint}")

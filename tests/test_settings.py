@@ -155,7 +155,11 @@ def test_settings_keep_their_order_and_values():
         ("kp", {"factor": float("nan")}, "factor must be a finite number >= 1, got nan"),
         ("doped_kp", {"cmr": True}, "cmr must be a number in [0, 1), got True"),
         ("dense", {"factor": 4}, "factor must be 1, got 4; dense does not compress: drop --factor"),
-        ("svd", {"init": "scratch"}, "init must be 'trained', got 'scratch'; svd decomposes trained weights"),
+        (
+            "svd",
+            {"init": "scratch"},
+            "init must be 'trained', got 'scratch'; this method decomposes trained weights",
+        ),
         ("kp", {"colour": 1}, "method kp has no setting colour; use one of: factor, targets, init"),
     ],
 )

@@ -49,6 +49,7 @@ from .registry import (
     CompressorConfig,
     Method,
     Structured,
+    TrainedConfig,
     apply_structured,
     budget_detail,
     check_budget,
@@ -247,16 +248,9 @@ class GroupReduce(Structured):
 
 
 @dataclass
-class GroupReduceConfig(CompressorConfig):
+class GroupReduceConfig(TrainedConfig):
     """GroupReduce of a vocabulary matrix (``targets``: ``embedding.weight`` or ``decoder.weight``)."""
 
-    init: str = setting(
-        "trained",
-        choices=("trained",),
-        hint="groupreduce decomposes a trained vocabulary matrix (a scratch init has nothing to decompose; use lmf "
-        "to train low-rank factors from scratch)",
-    )
-    finetune_epochs: int | None = 0
     blocks: int = setting(5, ge=1)
     """c: the number of word blocks (equal sizes, by frequency)."""
     rank_exponent: float = setting(0.5, ge=0, le=4)

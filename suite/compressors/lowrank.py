@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..settings import setting
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
     Method,
     Structured,
+    TrainedConfig,
     apply_structured,
     budget_detail,
     check_budget,
@@ -86,11 +86,8 @@ def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> LowRa
 
 
 @dataclass
-class SVDConfig(CompressorConfig):
-    init: str = setting(
-        "trained", choices=("trained",), hint="svd decomposes trained weights (use lmf to train from scratch)"
-    )
-    finetune_epochs: int | None = 0
+class SVDConfig(TrainedConfig):
+    """The truncated SVD of the trained dense weights."""
 
 
 register(

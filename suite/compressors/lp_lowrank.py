@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..settings import setting
 from .lowrank import LowRank, make_lowrank
-from .registry import CompressorConfig, Method, apply_structured, register
+from .registry import Method, TrainedConfig, apply_structured, register
 
 
 def row_distances(w: Tensor, basis: Tensor) -> Tensor:
@@ -104,15 +104,9 @@ class LpLowRank(LowRank):
 
 
 @dataclass
-class LpLowRankConfig(CompressorConfig):
+class LpLowRankConfig(TrainedConfig):
     """Robust l_p low-rank approximation of trained weights."""
 
-    init: str = setting(
-        "trained",
-        choices=("trained",),
-        hint="lp_lowrank decomposes trained weights (use lmf to train from scratch)",
-    )
-    finetune_epochs: int | None = 0
     p: float = setting(1.0, ge=1, le=2)
     """The exponent of the row distances (2: the truncated SVD)."""
     iters: int = setting(50, ge=0)

@@ -55,6 +55,18 @@ class CompressorConfig(Settings):
         return dataclasses.asdict(self)
 
 
+@dataclass
+class TrainedConfig(CompressorConfig):
+    """Settings of a method that decomposes trained weights (no scratch init; no fine-tuning unless asked)."""
+
+    init: str = setting(
+        "trained",
+        choices=("trained",),
+        hint="this method decomposes trained weights (use lmf to train low-rank factors from scratch)",
+    )
+    finetune_epochs: int | None = 0
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered compressor."""

@@ -121,8 +121,9 @@ def cmd_methods(args) -> int:
             f"{name:<14}{m.summary}" + (f" [plugin {origin['plugin']} {origin['version']}]" if origin else "")
         )
         if args.verbose:
-            for field, kind, default, doc in registry.describe_settings(name):
-                print(f"{'':<14}{field}: {kind} = {default!r}" + (f"  {doc}" if doc else ""))
+            for field, kind, default, where, doc in registry.describe_settings(name):
+                line = f"{'':<14}{field}: {kind} = {default!r}" + (f", {where}" if where else "")
+                print(line + (f"  {doc}" if doc else ""))
     return 0
 
 
@@ -233,6 +234,7 @@ def cmd_dashboard(args) -> int:
 def cmd_sweep(args) -> int:
     from .config import parse_sets
     from .pipeline import load_params, use_threads
+    from .settings import check
     from .sweep import devices, launch, load_spec, run_sweep, work
     from .sweep.runner import location
 
@@ -242,8 +244,7 @@ def cmd_sweep(args) -> int:
     workers = args.workers if args.workers is not None else (params.workers if params else None)
     if workers is None:  # one worker per device named, else one
         workers = len(gpus) if isinstance(gpus, list) else 1
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
+    check("workers", workers, int, ge=1)
     sets = {**(params.set if params else {}), **parse_sets(args.set)}
     for key, value in (("results_dir", args.results), ("store", args.store)):
         if value:

@@ -14,14 +14,17 @@ import yaml
 from . import tasks
 from .compressors import registry
 from .errors import ConfigError
-from .tasks.base import TrainSettings, make_settings, train_identity
+from .settings import Settings, build, setting
+from .tasks.base import TrainSettings, train_identity
 from .version import code_version
 
 PROFILES = ("paper", "smoke")
+SEEDS = {"ge": 0, "le": 2**32 - 1}
+"""The range of a seed (numpy's)."""
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Settings):
     """Everything one run needs. ``identity()`` (what the run-id hashes) leaves out where things live and adds
     the version of the code that decides the run's result (``suite.version``)."""
 
@@ -31,20 +34,20 @@ class RunConfig:
     train: TrainSettings
     method: str = "dense"
     compress: dict = field(default_factory=dict)
-    seed: int = 0
-    profile: str = "paper"
+    seed: int = setting(0, **SEEDS)
+    profile: str = setting("paper", choices=PROFILES)
     family: str = "lm"
     data_dir: str | None = None
-    results_dir: str = "results"
+    results_dir: str | Path = "results"
     store: str | None = None
     """Sub-folder of results/runs this run is written to (each pipeline stage has its own, so that its runs are
     its output); None: results/runs itself. Finished runs are found in any store. Not part of the identity."""
-    wandb: str = "offline"
+    wandb: str = setting("offline", choices=("offline", "online", "disabled"))
     """W&B mode: offline (default), online, disabled."""
     study: str | None = None
     """Sweep study this run belongs to (W&B group); None: the task."""
-    trial: int | None = None
-    seeds: list[int] | None = None
+    trial: int | None = setting(None, ge=0)
+    seeds: list[int] | None = setting(None, **SEEDS)
     """The seeds this run's configuration is asked for (a sweep's or the pipeline's); tables say when fewer
     finished. Not part of the identity."""
     checkpoint: bool = False
@@ -52,21 +55,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         family = tasks.get(self.family)
-        if self.profile not in PROFILES:
-            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
-        if self.wandb not in ("offline", "online", "disabled"):
-            raise ConfigError(f"wandb must be offline, online or disabled, got {self.wandb!r}")
-        _check_top(self)
         if isinstance(self.train, dict):
-            self.train = make_settings(family.train_settings, self.train, "train")
+            self.train = build(family.train_settings, self.train, "train")
         elif not isinstance(self.train, family.train_settings):
             raise ConfigError(
                 f"train settings of family {self.family} must be {family.train_settings.__name__}"
             )
-        if not isinstance(self.model, dict):
-            raise ConfigError(f"model must be a mapping of settings, got {self.model!r}")
+        super().__post_init__()
         self.model = family.check_model(self.model)
         # Validate the method and fill in its defaults, so equal configs hash equally.
         self.compress = registry.make_config(self.method, self.compress).to_dict()
@@ -123,29 +118,6 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _check_top(cfg: RunConfig) -> None:
-    """The run-level settings besides seed, profile and wandb: each of its type, or a ConfigError naming it."""
-    for name in ("data_dir", "study", "store"):
-        value = getattr(cfg, name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError(f"{name} must be a name or path, got {value!r}")
-    if not isinstance(cfg.results_dir, (str, Path)) or not str(cfg.results_dir):
-        raise ConfigError(f"results_dir must be a folder path, got {cfg.results_dir!r}")
-    if cfg.trial is not None and (
-        not isinstance(cfg.trial, int) or isinstance(cfg.trial, bool) or cfg.trial < 0
-    ):
-        raise ConfigError(f"trial must be a trial number, got {cfg.trial!r}")
-    if not isinstance(cfg.checkpoint, bool):
-        raise ConfigError(f"checkpoint must be true or false, got {cfg.checkpoint!r}")
-    seeds = cfg.seeds
-    if seeds is not None and (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)
-    ):
-        raise ConfigError(f"seeds must be a non-empty list of integers from 0 to 2**32 - 1, got {seeds!r}")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -283,7 +255,7 @@ def load_run(
             family=family_name,
             dataset=spec["dataset"],
             model=model,
-            train=make_settings(family.train_settings, train, "train"),
+            train=build(family.train_settings, train, "train"),
             method=method,
             compress=compress,
             **{**top, "profile": profile},

@@ -12,46 +12,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROFILES, load_run, read_yaml
+from .config import PROFILES, SEEDS, load_run, read_yaml
 from .errors import ConfigError, SuiteError
 from .files import check_file
 from .record import write_json
+from .settings import Settings, check, setting
 
 PARAMS = "params.yaml"
 
 
 @dataclass
-class Params:
+class Params(Settings):
     """The resolved parameters of one profile."""
 
-    profile: str = "smoke"
-    workers: int = 1
+    profile: str = setting("smoke", choices=PROFILES)
+    workers: int = setting(1, ge=1)
     """Sweep workers per sweep stage (processes on this machine)."""
-    threads: int | None = None
+    threads: int | None = setting(None, ge=1)
     """Torch threads per process (each sweep worker); None: torch's default, one per core. Small recurrent models
     gain little from a second thread, and on a machine shared with other jobs threads that wait on each other at
     every time step can be many times slower than one."""
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = setting(factory=lambda: [0], **SEEDS)
     """Seeds of each dense baseline."""
     set: dict[str, Any] = field(default_factory=dict)
     """Fixed settings of every run in the pipeline (on top of each preset's profile)."""
     figures: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ConfigError(f"params: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
-            raise ConfigError(f"params: workers must be a positive integer, got {self.workers!r}")
-        if self.threads is not None and (
-            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
-        ):
-            raise ConfigError(f"params: threads must be a positive integer or null, got {self.threads!r}")
-        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
-            raise ConfigError(
-                f"params: profiles.{self.profile}.seeds must be a list of integers, got {self.seeds!r}"
-            )
-        if not isinstance(self.set, dict):
-            raise ConfigError(f"params: profiles.{self.profile}.set must be a mapping, got {self.set!r}")
+    def where(self, name: str) -> str:
+        return f"profiles.{self.profile}.{name}" if name in ("seeds", "set") else name
 
 
 def load_params(path: str | Path | None = None, profile: str | None = None) -> Params:
@@ -68,30 +56,24 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
         raise ConfigError(
             f"{path}: profiles.{profile} has unknown key(s) {', '.join(sorted(unknown))} (seeds, set)"
         )
-    for where, key, value in (
-        (f"profiles.{profile}.seeds", "seeds", chosen.get("seeds", [0])),
-        (f"profiles.{profile}.set", "set", chosen.get("set") or {}),
-        ("figures", "figures", raw.get("figures") or {}),
-    ):
-        if not isinstance(value, list if key == "seeds" else dict):
-            kind = "a list" if key == "seeds" else "a mapping"
-            raise ConfigError(f"{path}: {where} must be {kind}, got {value!r}")
-    return Params(
-        profile=profile,
-        workers=raw.get("workers", 1),
-        threads=raw.get("threads"),
-        seeds=list(chosen.get("seeds", [0])),
-        set=dict(chosen.get("set") or {}),
-        figures=dict(raw.get("figures") or {}),
-    )
+    try:
+        return Params(
+            profile=profile,
+            workers=raw.get("workers", 1),
+            threads=raw.get("threads"),
+            seeds=chosen.get("seeds", [0]),
+            set=chosen.get("set") or {},
+            figures=raw.get("figures") or {},
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def use_threads(threads: int | None) -> None:
     """Torch threads of this process and of the worker processes it starts."""
     if threads is None:
         return
-    if threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
+    check("threads", threads, int, ge=1)
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)

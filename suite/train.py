@@ -242,6 +242,36 @@ def _setup(cfg: RunConfig, progress_bar: bool | None, fingerprint: dict[str, str
     )
 
 
+class CtrlC(pl.Callback):
+    """Ctrl-C stops the run even where Python drops it: a KeyboardInterrupt raised while the garbage collector runs
+    a weak reference's callback or a finalizer cannot propagate (Python would print it as ignored and training
+    would go on), so ``arm`` notes the press, keeps the dropped one quiet, and the next batch raises it again."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def arm(self) -> None:
+        """Take over Ctrl-C (the caller restores the handler and ``sys.unraisablehook``)."""
+        hook = sys.unraisablehook
+
+        def unraisable(unraised) -> None:
+            if not (self.pressed and isinstance(unraised.exc_value, KeyboardInterrupt)):
+                hook(unraised)
+
+        def handler(signum, frame) -> None:
+            self.pressed = True
+            raise KeyboardInterrupt
+
+        sys.unraisablehook = unraisable
+        signal.signal(signal.SIGINT, handler)
+
+    def on_train_batch_start(self, *args) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_validation_batch_start = on_test_batch_start = on_train_batch_start
+
+
 def _run(
     cfg: RunConfig, setup: _Setup, callbacks: Sequence[pl.Callback], progress_bar: bool | None
 ) -> Record:
@@ -297,6 +327,8 @@ def _run(
     loggers = [csv_log] + ([wandb] if wandb else [])
     compressed = api.Compressed(model, cfg.method, mcfg)  # what suite.compress returns a library user
     extra = compressed.callbacks()
+    ctrl_c = CtrlC()
+    main_thread = threading.current_thread() is threading.main_thread()
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     trainer = pl.Trainer(
         max_epochs=setup.epochs,
@@ -304,7 +336,7 @@ def _run(
         devices=1,  # the first GPU this process sees: a sweep worker sees its own (CUDA_VISIBLE_DEVICES)
         precision=LIGHTNING_PRECISION.get(cfg.train.precision, cfg.train.precision),
         logger=loggers,
-        callbacks=[*extra, *callbacks, history, state, checkpoints.epoch_checkpoints(ckpt_dir)],
+        callbacks=[*extra, *callbacks, history, state, checkpoints.epoch_checkpoints(ckpt_dir), ctrl_c],
         gradient_clip_val=cfg.train.clip,
         gradient_clip_algorithm="norm",
         enable_model_summary=False,
@@ -314,7 +346,9 @@ def _run(
     )
     record.provenance.update(device_info(trainer.strategy.root_device))
     exit_code, raise_after = 1, None
-    sigint = signal.getsignal(signal.SIGINT)
+    sigint, unraisable = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    if main_thread and sigint is signal.default_int_handler:
+        ctrl_c.arm()
     try:
         if setup.epochs > 0:
             if resume_from is not None:
@@ -328,6 +362,8 @@ def _run(
             record.metric_detail = dict(task.metric_detail)
         if problem := record.final_problem():
             raise TrialDiverged(problem)
+        if ctrl_c.pressed:  # dropped after the last batch
+            raise KeyboardInterrupt
         record.status, exit_code = "ok", 0
         record.accounting = account(model, mcfg.targets, reference=reference, method=cfg.method).to_dict()
         if cfg.method == "dense" or cfg.checkpoint:
@@ -350,7 +386,8 @@ def _run(
             raise
         raise_after = e
     finally:
-        if sigint is not None and threading.current_thread() is threading.main_thread():
+        sys.unraisablehook = unraisable
+        if sigint is not None and main_thread:
             signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C after the first one
         record.epochs = history.rows
         record.resumed = state.resumes

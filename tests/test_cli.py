@@ -23,7 +23,7 @@ def fails_cleanly(capsys, results, argv, match):
         (["--method", "nope"], ["unknown method 'nope'"]),
         (["--method", "svd", "--factor", "100000"], ["cannot reach CF 100000", "smaller --factor"]),
         (["--method", "svd", "--factor", "0.5"], [">= 1"]),
-        (["--threads", "0"], ["threads must be at least 1"]),
+        (["--threads", "0"], ["threads must be an integer >= 1"]),
     ],
     ids=["unknown-method", "impossible-cf", "factor-below-one", "threads-below-one"],
 )
@@ -133,8 +133,10 @@ def test_train_takes_profile_and_results_as_the_other_commands_do(tiny_preset, t
     assert "found finished run" in capsys.readouterr().err  # the very same run
 
 
-def test_methods_verbose_lists_each_setting_with_type_default_and_doc(capsys):
+def test_methods_verbose_lists_each_setting_with_type_default_range_and_doc(capsys):
     assert main(["methods", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "cmr: float = 0.0  Co-matrix dropout rate" in out
-    assert "anneal_end: float = 0.75  ... and reaches s_f at this fraction" in out
+    assert "cmr: float = 0.0, in [0, 1)  Co-matrix dropout rate" in out
+    assert "anneal_end: float = 0.75, in (0, 1]  ... and reaches s_f at this fraction" in out
+    assert "cmr_mode: str = 'element', one of element, matrix  ``element``" in out
+    assert "init: str = 'trained', 'trained'  " in out  # svd's, narrowed from the base's

@@ -25,8 +25,9 @@ from suite.config import load_run
 from suite.context import DataContext
 from suite.figures import make_figures
 from suite.report import selected, write_tables
+from suite.settings import setting
 from suite.sweep import load_spec, run_sweep
-from suite.tasks.base import Example, Family, Metric, Task, TrainSettings, check_fields
+from suite.tasks.base import Example, Family, Metric, ModelSettings, Task, TrainSettings
 from suite.train import train
 
 # ---- a family: does token 1 occur more often than token 2 in a sequence? -----------------------------------
@@ -42,12 +43,9 @@ class SeqData:
 
 
 @dataclass
-class SeqModel:
-    hidden: int = 8
-    emb: int = 6
-
-    def __post_init__(self) -> None:
-        check_fields(self, "model", positive_ints=("hidden", "emb"))
+class SeqModel(ModelSettings):
+    hidden: int = setting(8, ge=1)
+    emb: int = setting(6, ge=1)
 
 
 class Classifier(nn.Module):
@@ -271,9 +269,9 @@ def test_higher_is_better_metrics_choose_the_highest_validation(tmp_path):
 def test_family_settings_are_validated_and_unknown_keys_refused(preset):
     from suite.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown model setting"):
+    with pytest.raises(ConfigError, match="model has no setting depth; use one of: hidden, emb"):
         load_run(preset, "dense", sets={"model.depth": 3})
-    with pytest.raises(ConfigError, match="model.hidden must be a positive integer"):
+    with pytest.raises(ConfigError, match="model.hidden must be an integer >= 1, got 0"):
         load_run(preset, "dense", sets={"model.hidden": 0})
     with pytest.raises(ConfigError, match="unknown override 'bptt'"):
         load_run(preset, "dense", sets={"bptt": 3})  # a language-model setting, not this family's

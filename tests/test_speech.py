@@ -28,7 +28,7 @@ from suite.data.fsdd import UtteranceSettings
 from suite.data.utterances import collate
 from suite.errors import ConfigError, DataError
 from suite.models.acoustic import BLANK, build_acoustic, greedy_decode
-from suite.tasks.base import make_settings
+from suite.settings import build
 from suite.tasks.speech import (
     Speech,
     SpeechTask,
@@ -308,11 +308,11 @@ def test_family_is_registered_with_its_metric_and_settings():
         SpeechTrain(min_digits=3, max_digits=2)
     with pytest.raises(ConfigError, match="max_silence"):
         SpeechTrain(max_silence=-0.1)
-    with pytest.raises(ConfigError, match="unknown train setting"):
-        make_settings(SpeechTrain, {"bptt": 20}, "train")
+    with pytest.raises(ConfigError, match="train has no setting bptt"):
+        build(SpeechTrain, {"bptt": 20}, "train")
     with pytest.raises(ConfigError, match="model.dropout"):
         family.check_model({"dropout": 1.0})
-    with pytest.raises(ConfigError, match="unknown model setting"):
+    with pytest.raises(ConfigError, match="model has no setting vocab"):
         family.check_model({"vocab": 10})
     assert family.check_model({})["stack"] == 3
 

@@ -393,7 +393,7 @@ def test_settings_are_validated():
         FAMILY.check_model({"attention": "dot"})
     with pytest.raises(ConfigError, match="model.attention must be one of"):
         FAMILY.check_model({"attention": "additive"})
-    with pytest.raises(ConfigError, match="unknown model setting"):
+    with pytest.raises(ConfigError, match="model has no setting hiden"):
         FAMILY.check_model({"hiden": 3})
     with pytest.raises(ConfigError, match="model.dropout"):
         FAMILY.check_model({"dropout": 1.0})

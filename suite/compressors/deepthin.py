@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
@@ -142,14 +142,9 @@ class DeepThin(Structured):
 class DeepThinConfig(CompressorConfig):
     """DeepThin: W the reshaped product of thin factors, rank from the CF."""
 
-    fit_iters: int = 0
+    fit_iters: int = setting(0, ge=0)
     """Imputation rounds of the fit to a trained weight after the first (each one more SVD of the (p, q)
     rearranged weight; they only refit the last row's unobserved tail, under q of its p q entries)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.fit_iters, int) or isinstance(self.fit_iters, bool) or self.fit_iters < 0:
-            raise ConfigError(f"fit_iters must be an integer >= 0, got {self.fit_iters!r}")
 
 
 def make_deepthin(name: str, w: Tensor, cfg: DeepThinConfig, ctx=None) -> DeepThin:

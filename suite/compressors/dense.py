@@ -8,19 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import CompressionError, ConfigError
+from ..errors import CompressionError
+from ..settings import setting
 from .accounting import matches
 from .registry import CompressorConfig, Method, register
 
 
 @dataclass
 class DenseConfig(CompressorConfig):
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.factor != 1:
-            raise ConfigError(f"dense does not compress; drop --factor (got {self.factor:g})")
-        if self.init != "scratch":
-            raise ConfigError("dense trains from scratch; init must be 'scratch'")
+    factor: float = setting(1.0, choices=(1,), hint="dense does not compress: drop --factor")
+    init: str = setting("scratch", choices=("scratch",), hint="dense trains from scratch")
 
 
 def _no_change(model: nn.Module, cfg: CompressorConfig, ctx=None) -> None:
@@ -67,10 +64,9 @@ register(
 
 @dataclass
 class SmallDenseConfig(CompressorConfig):
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init != "scratch":
-            raise ConfigError("small_dense trains a smaller model from scratch; init must be 'scratch'")
+    init: str = setting(
+        "scratch", choices=("scratch",), hint="small_dense trains a smaller model from scratch"
+    )
 
 
 register(

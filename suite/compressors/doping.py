@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CompressionError, ConfigError
+from ..settings import setting
 from . import terms
 from .accounting import Storage, csr_storage
 from .hybrid import HMDConfig, make_hmd
@@ -165,33 +166,24 @@ def finish_annealing(model: nn.Module) -> None:
 class DopedConfig(CompressorConfig):
     """Settings every doped method shares (the structured part's own settings come from its method)."""
 
-    structured_share: float = 0.8
+    structured_share: float = setting(0.8, gt=0, lt=1)
     """Fraction of the stored budget (mn / CF) given to the structured part S; D's CSR gets the rest."""
-    initial_sparsity: float = 0.0
+    initial_sparsity: float = setting(0.0, ge=0, lt=1)
     """s_0, the sparsity of D when annealing starts (capped at s_f)."""
-    anneal_start: float = 0.1
+    anneal_start: float = setting(0.1, ge=0, lt=1)
     """Annealing starts at this fraction of the training steps ..."""
-    anneal_end: float = 0.75
+    anneal_end: float = setting(0.75, gt=0, le=1)
     """... and reaches s_f at this fraction."""
-    prune_every: int = 100
+    prune_every: int = setting(100, ge=1)
     """dt: steps between magnitude-pruning events (fewer when the window is under 10 dt, see the callback)."""
-    cmr: float = 0.0
-    """Co-matrix dropout rate p in [0, 1), training only (0: off)."""
-    cmr_mode: str = "element"
+    cmr: float = setting(0.0, ge=0, lt=1)
+    """Co-matrix dropout rate p, training only (0: off)."""
+    cmr_mode: str = setting("element", choices=CMR_MODES)
     """``element``: dropout on D's entries; ``matrix``: the whole D dropped with probability p per step."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        checks = [
-            ("structured_share", self.structured_share, lambda v: 0 < v < 1, "in (0, 1)"),
-            ("cmr", self.cmr, lambda v: 0 <= v < 1, "in [0, 1)"),
-        ]
-        for name, value, ok, what in checks:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
-                raise ConfigError(f"{name} must be a number {what}, got {value!r}")
         check_annealing(self)
-        if self.cmr_mode not in CMR_MODES:
-            raise ConfigError(f"cmr_mode must be one of {', '.join(CMR_MODES)}, got {self.cmr_mode!r}")
         if self.init == "trained" and self.finetune_epochs == 0:
             raise ConfigError(
                 "doping anneals D while training: finetune_epochs must be > 0 with init=trained"

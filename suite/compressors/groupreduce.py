@@ -43,12 +43,14 @@ from torch import Tensor, nn
 
 from ..context import DataContext
 from ..errors import ConfigError
+from ..settings import setting
 from . import terms
 from .accounting import Storage, parametrized_tensors
 from .registry import (
     CompressorConfig,
     Method,
     Structured,
+    TrainedConfig,
     apply_structured,
     budget_detail,
     check_budget,
@@ -253,36 +255,17 @@ class GroupReduce(Structured):
 
 
 @dataclass
-class GroupReduceConfig(CompressorConfig):
+class GroupReduceConfig(TrainedConfig):
     """GroupReduce of a vocabulary matrix (``targets``: ``embedding.weight`` or ``decoder.weight``)."""
 
-    init: str = "trained"
-    finetune_epochs: int | None = 0
-    blocks: int = 5
+    blocks: int = setting(5, ge=1)
     """c: the number of word blocks (equal sizes, by frequency)."""
-    rank_exponent: float = 0.5
+    rank_exponent: float = setting(0.5, ge=0, le=4)
     """gamma: block b's rank grows as (mean count of b / mean count of the most frequent block)^gamma."""
-    refine_iters: int = 3
+    refine_iters: int = setting(3, ge=0)
     """Rounds of moving words to the block that reconstructs them best (0: the frequency split only)."""
     quantize: bool = False
     """Quantize the factors to 8 bits (per-row fp32 scales) at the end; the ranks are solved for that storage."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init != "trained":
-            raise ConfigError(
-                "groupreduce decomposes a trained vocabulary matrix: init must be 'trained' (a scratch init has "
-                "nothing to decompose; use lmf to train low-rank factors from scratch)"
-            )
-        for name in ("blocks", "refine_iters"):
-            value, low = getattr(self, name), 1 if name == "blocks" else 0
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        e = self.rank_exponent
-        if not isinstance(e, (int, float)) or isinstance(e, bool) or not 0 <= e <= 4:
-            raise ConfigError(f"rank_exponent must be a number in [0, 4], got {e!r}")
-        if not isinstance(self.quantize, bool):
-            raise ConfigError(f"quantize must be true or false, got {self.quantize!r}")
 
 
 def make_groupreduce(name: str, w: Tensor, cfg: GroupReduceConfig, ctx: DataContext) -> GroupReduce:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..context import DataContext
 from ..errors import CompressionError, ConfigError
+from ..settings import setting
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
@@ -188,15 +189,8 @@ class HashedConfig(CompressorConfig):
 
     shared_pool: bool = False
     """One pool shared by every targeted matrix (plus one scale per matrix) instead of one pool each."""
-    hash_seed: int = 0
+    hash_seed: int = setting(0, ge=0)
     """Seed of the hash functions (with each matrix's name): the same seed gives the same layout everywhere."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.shared_pool, bool):
-            raise ConfigError(f"shared_pool must be true or false, got {self.shared_pool!r}")
-        if not isinstance(self.hash_seed, int) or isinstance(self.hash_seed, bool) or self.hash_seed < 0:
-            raise ConfigError(f"hash_seed must be an integer >= 0, got {self.hash_seed!r}")
 
 
 def make_private(name: str, w: Tensor, cfg: HashedConfig) -> Hashed:

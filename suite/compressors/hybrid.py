@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from . import terms
 from .accounting import Storage
 from .lowrank import LowRank
@@ -109,13 +109,8 @@ class Hybrid(Structured):
 
 @dataclass
 class HMDConfig(CompressorConfig):
-    dense_share: float = 0.5
+    dense_share: float = setting(0.5, ge=0, lt=1)
     """Fraction of the stored values spent on the dense rows (0: plain low-rank; the rest is U V)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.dense_share, (int, float)) or not 0 <= self.dense_share < 1:
-            raise ConfigError(f"dense_share must be in [0, 1), got {self.dense_share!r}")
 
 
 def make_hmd(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Hybrid:

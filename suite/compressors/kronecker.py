@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from . import terms
 from .accounting import Storage
 from .registry import (
@@ -214,13 +214,8 @@ class Kronecker(Structured):
 
 @dataclass
 class KPConfig(CompressorConfig):
-    terms: int = 1
+    terms: int = setting(1, ge=1)
     """Number of Kronecker products summed (W = sum_k A_k (x) B_k); each term costs m1 n1 + m2 n2 values."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.terms, int) or isinstance(self.terms, bool) or self.terms < 1:
-            raise ConfigError(f"terms must be a positive integer, got {self.terms!r}")
 
 
 def make_kp(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Kronecker:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from . import terms
 from .accounting import Storage
 from .registry import (
     CompressorConfig,
     Method,
     Structured,
+    TrainedConfig,
     apply_structured,
     budget_detail,
     check_budget,
@@ -90,16 +90,8 @@ def make_lowrank(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> LowRa
 
 
 @dataclass
-class SVDConfig(CompressorConfig):
-    init: str = "trained"
-    finetune_epochs: int | None = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init != "trained":
-            raise ConfigError(
-                "svd decomposes trained weights: init must be 'trained' (use lmf to train from scratch)"
-            )
+class SVDConfig(TrainedConfig):
+    """The truncated SVD of the trained dense weights."""
 
 
 register(

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from .lowrank import LowRank, make_lowrank
-from .registry import CompressorConfig, Method, apply_structured, register
+from .registry import Method, TrainedConfig, apply_structured, register
 
 
 def row_distances(w: Tensor, basis: Tensor) -> Tensor:
@@ -104,38 +104,17 @@ class LpLowRank(LowRank):
 
 
 @dataclass
-class LpLowRankConfig(CompressorConfig):
+class LpLowRankConfig(TrainedConfig):
     """Robust l_p low-rank approximation of trained weights."""
 
-    init: str = "trained"
-    finetune_epochs: int | None = 0
-    p: float = 1.0
-    """The exponent of the row distances, in [1, 2] (2: the truncated SVD)."""
-    iters: int = 50
+    p: float = setting(1.0, ge=1, le=2)
+    """The exponent of the row distances (2: the truncated SVD)."""
+    iters: int = setting(50, ge=0)
     """Most IRLS steps."""
-    tol: float = 1e-6
+    tol: float = setting(1e-6, ge=0, lt=1)
     """Stop when one step changes sum_i d_i^p by less than this fraction."""
-    eps: float = 1e-6
+    eps: float = setting(1e-6, gt=0, lt=1)
     """Distances below eps * (the largest row norm) weigh as that much (keeps rows on the subspace finite)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init != "trained":
-            raise ConfigError(
-                "lp_lowrank decomposes trained weights: init must be 'trained' (use lmf to train from scratch)"
-            )
-        number = (int, float)
-        if not isinstance(self.p, number) or isinstance(self.p, bool) or not 1 <= self.p <= 2:
-            raise ConfigError(f"p must be a number in [1, 2], got {self.p!r}")
-        if not isinstance(self.iters, int) or isinstance(self.iters, bool) or self.iters < 0:
-            raise ConfigError(f"iters must be an integer >= 0, got {self.iters!r}")
-        checks = [
-            ("tol", self.tol, lambda v: 0 <= v < 1, "[0, 1)"),
-            ("eps", self.eps, lambda v: 0 < v < 1, "(0, 1)"),
-        ]
-        for name, value, ok, what in checks:
-            if not isinstance(value, number) or isinstance(value, bool) or not ok(value):
-                raise ConfigError(f"{name} must be a number in {what}, got {value!r}")
 
 
 def make_lp(name: str, w: Tensor, cfg: LpLowRankConfig, ctx=None) -> LpLowRank:

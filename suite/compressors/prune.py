@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..settings import setting
 from . import terms
 from .accounting import Storage, csr_storage
 from .registry import (
@@ -124,22 +124,20 @@ def final_nnz_for(shape: tuple[int, int], factor: float) -> int:
 class PruneConfig(CompressorConfig):
     """Gradual magnitude pruning to the CF's sparsity."""
 
-    scope: str = "matrix"
+    scope: str = setting("matrix", choices=SCOPES)
     """``matrix``: each matrix pruned to its own budget; ``global``: one magnitude threshold across all targeted
     matrices, to their total budget."""
-    initial_sparsity: float = 0.0
+    initial_sparsity: float = setting(0.0, ge=0, lt=1)
     """s_0, the sparsity of the first pruning event (capped at s_f)."""
-    anneal_start: float = 0.1
+    anneal_start: float = setting(0.1, ge=0, lt=1)
     """Pruning starts at this fraction of the training steps ..."""
-    anneal_end: float = 0.75
+    anneal_end: float = setting(0.75, gt=0, le=1)
     """... and reaches s_f at this fraction (the rest of training recovers)."""
-    prune_every: int = 100
+    prune_every: int = setting(100, ge=1)
     """dt: steps between pruning events (fewer when the window holds under 10 of them)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.scope not in SCOPES:
-            raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         check_annealing(self)
 
 

@@ -9,7 +9,6 @@ kernel) in place.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from ..context import DataContext
 from ..errors import CompressionError, ConfigError
+from ..settings import Settings, build, describe, setting
 from . import terms
 from .accounting import Storage, matches, parametrized_tensors
 
@@ -31,40 +31,41 @@ INITS = ("scratch", "trained")
 
 
 @dataclass
-class CompressorConfig:
+class CompressorConfig(Settings):
     """Settings every method shares."""
 
-    factor: float = 1.0
+    factor: float = setting(1.0, ge=1)
     """Target compression factor of the targeted matrices (dense parameters / stored, indices counted)."""
     targets: list[str] = field(default_factory=lambda: list(LSTM_TARGETS))
     """fnmatch patterns on qualified parameter names (``lstm.weight_hh_l0``, ``decoder.weight``)."""
-    init: str = "scratch"
+    init: str = setting("scratch", choices=INITS)
     """``scratch``: compress the freshly initialised model and train it; ``trained``: start from the trained
     dense baseline of the same task and seed (trained first if it is not there yet)."""
-    finetune_epochs: int | None = None
+    finetune_epochs: int | None = setting(None, ge=0)
     """Epochs of training after compressing a trained model (``init=trained``); None: the preset's epochs."""
-    finetune_lr: float | None = None
+    finetune_lr: float | None = setting(None, gt=0)
     """Constant learning rate for fine-tuning; None: the rate the dense baseline ended with."""
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
             self.targets = [self.targets]
-        if not isinstance(self.factor, (int, float)) or isinstance(self.factor, bool):
-            raise ConfigError(f"factor must be a number, got {self.factor!r}")
-        self.factor = float(self.factor)
-        if not math.isfinite(self.factor) or self.factor < 1:
-            raise ConfigError(f"factor must be a finite number >= 1 (dense is 1), got {self.factor}")
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ConfigError(f"targets must be a non-empty list of name patterns, got {self.targets!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if self.finetune_lr is not None and not self.finetune_lr > 0:
-            raise ConfigError(f"finetune_lr must be > 0, got {self.finetune_lr}")
+        super().__post_init__()
+        self.factor = float(self.factor)  # 4 and 4.0 are one factor, and one run-id
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainedConfig(CompressorConfig):
+    """Settings of a method that decomposes trained weights (no scratch init; no fine-tuning unless asked)."""
+
+    init: str = setting(
+        "trained",
+        choices=("trained",),
+        hint="this method decomposes trained weights (use lmf to train low-rank factors from scratch)",
+    )
+    finetune_epochs: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -126,50 +127,14 @@ def config_fields(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(get(name).config)]
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass and of its bases, on one line."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        except (OSError, TypeError, IndexError):
-            continue
-        for node, after in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-                    docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
-
-
-def describe_settings(name: str) -> list[tuple[str, str, Any, str]]:
-    """(setting, type, default, doc) of each setting of a method (``suite methods -v``)."""
-    cls = get(name).config
-    docs, defaults = _field_docs(cls), cls()
-    return [
-        (f.name, str(f.type), getattr(defaults, f.name), docs.get(f.name, ""))
-        for f in dataclasses.fields(cls)
-    ]
+def describe_settings(name: str) -> list[tuple[str, str, Any, str, str]]:
+    """(setting, type, default, range, doc) of each setting of a method (``suite methods -v``)."""
+    return describe(get(name).config)
 
 
 def make_config(name: str, params: dict[str, Any]) -> CompressorConfig:
     """Build and validate a method's config from a dict; unknown keys are an error that lists the known."""
-    method = get(name)
-    known = config_fields(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"method {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(known)}"
-        )
-    try:
-        return method.config(**params)
-    except TypeError as e:
-        raise ConfigError(f"bad settings for method {name!r}: {e}") from None
+    return build(get(name).config, params, f"method {name}")
 
 
 class Structured(nn.Module):

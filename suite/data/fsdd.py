@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..settings import Settings, setting
 from .audio import HOP, N_MELS, SAMPLE_RATE, WIN, feature_settings, log_mel, one_thread, read_clip
 from .sources import cache_dir, data_dir, sha256
 
@@ -75,18 +76,20 @@ class Clip:
 
 
 @dataclass
-class UtteranceSettings:
+class UtteranceSettings(Settings):
     """How utterances are built from clips (the speech family's ``train`` settings inherit these fields)."""
 
-    train_utterances: int = 6000
-    val_utterances: int = 500
-    test_utterances: int = 1000
-    min_digits: int = 1
-    max_digits: int = 7
-    min_silence: float = 0.05
+    section = "train"
+
+    train_utterances: int = setting(6000, ge=1)
+    val_utterances: int = setting(500, ge=1)
+    test_utterances: int = setting(1000, ge=1)
+    min_digits: int = setting(1, ge=1)
+    max_digits: int = setting(7, ge=1)
+    min_silence: float = setting(0.05, ge=0, le=SILENCE_BANK)
     """Seconds of silence before, between and after digits: uniform in [min_silence, max_silence]."""
-    max_silence: float = 0.3
-    val_takes: int = 5
+    max_silence: float = setting(0.3, ge=0, le=SILENCE_BANK)
+    val_takes: int = setting(5, ge=1, le=50 - TEST_TAKES - 1, hint="it must leave training takes")
     """Takes 5 .. 4 + val_takes are validation clips; the training clips are the takes after them."""
     held_out_speaker: str | None = None
     """A speaker whose every clip is test and who is in neither train nor validation; None: the official split."""
@@ -98,39 +101,12 @@ class UtteranceSettings:
         return UtteranceSettings(**{f.name: getattr(self, f.name) for f in fields(UtteranceSettings)})
 
     def __post_init__(self) -> None:
-        for name in (
-            "train_utterances",
-            "val_utterances",
-            "test_utterances",
-            "min_digits",
-            "max_digits",
-            "val_takes",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"train.{name} must be a positive integer, got {v!r}")
-        if self.min_digits > self.max_digits:
-            raise ConfigError(
-                f"train.min_digits ({self.min_digits}) must not exceed max_digits ({self.max_digits})"
-            )
-        if self.val_takes > 50 - TEST_TAKES - 1:
-            raise ConfigError(f"train.val_takes must leave training takes (at most 44), got {self.val_takes}")
-        for name in ("min_silence", "max_silence"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= SILENCE_BANK:
-                raise ConfigError(f"train.{name} must be in [0, {SILENCE_BANK:g}] seconds, got {v!r}")
-        if self.min_silence > self.max_silence:
-            raise ConfigError(
-                f"train.min_silence ({self.min_silence}) must not exceed max_silence ({self.max_silence})"
-            )
-        if self.held_out_speaker is not None and (
-            not isinstance(self.held_out_speaker, str) or not self.held_out_speaker
-        ):
-            raise ConfigError(
-                f"train.held_out_speaker must be a speaker's name or null, got {self.held_out_speaker!r}"
-            )
-        if not isinstance(self.utterance_seed, int) or isinstance(self.utterance_seed, bool):
-            raise ConfigError(f"train.utterance_seed must be an integer, got {self.utterance_seed!r}")
+        super().__post_init__()
+        for low, high in (("min_digits", "max_digits"), ("min_silence", "max_silence")):
+            if getattr(self, low) > getattr(self, high):
+                raise ConfigError(
+                    f"train.{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})"
+                )
 
     def count(self, split: str) -> int:
         return {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}[

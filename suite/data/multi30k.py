@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..settings import check
 from .sources import TextSource, cache_dir, data_dir, empty_split, find, sha256
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -240,8 +241,7 @@ def load_multi30k(configured: str | None = None, min_freq: int = 2) -> ParallelC
     The prepared form is cached under the suite's cache folder, keyed by the files' contents and ``min_freq``.
     Raises DataError (what to do: set SUITE_DATA_DIR or go online) when the files are missing or unreadable.
     """
-    if not isinstance(min_freq, int) or isinstance(min_freq, bool) or min_freq < 1:
-        raise ValueError(f"min_freq must be a positive integer, got {min_freq!r}")
+    check("min_freq", min_freq, int, ge=1)
     paths = find(MULTI30K, configured)  # file key -> path (this source has no hub id)
     digests = {key: sha256(path) for key, path in sorted(paths.items())}
     official = digests == dict(sorted(MULTI30K.sha256.items()))

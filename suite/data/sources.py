@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..settings import Settings, build, setting
 
 SPLITS = ("train", "valid", "test")
 
@@ -121,27 +122,18 @@ def download(source: TextSource) -> dict[str, Path]:
     return paths
 
 
-OWN_CORPUS_KEYS = ("path", "name", "max_vocab")
+@dataclass
+class OwnCorpus(Settings):
+    """A user's own corpus, ``dataset: {path: folder, name: ..., max_vocab: N}`` in a preset."""
 
+    section = "dataset"
 
-def check_own_corpus(dataset: dict) -> None:
-    """``{path: folder, name: ..., max_vocab: N}``: a user's own corpus; anything else is a ConfigError."""
-    unknown = sorted(set(map(str, dataset)) - set(OWN_CORPUS_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"dataset: unknown key(s) {', '.join(unknown)}; known: {', '.join(OWN_CORPUS_KEYS)}"
-        )
-    path, name, cap = dataset.get("path"), dataset.get("name"), dataset.get("max_vocab")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(
-            f"dataset.path must name the corpus folder (train.txt, valid.txt, test.txt), got {path!r}"
-        )
-    if name is not None and (not isinstance(name, str) or not name):
-        raise ConfigError(f"dataset.name must be a name, got {name!r}")
-    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 2):
-        raise ConfigError(
-            f"dataset.max_vocab must be an integer of at least 2 (a word and <unk>), got {cap!r}"
-        )
+    path: str
+    """The folder of train.txt, valid.txt and test.txt."""
+    name: str | None = None
+    """The corpus's name in records; None: the folder's."""
+    max_vocab: int | None = setting(None, ge=2, hint="a word and <unk>")
+    """Cap the vocabulary (most frequent words of train; the rest is ``<unk>``); None: the preset's."""
 
 
 def locate(
@@ -152,7 +144,7 @@ def locate(
     ``dataset`` is a known name (``ptb``, ``wikitext2``) or ``{"path": folder}`` for a user's own corpus.
     """
     if isinstance(dataset, dict):
-        check_own_corpus(dataset)
+        build(OwnCorpus, dataset, "dataset")
         folder = Path(dataset["path"]).expanduser()
         paths = local_files(folder, {s: f"{s}.txt" for s in SPLITS})
         if paths is None:

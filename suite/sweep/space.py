@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..settings import check, rules
 
 #: Objectives computed from a run's accounting or measured after it, with their direction.
 SIZE_OBJECTIVES = {
@@ -62,9 +62,7 @@ class Param:
                 )
             return
         for end in ("low", "high"):
-            value = getattr(self, end)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(f"{where}: {end} must be a finite number, got {value!r}")
+            check(f"{where}: {end}", getattr(self, end), float)
         if not self.low < self.high:
             raise ConfigError(f"{where}: low must be < high, got {self.low} and {self.high}")
         if self.log and self.low <= 0:
@@ -172,16 +170,16 @@ class Component:
 
 
 def check_known_ranges(space: dict[str, Param]) -> None:
-    """Settings with a meaning across methods are checked even before the methods are known."""
-    checks = {
-        "factor": (lambda v: v >= 1, "a compression factor is >= 1 (dense is 1)"),
-        "cmr": (lambda v: 0 <= v < 1, "a co-matrix dropout rate is in [0, 1)"),
-    }
-    for name, (ok, why) in checks.items():
+    """Settings with a meaning across methods (the compression factor, the co-matrix dropout rate) are checked
+    against their range even before the methods are known."""
+    from ..compressors.doping import DopedConfig
+    from ..compressors.registry import CompressorConfig
+
+    for name, cls in (("factor", CompressorConfig), ("cmr", DopedConfig)):
         if name in space:
+            kind, rule = next((kind, rule) for field, kind, rule in rules(cls) if field == name)
             for value in space[name].ends():
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
-                    raise ConfigError(f"space.{name} has {value!r}: {why}")
+                check(f"space.{name}", value, kind, rule)
 
 
 def parse_objectives(value: Any, path: Path, metric=None) -> list[Objective]:

@@ -16,8 +16,9 @@ from typing import Any
 
 from .. import tasks
 from ..compressors import registry
-from ..config import PROFILES, RunConfig, load_run, read_yaml
+from ..config import PROFILES, SEEDS, RunConfig, load_run, read_yaml
 from ..errors import ConfigError
+from ..settings import check
 from .build import make_pruner, make_sampler
 from .space import SPEC_KEYS, Component, Objective, Param, check_known_ranges, parse_objectives
 
@@ -276,12 +277,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    check(f"{path}: seeds", seeds, list[int], **SEEDS)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds repeat: {seeds}")
     spec = SweepSpec(
@@ -375,8 +371,7 @@ def _n_trials(value: Any, spec: SweepSpec, path: Path) -> int:
             return size
         if isinstance(value, int) and not isinstance(value, bool) and value > size:
             raise ConfigError(f"{path}: n_trials {value} is more than the {size} points of the grid")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{path}: n_trials must be a positive integer, got {value!r}")
+    check(f"{path}: n_trials", value, int, ge=1)
     return value
 
 

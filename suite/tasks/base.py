@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize
 
 from ..context import DataContext
 from ..errors import ConfigError, TrialDiverged
+from ..settings import Settings, build, setting
 
 FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
@@ -79,60 +80,36 @@ class Metric:
         return self.sign * a < self.sign * b
 
 
-def check_fields(
-    obj: Any, what: str, positive_ints=(), positive=(), fractions=(), non_negative_ints=()
-) -> None:
-    """Shared validation of settings dataclasses: one ConfigError naming the setting and what it must be."""
-    for name in positive_ints:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{what}.{name} must be a positive integer, got {v!r}")
-    for name in non_negative_ints:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"{what}.{name} must be an integer >= 0, got {v!r}")
-    for name in positive:
-        v = getattr(obj, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 and math.isfinite(v)):
-            raise ConfigError(f"{what}.{name} must be a number > 0, got {v!r}")
-    for name in fractions:
-        v = getattr(obj, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-            raise ConfigError(f"{what}.{name} must be in (0, 1], got {v!r}")
+@dataclass
+class ModelSettings(Settings):
+    """Base of a family's model settings: errors name them ``model.<name>``."""
+
+    section = "model"
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(Settings):
     """Settings every family's training has; a family subclasses this with its own (optimizer, schedule, ...)."""
 
-    epochs: int = 1
-    batch_size: int = 20
-    lr: float = 1.0
-    clip: float = 5.0
+    section = "train"
+
+    epochs: int = setting(1, ge=0)
+    batch_size: int = setting(20, ge=1)
+    lr: float = setting(1.0, gt=0)
+    clip: float = setting(5.0, gt=0)
     """Max global gradient norm."""
-    train_fraction: float = 1.0
+    train_fraction: float = setting(1.0, gt=0, le=1)
     """Train on this leading fraction of the training data (smoke profiles)."""
-    eval_fraction: float = 1.0
+    eval_fraction: float = setting(1.0, gt=0, le=1)
     """Validate and test on this leading fraction of the validation and test data."""
-    precision: str = DEFAULT_PRECISION
+    precision: str = setting(DEFAULT_PRECISION, choices=PRECISIONS)
     """What Lightning's Trainer computes in: ``32``, ``bf16-mixed`` or ``16-mixed`` (CUDA only). Weights and
     the accounting stay fp32 either way."""
 
     def __post_init__(self) -> None:
-        check_fields(
-            self,
-            "train",
-            positive_ints=("batch_size",),
-            non_negative_ints=("epochs",),
-            positive=("lr", "clip"),
-            fractions=("train_fraction", "eval_fraction"),
-        )
         if self.precision == 32 and not isinstance(self.precision, bool):
             self.precision = DEFAULT_PRECISION  # ``--set precision=32`` reads as a number
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        super().__post_init__()
 
     def budget(self) -> dict[str, Any]:
         """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
@@ -147,18 +124,6 @@ def train_identity(train: dict[str, Any]) -> dict[str, Any]:
     """Training settings as a run's identity holds them: the precision only where it is not the default, so
     that runs made before precision was a setting keep their run-ids (and checkpoints, published records)."""
     return {k: v for k, v in train.items() if not (k == "precision" and v == DEFAULT_PRECISION)}
-
-
-def make_settings(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Build a settings dataclass from a dict; unknown keys are a ConfigError that lists the known ones."""
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"bad {what} settings: {e}") from None
 
 
 @dataclass
@@ -289,8 +254,8 @@ class Family:
     name: ClassVar[str]
     metric: ClassVar[Metric]
     train_settings: ClassVar[type[TrainSettings]] = TrainSettings
-    model_settings: ClassVar[type]
-    """A dataclass of the model's settings (validated in ``__post_init__``); unknown keys are refused."""
+    model_settings: ClassVar[type[ModelSettings]]
+    """A ``ModelSettings`` dataclass of the model's settings (``suite.settings``); unknown keys are refused."""
     datasets: ClassVar[tuple[str, ...]] = ()
     """Dataset names this family loads (``suite prepare <name>``)."""
     units: ClassVar[str] = "examples"
@@ -309,7 +274,7 @@ class Family:
 
     def check_model(self, model: dict) -> dict:
         """The model settings, validated by ``model_settings`` and with its defaults filled in."""
-        return dataclasses.asdict(make_settings(self.model_settings, dict(model), "model"))
+        return dataclasses.asdict(build(self.model_settings, dict(model), "model"))
 
     def resolve_model(self, model: dict, data: Any) -> dict:
         """The model settings plus what the data fixes (vocabulary sizes, feature dimension)."""

@@ -17,8 +17,9 @@ from ..data import BPTTWindows, Corpus, batchify, load_corpus, locate, prefix
 from ..data.loaders import loader
 from ..errors import ConfigError
 from ..models.lm import build_lm, detach
+from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
+from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
 
 
 @dataclass
@@ -26,55 +27,32 @@ class LMTrain(TrainSettings):
     """Optimisation of a language model (Zaremba et al. 2014): SGD, step decay, clipped gradient norm."""
 
     epochs: int = 13
-    bptt: int = 20
-    lr_decay: float = 2.0
+    bptt: int = setting(20, ge=1)
+    lr_decay: float = setting(2.0, gt=0)
     """The learning rate is divided by this every epoch after ``decay_after``."""
-    decay_after: int = 4
+    decay_after: int = setting(4, ge=0)
     """Epochs 1..decay_after run at ``lr``; epoch e > decay_after at lr / lr_decay ** (e - decay_after)."""
-    eval_batch_size: int = 10
-    max_vocab: int | None = None
+    eval_batch_size: int = setting(10, ge=1)
+    max_vocab: int | None = setting(None, ge=2, hint="a word and <unk>")
     """Cap the vocabulary (most frequent words of train; the rest is ``<unk>``); None: every word."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fields(
-            self, "train", positive_ints=("bptt", "eval_batch_size"), non_negative_ints=("decay_after",)
-        )
-        check_fields(self, "train", positive=("lr_decay",))
-        if self.max_vocab is not None:
-            check_fields(self, "train", positive_ints=("max_vocab",))
-            if self.max_vocab < 2:
-                raise ConfigError(
-                    f"train.max_vocab must be at least 2 (a word and <unk>), got {self.max_vocab}"
-                )
 
 
 @dataclass
-class LMModel:
+class LMModel(ModelSettings):
     """The LSTM language model's settings (``vocab`` comes from the data)."""
 
-    hidden: int = 200
-    layers: int = 2
-    dropout: float = 0.0
-    init: float = 0.1
+    hidden: int = setting(200, ge=1)
+    layers: int = setting(2, ge=1)
+    dropout: float = setting(0.0, ge=0, lt=1)
+    init: float = setting(0.1, gt=0)
     """Every weight uniform in [-init, init]."""
-    emb_size: int | None = None
+    emb_size: int | None = setting(None, ge=1)
     """Embedding size; None: ``hidden``."""
     tie_weights: bool = False
     vocab: int | None = None
 
     def __post_init__(self) -> None:
-        check_fields(self, "model", positive_ints=("hidden", "layers"), positive=("init",))
-        if self.emb_size is not None:
-            check_fields(self, "model", positive_ints=("emb_size",))
-        if (
-            not isinstance(self.dropout, (int, float))
-            or isinstance(self.dropout, bool)
-            or not 0 <= self.dropout < 1
-        ):
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.tie_weights, bool):
-            raise ConfigError(f"model.tie_weights must be true or false, got {self.tie_weights!r}")
+        super().__post_init__()
         if self.tie_weights and (self.emb_size or self.hidden) != self.hidden:
             raise ConfigError("model.tie_weights needs emb_size == hidden")
 

@@ -26,8 +26,9 @@ from ..data.loaders import loader
 from ..data.utterances import Batch, Utterances, collate
 from ..errors import ConfigError
 from ..models.acoustic import BLANK, CLASSES, build_acoustic, greedy_decode
+from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
+from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
 
 
 @dataclass
@@ -40,51 +41,28 @@ class SpeechTrain(TrainSettings, UtteranceSettings):
     lr: float = 1e-3
     """Adam's learning rate for epochs 1..decay_after."""
     clip: float = 5.0
-    lr_decay: float = 1.0
+    lr_decay: float = setting(1.0, gt=0)
     """The learning rate is divided by this every epoch after ``decay_after`` (1: constant)."""
-    decay_after: int = 0
-    eval_batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        TrainSettings.__post_init__(self)
-        UtteranceSettings.__post_init__(self)
-        check_fields(self, "train", positive_ints=("eval_batch_size",), non_negative_ints=("decay_after",))
-        check_fields(self, "train", positive=("lr_decay",))
+    decay_after: int = setting(0, ge=0)
+    eval_batch_size: int = setting(64, ge=1)
 
     def budget(self) -> dict:
         return {**super().budget(), "train_utterances": self.train_utterances}
 
 
 @dataclass
-class SpeechModel:
+class SpeechModel(ModelSettings):
     """The acoustic model's settings (``features`` comes from the data)."""
 
-    hidden: int = 128
-    layers: int = 2
+    hidden: int = setting(128, ge=1)
+    layers: int = setting(2, ge=1)
     bidirectional: bool = True
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     """Between LSTM layers and before the head."""
-    stack: int = 3
+    stack: int = setting(3, ge=1, le=8, hint="a short digit must keep several steps")
     """Feature frames joined into one LSTM step (3: 30 ms steps); see suite.models.acoustic."""
-    features: int | None = None
+    features: int | None = setting(None, ge=1)
     """Feature bins per frame (40), filled in from the data."""
-
-    def __post_init__(self) -> None:
-        check_fields(self, "model", positive_ints=("hidden", "layers", "stack"))
-        if self.stack > 8:
-            raise ConfigError(
-                f"model.stack must be at most 8 (a short digit must keep several steps), got {self.stack}"
-            )
-        if not isinstance(self.bidirectional, bool):
-            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
-        if (
-            not isinstance(self.dropout, (int, float))
-            or isinstance(self.dropout, bool)
-            or not 0 <= self.dropout < 1
-        ):
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.features is not None:
-            check_fields(self, "model", positive_ints=("features",))
 
 
 def step_decay(cfg: SpeechTrain) -> Callable[[int], float]:

@@ -13,7 +13,6 @@ enough for every epoch; test BLEU (``test_bleu``) uses beam search with the pres
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from ..data.multi30k import MULTI30K, PAD_ID, ParallelCorpus, load_multi30k
 from ..data.sources import find
 from ..errors import ConfigError
 from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
+from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, Task, TrainSettings, check_fields
+from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
 
 FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 CALIBRATION_BATCHES = 4
@@ -47,83 +47,51 @@ class TranslationTrain(TrainSettings):
     batch_size: int = 64
     lr: float = 1e-3
     clip: float = 5.0
-    lr_decay: float = 1.0
+    lr_decay: float = setting(1.0, ge=1)
     """The learning rate is divided by this every epoch after ``decay_after`` (1: constant). A schedule by
     epoch, not on plateau, so that the rate of every epoch is known in advance (fine-tuning from a trained
     baseline starts at the rate it ended with)."""
-    decay_after: int = 10
+    decay_after: int = setting(10, ge=0)
     """Epochs 1..decay_after run at ``lr``; epoch e > decay_after at lr / lr_decay ** (e - decay_after)."""
-    label_smoothing: float = 0.1
+    label_smoothing: float = setting(0.1, ge=0, lt=1)
     """Of the training loss only; ``val_loss`` is the plain per-token NLL."""
-    eval_batch_size: int = 128
-    beam: int = 5
+    eval_batch_size: int = setting(128, ge=1)
+    beam: int = setting(5, ge=1)
     """Beam width of test decoding (validation decodes greedily)."""
-    length_alpha: float = 1.0
+    length_alpha: float = setting(1.0, ge=0)
     """Beam search ranks finished hypotheses by log-probability / length ** length_alpha (0: no normalization)."""
-    max_len_a: float = 1.5
-    max_len_b: int = 10
+    max_len_a: float = setting(1.5, gt=0)
+    max_len_b: int = setting(10, ge=0)
     """A hypothesis has at most floor(max_len_a * source words + max_len_b) words."""
-    min_freq: int = 2
+    min_freq: int = setting(2, ge=1)
     """Vocabularies keep the training words seen at least this often; the rest is ``<unk>``."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fields(
-            self,
-            "train",
-            positive_ints=("eval_batch_size", "beam", "min_freq"),
-            non_negative_ints=("decay_after", "max_len_b"),
-            positive=("max_len_a",),
-        )
-        check_range(self, "train", "lr_decay", 1, math.inf, "a number >= 1 (1: a constant rate)")
-        check_range(self, "train", "label_smoothing", 0, 1, "in [0, 1)")
-        check_range(self, "train", "length_alpha", 0, math.inf, "a number >= 0")
-
-
-def check_range(obj, what: str, name: str, low: float, high: float, must: str) -> None:
-    """``low <= value < high`` for a number setting, else a ConfigError saying what it ``must`` be."""
-    v = getattr(obj, name)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not low <= v < high:
-        raise ConfigError(f"{what}.{name} must be {must}, got {v!r}")
 
 
 @dataclass
-class TranslationModel:
+class TranslationModel(ModelSettings):
     """The encoder-decoder's settings (``src_vocab`` and ``tgt_vocab`` come from the data)."""
 
-    hidden: int = 256
+    hidden: int = setting(256, ge=1)
     """Units of each LSTM layer (of each direction in the encoder) and of the attentional hidden."""
-    layers: int = 1
+    layers: int = setting(1, ge=1)
     """LSTM layers of the encoder and of the decoder."""
-    emb_size: int | None = None
+    emb_size: int | None = setting(None, ge=1)
     """Word embedding size of both languages; None: ``hidden``."""
     bidirectional: bool = True
     """A bidirectional encoder (its final states reach the decoder through a bridge)."""
-    dropout: float = 0.3
+    dropout: float = setting(0.3, ge=0, lt=1)
     """On embeddings, between LSTM layers and on the attentional hidden."""
-    attention: str = "general"
+    attention: str = setting("general", choices=ATTENTION)
     """Luong score: ``general`` (h^T W_a m) or ``dot`` (h^T m; needs a unidirectional encoder)."""
-    init: float = 0.1
+    init: float = setting(0.1, gt=0)
     """Every weight uniform in [-init, init]."""
-    src_vocab: int | None = None
-    tgt_vocab: int | None = None
+    src_vocab: int | None = setting(None, ge=1)
+    tgt_vocab: int | None = setting(None, ge=1)
 
     def __post_init__(self) -> None:
-        check_fields(self, "model", positive_ints=("hidden", "layers"), positive=("init",))
-        if self.emb_size is not None:
-            check_fields(self, "model", positive_ints=("emb_size",))
-        check_range(self, "model", "dropout", 0, 1, "in [0, 1)")
-        if not isinstance(self.bidirectional, bool):
-            raise ConfigError(f"model.bidirectional must be true or false, got {self.bidirectional!r}")
-        if self.attention not in ATTENTION:
-            raise ConfigError(
-                f"model.attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}"
-            )
+        super().__post_init__()
         if self.attention == "dot" and self.bidirectional:
             raise ConfigError("model.attention dot needs bidirectional: false (or use attention: general)")
-        for name in ("src_vocab", "tgt_vocab"):
-            if getattr(self, name) is not None:
-                check_fields(self, "model", positive_ints=(name,))
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:

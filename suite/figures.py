@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .compressors import registry  # noqa: E402
+from .compressors.registry import Diagnostics  # noqa: E402
 from .errors import DataError  # noqa: E402
 from .files import make_dir, missing_dirs, remove_new_dirs, write_text  # noqa: E402
 from .plots import (  # noqa: E402
@@ -33,6 +35,7 @@ from .plots import (  # noqa: E402
     errorbar,
     log_axis,
     marker,
+    metric_axis,
     metric_label,
     one_setup,
     pareto,
@@ -40,15 +43,13 @@ from .plots import (  # noqa: E402
     save,
     setups,
     subplots_row,
+    swept,
     targets_of,
     write_csv,
 )
 from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
 
 Made = tuple[list[Path], str]  # files written, or none and why
-
-
-SPARSITY = "d_sparsity"  # the CMA column of doped runs (with val_<metric>_without_d)
 
 
 #: Columns each table of ``suite report --out`` has (when it has rows), and which of them hold numbers.
@@ -104,8 +105,7 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
             errorbar(ax, best.sort_values("cf"), "cf", method, method)
         partial |= bool(chosen["partial"].any()) if "partial" in chosen else False
         log_axis(ax)
-        if direction == "minimize" and metric == "ppl":
-            log_axis(ax, "y")  # perplexities of weak and strong runs on one readable axis
+        metric_axis(ax, metric)  # perplexities of weak and strong runs on one readable axis
         ax.set_title(title)
         ax.set_xlabel("achieved CF of the recurrent matrices (x; log)")
         ax.set_ylabel(metric_label(metric, direction))
@@ -121,26 +121,38 @@ def f1_metric_vs_cf(summ: pd.DataFrame, out: Path) -> Made:
     return [*paths, points_csv(plotted, out / "F1_metric_vs_cf.csv")], ""
 
 
-def _chosen_per_cmr(summ: pd.DataFrame) -> pd.DataFrame:
-    """Per task, setup, method, CF and CMR rate, the configuration chosen on val (its learning rate), on the
+def _declared(table: pd.DataFrame, key: Callable[[Diagnostics], str]) -> Diagnostics | None:
+    """The methods' diagnostics whose column ``key`` the table has values in (else the first declared, for the
+    note that says what is missing; None: no method declares any)."""
+    declared = registry.diagnostics()
+    has = (d for d in declared if key(d) in table and table[key(d)].notna().any())
+    return next(has, declared[0] if declared else None)
+
+
+def _chosen_per_rate(summ: pd.DataFrame, rate: str) -> pd.DataFrame:
+    """Per task, setup, method, CF and swept rate, the configuration chosen on val (its learning rate), on the
     recurrent matrices (the default targets)."""
-    rows = summ[summ["cmr"].notna() & (targets_of(summ) == DEFAULT_TARGETS)]
-    return best_by_val(rows, ["task", "setup_id", "method", "factor", "cmr"])
+    rows = summ[summ[rate].notna() & (targets_of(summ) == DEFAULT_TARGETS)]
+    return best_by_val(rows, ["task", "setup_id", "method", "factor", rate])
 
 
 def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
-    if epochs.empty or SPARSITY not in epochs or epochs[SPARSITY].isna().all() or "cmr" not in summ:
-        return [], "no per-epoch sparsity of D in any run (doped methods log it while annealing)"
-    chosen = _chosen_per_cmr(summ)
+    d = _declared(epochs, lambda d: d.schedule.key)
+    if d is None:
+        return [], "no method declares per-epoch diagnostics"
+    schedule, rate, short = d.schedule.key, d.setting.key, d.setting.unit
+    if epochs.empty or schedule not in epochs or epochs[schedule].isna().all() or rate not in summ:
+        return [], f"no per-epoch {d.schedule.label} in any run ({d.methods} methods log it {d.during})"
+    chosen = _chosen_per_rate(summ, rate)
     finished = epochs["status"].eq("ok") if "status" in epochs else True  # failed or pruned seeds left out
-    rows = epochs[epochs[SPARSITY].notna() & epochs["config_id"].isin(chosen["config_id"]) & finished]
+    rows = epochs[epochs[schedule].notna() & epochs["config_id"].isin(chosen["config_id"]) & finished]
     if rows.empty:
-        return [], "no finished doped runs"
-    task, setup = rows[["task", "setup_id"]].value_counts().index[0]  # the setup with the most doped epochs
+        return [], f"no finished {d.methods} runs"
+    task, setup = rows[["task", "setup_id"]].value_counts().index[0]  # the setup with the most such epochs
     rows = one_setup(rows[(rows["task"] == task) & (rows["setup_id"] == setup)], "F2")
     metric = rows["metric"].iloc[0]
-    val, without = f"val_{metric}", f"val_{metric}_without_d"
-    rows = rows.assign(cmr=rows["cmr"].fillna(0.0))
+    val, without = f"val_{metric}", f"val_{metric}{d.without}"
+    rows = rows.assign(**{rate: rows[rate].fillna(0.0)})
     methods = sorted(rows["method"].unique())
     fig, grid = plt.subplots(
         2,
@@ -155,13 +167,13 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
         m = rows[rows["method"] == method]
         factor = cf if cf is not None and np.isclose(m["factor"], cf).any() else m["factor"].mode().iloc[0]
         m = m[np.isclose(m["factor"], factor)]
-        curves = m.groupby(["cmr", "epoch"]).mean(numeric_only=True).reset_index()  # mean over seeds
-        # The schedule of D is the same at every CMR rate: one curve then, said so, instead of curves on top of
-        # each other; otherwise each rate's own line style.
-        schedules = {tuple(c[SPARSITY].round(6)) for _, c in curves.groupby("cmr")}
-        for i, (cmr, c) in enumerate(curves.groupby("cmr")):
-            name = f"CMR p={cmr:g}" if cmr > 0 else "no CMR"
-            line = top.plot(c["epoch"], c[val], marker="o", label=f"{name}: with D")[0]
+        curves = m.groupby([rate, "epoch"]).mean(numeric_only=True).reset_index()  # mean over seeds
+        # The schedule is the same at every rate: one curve then, said so, instead of curves on top of each
+        # other; otherwise each rate's own line style.
+        schedules = {tuple(c[schedule].round(6)) for _, c in curves.groupby(rate)}
+        for i, (value, c) in enumerate(curves.groupby(rate)):
+            name = f"{short} {d.symbol}={value:g}" if value > 0 else f"no {short}"
+            line = top.plot(c["epoch"], c[val], marker="o", label=f"{name}: with {d.part}")[0]
             if without in c and c[without].notna().any():
                 top.plot(
                     c["epoch"],
@@ -169,27 +181,28 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
                     ls=":",
                     marker=".",
                     color=line.get_color(),
-                    label=f"{name}: D removed",
+                    label=f"{name}: {d.part} removed",
                 )
             if len(schedules) > 1:
                 style = dict(ls=("-", "--", "-.", ":")[i % 4], marker="os^v"[i % 4])
-                bottom.plot(c["epoch"], c[SPARSITY], color=line.get_color(), label=name, **style)
+                bottom.plot(c["epoch"], c[schedule], color=line.get_color(), label=name, **style)
             elif i == 0:
-                label = "every CMR rate (one schedule)" if curves["cmr"].nunique() > 1 else name
-                bottom.plot(c["epoch"], c[SPARSITY], color="0.3", marker="o", label=label)
-        top.set_title(f"{method} at CF {factor:g}: co-matrix adaptation")
+                label = f"every {short} rate (one schedule)" if curves[rate].nunique() > 1 else name
+                bottom.plot(c["epoch"], c[schedule], color="0.3", marker="o", label=label)
+        top.set_title(f"{method} at CF {factor:g}: {d.title}")
         top.set_ylabel(metric_label(metric, m["direction"].iloc[0], "validation"))
         top.grid(alpha=0.3)
         top.legend(fontsize=8)
         bottom.set_xlabel("epoch")
-        bottom.set_ylabel("sparsity of D\n(fraction of zeros)")
+        bottom.set_ylabel(f"{d.schedule.label}\n({d.schedule.unit})")
         bottom.xaxis.get_major_locator().set_params(integer=True)
         bottom.grid(alpha=0.3)
         bottom.legend(fontsize=7)
     first = rows.iloc[0]
     fig.suptitle(
-        f"F2  CMA while annealing, {task} ({first['profile']}, {first['budget']}): validation metric with and "
-        "without D, sparsity of D (mean over seeds; per CMR rate the learning rate chosen on validation)",
+        f"F2  {d.abbrev} {d.during}, {task} ({first['profile']}, {first['budget']}): validation metric with and "
+        f"without {d.part}, {d.schedule.label} (mean over seeds; per {short} rate the learning rate chosen on "
+        "validation)",
         y=1.0,
     )
     fig.tight_layout()
@@ -197,26 +210,30 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
 
 
 def f3_metric_vs_cmr(summ: pd.DataFrame, out: Path, cf: float | None = None) -> Made:
-    if summ.empty or "cmr" not in summ or summ["cmr"].notna().sum() == 0:
-        return [], "no runs with a CMR rate (doped methods)"
-    rows = _chosen_per_cmr(summ)
+    d = _declared(summ, lambda d: d.setting.key)
+    if d is None:
+        return [], "no method declares a rate to sweep"
+    rate, short = d.setting.key, d.setting.unit
+    if summ.empty or rate not in summ or summ[rate].notna().sum() == 0:
+        return [], f"no runs with a {short} rate ({d.methods} methods)"
+    rows = _chosen_per_rate(summ, rate)
     if cf is None:
-        cf = rows.groupby("factor")["cmr"].nunique().idxmax()
+        cf = rows.groupby("factor")[rate].nunique().idxmax()
     rows = rows[np.isclose(rows["factor"], cf)]
     if rows.empty:
-        return [], f"no runs with a CMR rate at CF {cf:g}"
+        return [], f"no runs with a {short} rate at CF {cf:g}"
     panels = setups(rows)
     fig, axes = subplots_row(len(panels))
     for ax, (title, m_rows) in zip(axes, panels):
         m_rows = one_setup(m_rows, "F3")
         for method, m in m_rows.groupby("method"):
-            errorbar(ax, m.sort_values("cmr"), "cmr", method, method)
-        ax.set_xlabel("co-matrix dropout rate p (CMR)")
+            errorbar(ax, m.sort_values(rate), rate, method, method)
+        ax.set_xlabel(d.setting.label)
         ax.set_ylabel(metric_label(m_rows["metric"].iloc[0], m_rows["direction"].iloc[0]))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"F3  test metric vs CMR rate at CF {cf:g} (learning rate chosen on validation)", y=1.02)
+    fig.suptitle(f"F3  test metric vs {short} rate at CF {cf:g} (learning rate chosen on validation)", y=1.02)
     return save(fig, out, "F3_metric_vs_cmr"), ""
 
 
@@ -315,8 +332,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
             front[x], front["y"], s=90, facecolors="none", edgecolors="black", label="Pareto front (val)"
         )
         log_axis(ax)
-        if metric == "ppl":
-            log_axis(ax, "y")
+        metric_axis(ax, metric)
         ax.set_ylabel(metric_label(metric, direction, "validation"))
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
@@ -333,7 +349,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
             "panel",
             "method",
             "factor",
-            "cmr",
+            *swept(),
             "lr",
             "x",
             "targeted_stored",

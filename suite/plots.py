@@ -69,10 +69,18 @@ def marker(method: str) -> str:
     return "osD^vP*Xhp<>d8H"[_index(method) % 15]
 
 
+def _metric(name: str):
+    from . import tasks
+
+    return tasks.metric(name)
+
+
 def metric_label(metric: str, direction: str | None = None, split: str = "test") -> str:
-    name = {"ppl": "perplexity", "bleu": "BLEU", "wer": "word error rate"}.get(metric, metric)
+    """``test perplexity (lower is better)``: the label and direction its family gives the metric."""
+    known = _metric(metric)
+    name = (known.label or metric) if known else metric
     if direction is None:
-        direction = "maximize" if metric in ("bleu", "acc", "accuracy") else "minimize"
+        direction = known.direction if known else "minimize"
     better = "lower" if direction == "minimize" else "higher"
     return f"{split} {name} ({better} is better)"
 
@@ -101,6 +109,13 @@ def setups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def targets_of(df: pd.DataFrame) -> pd.Series:
     return df["targets"].fillna(DEFAULT_TARGETS) if "targets" in df else pd.Series(DEFAULT_TARGETS, df.index)
+
+
+def metric_axis(ax, metric: str) -> None:
+    """The metric's axis (y) on the scale its family gives it (log for perplexity)."""
+    known = _metric(metric)
+    if known is not None and known.scale == "log":
+        log_axis(ax, "y")
 
 
 def dense_line(ax, rows: pd.DataFrame) -> None:
@@ -143,7 +158,6 @@ POINT_COLUMNS = (
     "method",
     "factor",
     "targets",
-    "cmr",
     "lr",
     "cf",
     "val_mean",
@@ -156,10 +170,19 @@ POINT_COLUMNS = (
 )
 
 
+def swept() -> list[str]:
+    """The settings the methods' figures sweep (``cmr``), as the registry declares them."""
+    from .compressors import registry
+
+    return list(registry.swept_settings())
+
+
 def points_csv(frames: list[pd.DataFrame], path: Path) -> Path:
     """The plotted points beside the figure: which configuration each is, its val and test metric."""
     table = pd.concat(frames, ignore_index=True)
-    return write_csv(table[[c for c in POINT_COLUMNS if c in table]], path)
+    at = POINT_COLUMNS.index("lr")
+    columns = [*POINT_COLUMNS[:at], *swept(), *POINT_COLUMNS[at:]]
+    return write_csv(table[[c for c in columns if c in table]], path)
 
 
 def pareto(points: pd.DataFrame, x: str, y: str, direction: str = "minimize") -> pd.DataFrame:

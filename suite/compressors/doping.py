@@ -32,7 +32,16 @@ from .accounting import Storage, csr_storage
 from .hybrid import HMDConfig, make_hmd
 from .kronecker import KPConfig, make_kp
 from .lowrank import LMFConfig, make_lowrank
-from .registry import CompressorConfig, Method, Structured, apply_structured, budget_detail, register
+from .registry import (
+    Column,
+    CompressorConfig,
+    Diagnostics,
+    Method,
+    Structured,
+    apply_structured,
+    budget_detail,
+    register,
+)
 from .sparse import (
     Masked,
     SparseTensor,
@@ -240,6 +249,19 @@ def doping_callbacks(cfg: DopedConfig) -> list:
     return [annealing, CMADiagnostics()]
 
 
+#: What a doped run logs per validation epoch (``doping_callbacks.CMADiagnostics``) and the setting F3 sweeps.
+CMA = Diagnostics(
+    title="co-matrix adaptation",
+    abbrev="CMA",
+    methods="doped",
+    during="while annealing",
+    part="D",
+    schedule=Column("d_sparsity", "sparsity of D", "fraction of zeros"),
+    without="_without_d",
+    setting=Column("cmr", "co-matrix dropout rate p (CMR)", "CMR"),
+    extra=(Column("d_to_s_ratio", "||(M * D) x|| / ||S x||"),),
+)
+
 for _name, _config, _make, _what in (
     ("doped_kp", DopedKPConfig, make_kp, "a Kronecker product"),
     ("doped_lmf", DopedLMFConfig, make_lowrank, "a low-rank U V"),
@@ -253,5 +275,6 @@ for _name, _config, _make, _what in (
             summary=f"{_what} plus a sparse D annealed to the CF's sparsity (cubic schedule), optional CMR",
             callbacks=doping_callbacks,
             finalize=lambda model, cfg: finish(model),
+            diagnostics=CMA,
         )
     )

@@ -69,6 +69,42 @@ class TrainedConfig(CompressorConfig):
 
 
 @dataclass(frozen=True)
+class Column:
+    """A value the views show: its key in the records (a history key, a setting), its label and its unit."""
+
+    key: str
+    label: str
+    unit: str = ""
+    """An axis's unit (``fraction of zeros``), or for a setting its short name (``CMR``)."""
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What a method logs per validation epoch beside the task's metric, and the rate its figures sweep. The
+    figures (F2, F3), the dashboards and the points tables read these and name no method."""
+
+    title: str
+    """What the diagnostics show (``co-matrix adaptation``); ``abbrev`` its short form (``CMA``)."""
+    abbrev: str
+    methods: str
+    """The word the methods that log them share (``doped``: ``doped methods``, ``doped runs``)."""
+    during: str
+    """When the diagnostics change (``while annealing``)."""
+    part: str
+    """The added part whose effect they show (``D``)."""
+    schedule: Column
+    """The per-epoch history key of the part's schedule (``d_sparsity``; ``unit``: what it counts)."""
+    without: str
+    """Suffix of the history key of the validation metric with the part removed (``val_<metric><without>``)."""
+    setting: Column
+    """The method's rate that the figures sweep (``cmr``); ``unit``: its short name (``CMR``)."""
+    symbol: str = "p"
+    """The rate's symbol in legends (``CMR p=0.5``)."""
+    extra: tuple[Column, ...] = ()
+    """Further per-epoch history keys (dashboards only)."""
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered compressor."""
 
@@ -87,6 +123,8 @@ class Method:
     finalize: Callable[[nn.Module, CompressorConfig], None] | None = None
     """End-of-training step (prune to the final sparsity, quantize factors), run before the final evaluation
     and before the accounting, also when no epoch is trained."""
+    diagnostics: Diagnostics | None = None
+    """What it logs per epoch beside the task's metric, and the setting the figures sweep (None: nothing)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(DataContext.FIELDS)
@@ -121,6 +159,25 @@ def get(name: str) -> Method:
         raise ConfigError(
             f"unknown method {name!r}; available: {', '.join(available())} (see `suite methods`)"
         ) from None
+
+
+def diagnostics() -> list[Diagnostics]:
+    """The distinct diagnostics the registered methods declare, in the registry's order."""
+    return list(dict.fromkeys(m.diagnostics for m in REGISTRY.values() if m.diagnostics))
+
+
+def diagnosed(methods) -> dict[Diagnostics, list[str]]:
+    """The methods among ``methods`` (names) that log diagnostics, per diagnostics; unknown names left out."""
+    out: dict[Diagnostics, list[str]] = {}
+    for name in sorted(set(methods)):
+        if name in REGISTRY and REGISTRY[name].diagnostics:
+            out.setdefault(REGISTRY[name].diagnostics, []).append(name)
+    return out
+
+
+def swept_settings() -> dict[str, type[CompressorConfig]]:
+    """Setting name -> the config class that defines it, of every setting the methods' figures sweep (``cmr``)."""
+    return {m.diagnostics.setting.key: m.config for m in REGISTRY.values() if m.diagnostics}
 
 
 def config_fields(name: str) -> list[str]:

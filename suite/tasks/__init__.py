@@ -41,6 +41,11 @@ def get(name: str) -> Family:
         raise ConfigError(f"unknown task family {name!r}; known: {', '.join(available())}") from None
 
 
+def metric(name: str) -> Metric | None:
+    """The metric of that name of a registered family (its label, direction and scale), or None."""
+    return next((f.metric for f in FAMILIES.values() if f.metric.name == name), None)
+
+
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
@@ -56,5 +61,6 @@ __all__ = [
     "TrainSettings",
     "available",
     "get",
+    "metric",
     "register",
 ]

@@ -39,6 +39,7 @@ from ..settings import Settings, build, setting
 FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 
 DIRECTIONS = ("minimize", "maximize")
+SCALES = ("linear", "log")
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 """Training precisions (Lightning's): full fp32, or mixed with bf16 or fp16 autocast (fp16: CUDA only)."""
@@ -53,10 +54,14 @@ class Metric:
     direction: str
     label: str = ""
     """For axes and tables: ``perplexity``, ``BLEU``, ``word error rate``."""
+    scale: str = "linear"
+    """The figures' axis scale: ``log`` where weak and strong runs differ by factors (perplexity)."""
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"metric direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"metric scale must be one of {SCALES}, got {self.scale!r}")
 
     @property
     def val(self) -> str:

@@ -98,7 +98,7 @@ class LanguageModelTask(Task):
     Zaremba et al.'s lr 1 and clip 5 were tuned; logged losses are per token.
     """
 
-    metric = Metric("ppl", "minimize", "perplexity")
+    metric = Metric("ppl", "minimize", "perplexity", scale="log")
 
     def __init__(self, model: nn.Module, lr_at: Callable[[int], float]) -> None:
         super().__init__(model, lr_at)

@@ -168,11 +168,20 @@ def _digest(*parts: Any) -> str:
 
 
 def _panels(view: View) -> Panels:
+    from .compressors import registry
+
+    logging = {
+        r.method
+        for r in view.records
+        for d in registry.diagnosed([r.method])
+        if any(d.schedule.key in row for row in r.epochs)
+    }
     return Panels(
         metric=view.metric,
         direction=view.direction,
         keys=view.keys,
-        doped=sorted({r.method for r in view.records if any("d_sparsity" in row for row in r.epochs)}),
+        diagnosed=registry.diagnosed(logging),
+        swept=list(registry.swept_settings()),
         methods=sorted({r.method for r in view.records}),
     )
 
@@ -222,8 +231,8 @@ def report(view: View, entity: str, project: str, resolve_runsets: bool = False)
     for title, panels in sections(spec):
         filters = [expr.Config(k) == v for k, v in view.filters()]
         filters.append(expr.Config("code_version").isin(view.code_versions))  # runs of older code left out
-        if title == spec.cma_title:
-            filters.append(expr.Config("method").isin(spec.doped))
+        if title in spec.restricted:
+            filters.append(expr.Config("method").isin(spec.restricted[title]))
         for i, panel in enumerate(panels):
             panel._id = _digest(view.name, "report", title, i)
         runset = wr.Runset(

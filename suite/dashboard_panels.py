@@ -2,7 +2,7 @@
 
 Every key a panel names is one the runs log (``suite.tracking``): history keys for line plots (x =
 ``epoch``, which Lightning logs beside each of its metrics), summary keys (``final.val_<metric>``, ``status``) and
-config keys (``method``, ``factor``, ``cmr``, ``achieved_cf``, ``train.lr``). A panel whose key no run of the view
+config keys (``method``, ``factor``, the rates the methods sweep, ``achieved_cf``, ``train.lr``). A panel whose key no run of the view
 logs is left out.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .compressors.registry import Diagnostics
     from .tracking import Keys
 
 #: One colour per method (matplotlib's tab10), the same in every view.
@@ -38,10 +39,11 @@ class Panels:
     metric: str
     direction: str
     keys: Keys
-    doped: list[str]
-    """Methods whose runs log the co-matrix adaptation columns (``d_sparsity``, ...)."""
+    diagnosed: dict[Diagnostics, list[str]]
+    """The view's methods whose runs log per-epoch diagnostics, per diagnostics their methods declare."""
+    swept: list[str]
+    """The rates the registered methods' figures sweep (``Diagnostics.setting``)."""
     methods: list[str]
-    cma_title: str = "Co-matrix adaptation (doped methods)"
 
     @property
     def val_key(self) -> str:
@@ -49,10 +51,15 @@ class Panels:
 
     @property
     def grouping(self) -> list[str]:
-        """Runs are grouped by method, CF and learning rate (and CMR rate where doped runs are compared), seeds
-        averaged."""
-        keys = ["method", "factor", "lr"] + (["cmr"] if self.doped else [])
+        """Runs are grouped by method, CF and learning rate (and the swept rate where runs that log diagnostics
+        are compared), seeds averaged."""
+        keys = ["method", "factor", "lr"] + list(dict.fromkeys(d.setting.key for d in self.diagnosed))
         return [k for k in keys if k in self.keys.config]
+
+    @property
+    def restricted(self) -> dict[str, list[str]]:
+        """Title of each diagnostics section -> the methods its runs are of."""
+        return {diagnostics_title(d): methods for d, methods in self.diagnosed.items()}
 
     @property
     def columns(self) -> list[str]:
@@ -98,6 +105,11 @@ def _flat_config_column(name: str):
     return _flat_config_column_class()(wr.Config(name), display_name=name)
 
 
+def diagnostics_title(d: Diagnostics) -> str:
+    """A diagnostics section's title: what they show, and which methods log them."""
+    return f"{d.title[:1].upper()}{d.title[1:]} ({d.methods} methods)"
+
+
 def _line(wr, title: str, y: list[str]):
     return wr.LinePlot(
         title=title, x="epoch", y=y, groupby_aggfunc="mean", groupby_rangefunc="minmax", title_x="epoch"
@@ -129,7 +141,7 @@ def sections(p: Panels) -> list[tuple[str, list[Any]]]:
     ]
     out.append(("Learning curves", curves))
 
-    names = ["method", "factor", "cmr"]
+    names = ["method", "factor", *p.swept]
     columns = [wr.ParallelCoordinatesPlotColumn(wr.Config(k), display_name=k) for k in names if k in conf]
     if "train.lr" in conf:
         columns.append(_flat_config_column("train.lr"))
@@ -146,16 +158,16 @@ def sections(p: Panels) -> list[tuple[str, list[Any]]]:
     )
     out.append(("Sweep at a glance", sweep))
 
-    cma = [
-        _line(wr, title, [k for k in keys if k in hist])
-        for title, keys in (
-            ("sparsity of D (d_sparsity)", ["d_sparsity"]),
-            (f"{val} with and without D", [val, f"{val}_without_d"]),
-            ("||(M * D) x|| / ||S x|| (d_to_s_ratio)", ["d_to_s_ratio"]),
+    for d in p.diagnosed:
+        lines = (
+            (f"{d.schedule.label} ({d.schedule.key})", [d.schedule.key]),
+            (f"{val} with and without {d.part}", [val, f"{val}{d.without}"]),
+            *((f"{c.label} ({c.key})", [c.key]) for c in d.extra),
         )
-        if p.doped and keys[-1] in hist
-    ]
-    out.append((p.cma_title, cma))
+        panels = [
+            _line(wr, title, [k for k in keys if k in hist]) for title, keys in lines if keys[-1] in hist
+        ]
+        out.append((diagnostics_title(d), panels))
 
     speed = [
         wr.BarPlot(

@@ -56,6 +56,13 @@ class Record:
     )
 
     @property
+    def family(self) -> str:
+        """The task family; a config that names none is of the default family (``RunConfig.family``)."""
+        from .config import RunConfig
+
+        return self.config.get("family") or RunConfig.family
+
+    @property
     def val(self) -> float | None:
         """The validation metric: what every choice is made on."""
         return self.final.get(f"val_{self.metric}")

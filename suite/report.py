@@ -66,7 +66,7 @@ def current_version(record: Record) -> str | None:
     from .version import code_version
 
     try:
-        return code_version(record.config.get("family", "lm"), record.method)
+        return code_version(record.family, record.method)
     except ConfigError:
         return None
 
@@ -76,7 +76,7 @@ def is_stale(record: Record) -> bool:
 
 
 def runs_frame(records: list[Record]) -> pd.DataFrame:
-    """One row per run: identity, every method setting (factor, targets, cmr, ...), the learning rate, val and
+    """One row per run: identity, every method setting (factor, targets, ...), the learning rate, val and
     test metric, accounting, timings.
 
     ``config_id`` names a configuration without its seed (the seeds of one configuration share it); ``setup_id``
@@ -108,7 +108,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
         rows.append(
             {
                 "task": r.task,
-                "family": config.get("family", "lm"),
+                "family": r.family,
                 "profile": config.get("profile"),
                 "budget": budget_text(train),
                 "precision": train.get("precision", DEFAULT_PRECISION),
@@ -160,7 +160,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
 
 def epochs_frame(records: list[Record], base: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per epoch of every run: the run's identity and settings, then whatever the epoch logged
-    (lr, losses, metrics, and diagnostics such as the sparsity of a doped matrix). ``base``: the runs_frame
+    (lr, losses, metrics, and the diagnostics a method logs, ``Method.diagnostics``). ``base``: the runs_frame
     of ``records`` when the caller has it."""
     base = runs_frame(records) if base is None else base
     rows = []

@@ -170,12 +170,11 @@ class Component:
 
 
 def check_known_ranges(space: dict[str, Param]) -> None:
-    """Settings with a meaning across methods (the compression factor, the co-matrix dropout rate) are checked
-    against their range even before the methods are known."""
-    from ..compressors.doping import DopedConfig
-    from ..compressors.registry import CompressorConfig
+    """Settings with a meaning across methods (the compression factor, the rates the methods' figures sweep)
+    are checked against their range even before the methods are known."""
+    from ..compressors.registry import CompressorConfig, swept_settings
 
-    for name, cls in (("factor", CompressorConfig), ("cmr", DopedConfig)):
+    for name, cls in {"factor": CompressorConfig, **swept_settings()}.items():
         if name in space:
             kind, rule = next((kind, rule) for field, kind, rule in rules(cls) if field == name)
             for value in space[name].ends():

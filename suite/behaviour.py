@@ -395,7 +395,7 @@ def publish(pairs: Iterable[Pair], published: Path = PUBLISHED, replace: bool = 
 def of_record(record) -> dict:
     """The fingerprint of the code that made ``record`` (its commit's ``suite/``; the current code when that is
     the same tree), for the record's own random settings (``variant``)."""
-    key = (record.config.get("family", "lm"), record.method, variant(record.config))
+    key = (record.family, record.method, variant(record.config))
     sha = record.provenance.get("git_sha")
     same_tree = (
         sha

@@ -95,7 +95,7 @@ def record_data(
     done: dict[str, dict[str, str]] = {}
     for rec_path in sorted(published_dir(results_dir).glob(f"*/*/*/{RECORD}")):
         rec = Record.load(rec_path)
-        family, dataset = rec.config.get("family", "lm"), rec.config.get("dataset")
+        family, dataset = rec.family, rec.config.get("dataset")
         key = json.dumps([family, dataset], sort_keys=True)
         if key not in done:
             done[key] = fingerprint(tasks.get(family).data_files(dataset, data_dir))
@@ -315,7 +315,7 @@ def behaviour_key(record: Record) -> tuple[str, str, str]:
     """(family, method, variant): what a published record's behaviour fingerprint is the fingerprint of."""
     from .behaviour import variant
 
-    return (record.config.get("family", "lm"), record.method, variant(record.config))
+    return (record.family, record.method, variant(record.config))
 
 
 def stale_reasons(records: list[Record]) -> dict[str, str | None]:

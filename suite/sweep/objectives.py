@@ -73,7 +73,7 @@ def latency_ms(record: Record, repeats: int = 50, warmup: int = 5) -> float:
     the compressed model is rebuilt from the run's config."""
     method = registry.get(record.method)
     mcfg = registry.make_config(record.method, record.config["compress"])
-    model = tasks.get(record.config.get("family", "lm")).build_model(record.config["model_resolved"])
+    model = tasks.get(record.family).build_model(record.config["model_resolved"])
     method.apply(model, mcfg, DataContext())  # data-aware methods: their storage shapes, not their values
     steps = [(f, torch.randn(n)) for f, n in _matvecs(model, mcfg.targets)]
     times = []

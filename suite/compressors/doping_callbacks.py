@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from .doping import doped_tensors
+from .doping import CMA, doped_tensors
 
 
 @contextmanager
@@ -126,7 +126,8 @@ def sparse_to_structured_ratios(model: nn.Module, run: Callable[[], object]) -> 
 
 
 class CMADiagnostics(pl.Callback):
-    """Logs the CMA columns of the module docstring after each validation epoch while fitting. The trained
+    """Logs the CMA columns of the module docstring (named by ``doping.CMA``, which the views read) after each
+    validation epoch while fitting. The trained
     module is a task (``suite.tasks.base.Task``): it evaluates its metric and runs a batch for us; any other
     LightningModule (a library user's) gets ``d_sparsity`` alone."""
 
@@ -137,16 +138,18 @@ class CMADiagnostics(pl.Callback):
         if not doped:
             return
         nnz = sum(t.param.nnz for t in doped)
-        metrics = {"d_sparsity": 1 - nnz / sum(t.values.numel() for t in doped)}
+        sparsity = CMA.schedule.key
+        metrics = {sparsity: 1 - nnz / sum(t.values.numel() for t in doped)}
         if not hasattr(pl_module, "run_batch"):  # a library user's module (suite.compress): D's sparsity only
-            pl_module.log("d_sparsity", metrics["d_sparsity"])
+            pl_module.log(sparsity, metrics[sparsity])
             return
         loader = trainer.datamodule.val_dataloader()
         with sparse_disabled(pl_module):
-            metrics[f"{pl_module.metric.val}_without_d"] = pl_module.evaluate(loader)
+            metrics[f"{pl_module.metric.val}{CMA.without}"] = pl_module.evaluate(loader)
         batch = next(iter(loader))
         ratios = sparse_to_structured_ratios(pl_module, lambda: pl_module.run_batch(batch))
         if ratios:
-            metrics["d_to_s_ratio"] = sum(ratios.values()) / len(ratios)
+            (ratio,) = CMA.extra
+            metrics[ratio.key] = sum(ratios.values()) / len(ratios)
         for key, value in metrics.items():
             pl_module.log(key, value)

@@ -438,3 +438,53 @@ def test_figure_points_are_the_tables_choices_and_every_asked_cf(tmp_path, monke
     top, bottom = drawn["F2_cma"].axes  # doped_kp: with and without D per CMR rate; one schedule of D
     assert len(top.get_lines()) == 4 and len(bottom.get_lines()) == 1
     assert bottom.get_legend().get_texts()[0].get_text() == "every CMR rate (one schedule)"
+
+
+def test_the_rate_a_method_declares_is_what_f3_sweeps_and_the_points_keep(tmp_path, monkeypatch):
+    """F3 and the points tables read the swept rate and its label from the method's registration."""
+    from dataclasses import dataclass
+
+    from suite import figures
+    from suite.compressors import registry
+    from suite.report import write_tables
+    from suite.settings import setting
+
+    @dataclass
+    class Filled(registry.CompressorConfig):
+        rho: float = setting(0.0, ge=0, lt=1)
+
+    declared = registry.Diagnostics(
+        title="fill adaptation",
+        abbrev="FA",
+        methods="filled",
+        during="while filling",
+        part="Q",
+        schedule=registry.Column("q_fill", "fill of Q", "fraction of ones"),
+        without="_without_q",
+        setting=registry.Column("rho", "fill rate rho (FR)", "FR"),
+    )
+    registry.register(
+        registry.Method("filled_kp", Filled, lambda m, c, ctx=None: None, "test only", diagnostics=declared)
+    )
+    try:
+        out, tables = tmp_path / "results", tmp_path / "tables"
+        for f in (2, 4):
+            for rho in (0.0, 0.5):
+                fake_record(out, "filled_kp", f, 0, 110 + f - rho, rho=rho)
+        write_tables(out, tables)
+        drawn = []
+        monkeypatch.setattr(
+            figures,
+            "errorbar",
+            lambda ax, pts, x, label, method, **kw: drawn.append((x, label, list(pts[x]))),
+        )
+        labels = []
+        monkeypatch.setattr(figures.plt.Axes, "set_xlabel", lambda ax, text, **kw: labels.append(text))
+        made = make_figures(tables, tmp_path / "figures", {"bench": str(tmp_path / "missing.json")})
+        assert made["F3"][0], made["F3"]
+        assert ("rho", "filled_kp", [0.0, 0.5]) in drawn  # at the CF with the most rates
+        assert "fill rate rho (FR)" in labels
+        assert "rho" in pd.read_csv(tmp_path / "figures" / "F5_pareto.csv")
+        assert "no per-epoch" in made["F2"][1]  # no run logged the fill of Q
+    finally:
+        registry.REGISTRY.pop("filled_kp")

@@ -171,7 +171,7 @@ POINT_COLUMNS = (
 
 
 def swept() -> list[str]:
-    """The settings the methods' figures sweep (``cmr``), as the registry declares them."""
+    """The settings the methods' figures sweep, as the registry declares them (``Diagnostics.setting``)."""
     from .compressors import registry
 
     return list(registry.swept_settings())

@@ -17,8 +17,6 @@ SIZE_OBJECTIVES = {
     "model_cf": "maximize",
     "latency_ms": "minimize",  # batch-1 y = W x over the targeted matrices, deployment form
 }
-_LOWER_IS_BETTER = ("ppl", "loss", "wer", "cer")
-_HIGHER_IS_BETTER = ("bleu", "acc", "accuracy")
 SPEC_KEYS = {
     "name",
     "task",
@@ -128,7 +126,7 @@ class Objective:
             )
         if self.name not in SIZE_OBJECTIVES and not self.name.startswith("val_"):
             raise ConfigError(
-                f"unknown objective {self.name!r}; use a validation metric (val_ppl) or one of "
+                f"unknown objective {self.name!r}; use a validation metric (val_<metric>) or one of "
                 f"{', '.join(SIZE_OBJECTIVES)}"
             )
         if self.direction is None:
@@ -144,10 +142,15 @@ class Objective:
 
 
 def _guess_direction(name: str) -> str | None:
-    if name.endswith(_LOWER_IS_BETTER):
+    """The direction of a validation metric of a registered family (a loss is minimized)."""
+    from .. import tasks
+
+    bare = name.removeprefix("val_")
+    if bare == "loss":
         return "minimize"
-    if name.endswith(_HIGHER_IS_BETTER):
-        return "maximize"
+    metric = tasks.metric(bare)
+    if metric is not None:
+        return metric.direction
     raise ConfigError(f"objective {name}: say its direction ({{name: {name}, direction: minimize}})")
 
 
@@ -184,7 +187,7 @@ def check_known_ranges(space: dict[str, Param]) -> None:
 def parse_objectives(value: Any, path: Path, metric=None) -> list[Objective]:
     """Objectives of a spec; ``metric`` (the task family's) gives the direction of its validation metric, the
     only metric a trial's runs are sure to have."""
-    example = metric.val if metric is not None else "val_ppl"
+    example = metric.val if metric is not None else "val_<metric>"
     items = [value] if isinstance(value, (str, dict)) else value
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{path}: objectives must be a list such as [{example}] or [{example}, stored]")

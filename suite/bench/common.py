@@ -1,12 +1,18 @@
-"""What every speed benchmark shares: the device check and the machine's caches."""
+"""What every speed benchmark shares: the device check, one thread while timing, the machine's caches and
+the result file."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..provenance import provenance
+from ..record import write_json
 
 
 def check_device(device: str) -> None:
@@ -35,3 +41,23 @@ def caches() -> dict[str, int]:
         if kind != "Instruction" and size[:-1].isdigit():
             out[f"L{level}"] = int(size[:-1]) * {"K": 1024, "M": 1024**2}.get(size[-1], 1)
     return out
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread while the benchmark runs, the caller's setting restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def result(benchmark: str, fields: dict[str, Any], out: str | Path | None) -> dict:
+    """A one-thread benchmark's result: its name, the caches, its ``fields`` and the provenance, written to
+    ``out`` (a JSON file) unless None."""
+    res = {"benchmark": benchmark, "threads": 1, "caches": caches(), **fields, "provenance": provenance()}
+    if out is not None:
+        write_json(Path(out), res)
+    return res

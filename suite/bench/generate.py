@@ -21,9 +21,7 @@ from ..compressors.accounting import format_cf
 from ..config import load_run
 from ..context import DataContext
 from ..errors import ConfigError
-from ..provenance import provenance
-from ..record import write_json
-from .common import caches
+from .common import one_thread, result
 
 #: (method, CF) of the softmax (``decoder.weight``) in ``bench generate``; None: dense.
 SOFTMAX_FORMS: list[tuple[str, float] | None] = [None, ("groupreduce", 8.0), ("svd", 8.0)]
@@ -101,10 +99,8 @@ def bench_generate(
     from ..deploy import compile_generator
 
     softmax = SOFTMAX_FORMS if softmax is None else softmax
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     rows, gens = [], []
-    try:
+    with one_thread():
         for preset in presets:
             cfg = load_run(preset, "dense")
             if cfg.family != "lm":
@@ -156,8 +152,6 @@ def bench_generate(
                     times[i].append((time.perf_counter() - t0) / tokens)
             if echo and (r + 1) % 5 == 0:
                 print(f"bench generate: round {r + 1}/{warmup + reps}", file=sys.stderr, flush=True)
-    finally:
-        torch.set_num_threads(threads)
     for row, ts in zip(rows, times):
         row["us_per_token"] = statistics.median(ts) * 1e6
         row["tokens_per_s"] = 1e6 / row["us_per_token"]
@@ -168,20 +162,14 @@ def bench_generate(
         for r in mine:
             r["dense_baseline"] = fastest["form"]
             r["speedup_vs_dense"] = fastest["us_per_token"] / r["us_per_token"]
-    result = {
-        "benchmark": "lm_generate_batch1",
-        "threads": 1,
-        "caches": caches(),
+    fields = {
         "tokens": tokens,
         "reps": reps,
         "warmup": warmup,
         "softmax_counts": "Zipf (count of the k-th word ~ 1/k)",
         "rows": rows,
-        "provenance": provenance(),
     }
-    if out is not None:
-        write_json(Path(out), result)
-    return result
+    return result("lm_generate_batch1", fields, out)
 
 
 def format_generate(result: dict) -> str:
@@ -219,10 +207,8 @@ def bench_decode(
 
     from .. import api
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     rows, calls = [], []
-    try:
+    with one_thread():
         for preset in presets:
             cfg = load_run(preset, "dense")
             family = tasks.get(cfg.family)
@@ -286,8 +272,6 @@ def bench_decode(
                         tokens[i] += sum(len(h) for h in hyps) if r == 0 else 0
                 if echo:
                     print(f"bench decode: round {r + 1}/{reps}", file=sys.stderr, flush=True)
-    finally:
-        torch.set_num_threads(threads)
     for row, ts, n in zip(rows, times, tokens):
         row["ms_per_item"] = statistics.median(ts) * 1e3
         row["items_per_s"] = 1e3 / row["ms_per_item"]
@@ -301,18 +285,12 @@ def bench_decode(
             if r["preset"] == row["preset"] and r["mode"] == row["mode"] and r["method"] == "dense"
         )
         row["speedup_vs_dense"] = dense["ms_per_item"] / row["ms_per_item"]
-    result = {
-        "benchmark": "decode_batch1",
-        "threads": 1,
+    fields = {
         "items": items,
         "reps": reps,
-        "caches": caches(),
         "rows": rows,
-        "provenance": provenance(),
     }
-    if out is not None:
-        write_json(Path(out), result)
-    return result
+    return result("decode_batch1", fields, out)
 
 
 def format_decode(result: dict) -> str:

@@ -18,9 +18,7 @@ from ..compressors.accounting import format_cf
 from ..context import DataContext
 from ..deploy import layer_csr
 from ..errors import ConfigError
-from ..provenance import provenance
-from ..record import write_json
-from .common import caches, check_device
+from .common import check_device, one_thread, result
 
 Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -168,9 +166,7 @@ def bench_infer(
     of a model running a sequence: ``median_us`` is their median. Timing single steps keeps a preemption by
     another process from inflating a whole block."""
     check_device(device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         torch.manual_seed(0)
         base = nn.LSTM(input_size, hidden)
         models: list[dict] = [
@@ -192,8 +188,6 @@ def bench_infer(
                 )
         forms = [f for m in models for f in m["forms"]]
         warm, cold = _time_steps(forms, input_size, hidden, reps, inner, warmup, echo, device)
-    finally:
-        torch.set_num_threads(threads)
     for f, ts, cs in zip(forms, warm, cold):
         f["median_us"], f["cold_us"] = statistics.median(ts) * 1e6, statistics.median(cs) * 1e6
         del f["step"]
@@ -216,11 +210,8 @@ def bench_infer(
                 "forms": m["forms"],
             }
         )
-    result = {
-        "benchmark": "lstm_step_batch1",
+    fields = {
         "shape": {"hidden": hidden, "input": input_size},
-        "threads": 1,
-        "caches": caches(),
         "device": device,
         "reps": reps,
         "inner": inner,
@@ -229,11 +220,8 @@ def bench_infer(
         "dense_baseline_cold": best_cold["form"],
         "baselines": baselines,
         "rows": rows,
-        "provenance": provenance(),
     }
-    if out is not None:
-        write_json(Path(out), result)
-    return result
+    return result("lstm_step_batch1", fields, out)
 
 
 @torch.inference_mode()

@@ -37,10 +37,10 @@ def location(spec: SweepSpec, url: str | None = None) -> str:
 
 
 def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = False) -> optuna.Study:
-    """Create the study (first time: record the spec) or resume it; queue the grid's points that have no trial
-    yet. ``resume``: also queue a retry of each failed trial that is to be retried (the start of a sweep
-    command does this, its workers do not). A study made from a different spec (anything but n_trials changed)
-    is refused rather than mixed."""
+    """Create the study (first time: record the spec) or resume it. ``resume``: queue a retry of each failed
+    trial that is to be retried (the start of a sweep command does this, its workers do not). A grid's points
+    are queued one at a time by the workers (``queue_next``), so the retries run first. A study made from a
+    different spec (anything but n_trials changed) is refused rather than mixed."""
     storage = st.open_storage(where, create=create)
     sampler, pruner = make_sampler(spec), make_pruner(spec)
     if not create:
@@ -88,10 +88,6 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
             study.set_user_attr("n_trials", spec.n_trials)
             if resume:
                 st.retry_failed(study)
-            # A grid point with a trial (queued, run or retried) is not queued again.
-            if spec.sampler.name == "grid":
-                for point in spec.grid()[: spec.n_trials]:
-                    study.enqueue_trial(point, skip_if_exists=True)
     finally:
         lock.close()
     return study
@@ -169,9 +165,21 @@ class Objective:
             trial.set_user_attr("achieved_cf", mean([r.accounting["cf"] for r in ok]))
 
 
+def queue_next(spec: SweepSpec, study: optuna.Study) -> bool:
+    """Queue the first of the grid's points (within n_trials) that has no trial yet; whether there was one.
+    Queuing one point at a time keeps a resumed sweep on the runs it had started (their retries, queued when the
+    sweep resumes, are taken first) before it starts new ones."""
+    have = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    for point in spec.grid()[: spec.n_trials]:
+        if point not in have:
+            study.enqueue_trial(point)
+            return True
+    return False
+
+
 def work(spec: SweepSpec, where: str) -> None:
-    """One worker: while the budget allows, take a slot and run a trial (a queued retry or grid point first; a
-    grid sweep runs its queued points only). A trial that fails does not stop the worker."""
+    """One worker: while the budget allows, take a slot and run a trial (a queued retry first, then a grid's next
+    point; a grid sweep runs its points only). A trial that fails does not stop the worker."""
     study = open_study(spec, where)
     lock = st.SlotLock(where, spec.study_name)
     try:
@@ -180,7 +188,9 @@ def work(spec: SweepSpec, where: str) -> None:
             try:
                 st.fail_dead_trials(study)
                 p = st.progress(study)
-                if p.taken >= spec.n_trials or (spec.sampler.name == "grid" and p.waiting == 0):
+                if p.taken >= spec.n_trials:
+                    break
+                if spec.sampler.name == "grid" and p.waiting == 0 and not queue_next(spec, study):
                     break
                 study.sampler = make_sampler(spec, offset=p.total)
                 objective = Objective(spec, lock.release)

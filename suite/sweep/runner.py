@@ -10,7 +10,6 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -33,7 +32,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def location(spec: SweepSpec, url: str | None = None) -> str:
     """The study's storage: ``url`` if given, else the journal file under results/sweeps/<name>/."""
-    return url or str(st.journal_path(spec.set.get("results_dir", "results"), spec.name))
+    return url or str(Path(spec.set.get("results_dir", "results")) / "sweeps" / spec.name / "journal.log")
 
 
 def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = False) -> optuna.Study:
@@ -42,12 +41,12 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
     are queued one at a time by the workers (``queue_next``), so the retries run first. A study made from a
     different spec (anything but n_trials changed) is refused rather than mixed."""
     storage = st.open_storage(where, create=create)
-    sampler, pruner = make_sampler(spec), make_pruner(spec)
+    study_args = dict(
+        study_name=spec.study_name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
+    )
     if not create:
         try:
-            return optuna.load_study(
-                study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
-            )
+            return optuna.load_study(**study_args)
         except KeyError:
             raise ConfigError(
                 f"no study {spec.study_name} in {st.describe(where)} yet; run the sweep first"
@@ -56,18 +55,9 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
     try:
         with lock:
             try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
-                study = optuna.load_study(
-                    study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
-                )
+                study = optuna.load_study(**study_args)
             except KeyError:
-                study = optuna.create_study(
-                    study_name=spec.study_name,
-                    storage=storage,
-                    directions=spec.directions,
-                    sampler=sampler,
-                    pruner=pruner,
-                    load_if_exists=True,
-                )
+                study = optuna.create_study(directions=spec.directions, load_if_exists=True, **study_args)
             made_from = study.user_attrs.get("fingerprint")
             if made_from is None:
                 study.set_user_attr("spec", spec.identity())
@@ -250,7 +240,7 @@ def run_sweep(
     if workers <= 1 and devices is None:
         work(spec, where)
     elif bad := _spawn(workers, argv or [], gpus):
-        ended = ", ".join(_ended(c) for c in bad)
+        ended = ", ".join(f"killed by signal {-c}" if c < 0 else f"exit {c}" for c in bad)
         p = st.progress(study)
         if p.running or p.waiting or p.to_retry or p.done < spec.n_trials:
             raise SuiteError(f"{len(bad)} of {workers} workers failed ({ended}); rerun the command to resume")
@@ -263,14 +253,9 @@ def run_sweep(
     return study
 
 
-def _ended(code: int) -> str:
-    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
-
-
-def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) -> list[int]:
+def _spawn(workers: int, argv: list[str], gpus: list[str | None]) -> list[int]:
     """Run ``workers`` worker processes and wait for them (worker i sees only GPU ``gpus[i]``; "": none; None:
     whatever this process sees); the exit codes of those that failed."""
-    gpus = gpus or [None] * workers
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     if any(g is not None for g in gpus):
@@ -292,22 +277,6 @@ def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) 
             p.wait()
         raise
     return [c for c in codes if c != 0]
-
-
-def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
-    """The grid's points (within n_trials) that have no complete, pruned or finally failed trial."""
-    superseded = st.retried(trials)
-    settled = [
-        t.params
-        for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (
-            t.state == TrialState.FAIL
-            and t.number not in superseded
-            and not (st.retryable(t) and st.retries_left(t))
-        )
-    ]
-    return [point for point in spec.grid()[: spec.n_trials] if point not in settled]
 
 
 TRIAL_ATTRS = ("number", "state", "values", "params", "user_attrs", "system_attrs", "duration")
@@ -379,11 +348,11 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
             lines.append(f"  worker gone: trial {t.number} {t.params} (pid {who.get('pid')}); to retry")
         elif t.state == TrialState.RUNNING:
             lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
-        elif t.state == TrialState.FAIL and t.number not in superseded:
-            kind = "to retry" if st.retryable(t) and st.retries_left(t) else "failed"
-            lines.append(f"  {kind}: trial {t.number} {t.params}: {why}")
-    if spec.sampler.name == "grid":
-        missing = _missing_points(spec, trials)
+        elif (kind := st.standing(t, superseded)) in ("to_retry", "failed"):
+            lines.append(f"  {kind.replace('_', ' ')}: trial {t.number} {t.params}: {why}")
+    if spec.sampler.name == "grid":  # the points (within n_trials) that no trial has settled yet
+        settled = [t.params for t in trials if st.standing(t, superseded) in ("complete", "pruned", "failed")]
+        missing = [point for point in spec.grid()[: spec.n_trials] if point not in settled]
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (
                 f" and {len(missing) - 5} more" if len(missing) > 5 else ""

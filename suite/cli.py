@@ -64,10 +64,6 @@ def _out_folder(path: str, what: str) -> Path:
     return check_dir(out, f"{what} folder (--out)")
 
 
-def _results(args) -> str:
-    return args.results or RESULTS
-
-
 def _overrides(args) -> dict:
     """``--set`` items, with --profile and --results as the settings they stand for (a --set of either wins)."""
     from .config import parse_sets
@@ -132,7 +128,7 @@ def cmd_report(args) -> int:
     from .leaderboard import report_text, write_docs
     from .report import load, runs_frame, summary, write_tables
 
-    results = _results(args)
+    results = args.results or RESULTS
     if args.out is not None:
         _out_folder(args.out, "tables")
     if args.metrics is not None:
@@ -153,7 +149,7 @@ def cmd_report(args) -> int:
 def cmd_publish(args) -> int:
     from .publish import DATA, publish, publish_bench, record_data, refresh_fingerprints, stale_published
 
-    results = _results(args)
+    results = args.results or RESULTS
     if args.data:
         known = record_data(results, args.data_dir)
         print(f"{results}/published/{DATA}: the data fingerprints of {len(known)} task(s)")
@@ -209,7 +205,7 @@ def cmd_dashboard(args) -> int:
     if args.out is not None:
         _out_folder(args.out, "dashboard definitions")
     made = dashboards(
-        _results(args),
+        args.results or RESULTS,
         task=args.task,
         study=args.study,
         entity=args.entity,
@@ -259,17 +255,7 @@ def cmd_sweep(args) -> int:
         except KeyboardInterrupt:
             return 130  # the command that started this worker says so, once
         return 0
-    argv = launch.worker_argv(
-        args.spec,
-        storage=args.storage,
-        profile=args.profile,
-        params=args.params,
-        results=args.results,
-        threads=args.threads,
-        store=args.store,
-        sets=args.set,
-    )
-    study = run_sweep(spec, args.storage, workers, argv, gpus)
+    study = run_sweep(spec, args.storage, workers, launch.worker_argv(args), gpus)
     print(launch.status_text(args.spec, spec, args.storage, sets, chosen=True))
     return launch.exit_code(study)
 
@@ -278,15 +264,13 @@ def cmd_export(args) -> int:
     from .export import export_run
 
     info = export_run(args.run, args.out and _out_folder(args.out, "exported file"), args.check)
+    reloaded = (
+        f"; reloaded: max abs error {info['max_abs_error']:.3g} on a validation batch" if args.check else ""
+    )
     print(
         f"run {info['run_id']}: {info['bytes']:,} bytes on disk, {info['tensor_bytes']:,} in tensors, "
-        f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index)"
-        + (
-            f"; reloaded: max abs error {info['max_abs_error']:.3g} on a validation batch"
-            if args.check
-            else ""
-        )
-        + f" -> {info['path']}"
+        f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index){reloaded}"
+        f" -> {info['path']}"
     )
     return 0
 
@@ -376,7 +360,7 @@ def cmd_bench(args) -> int:
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
-    out = check_file(Path(_results(args)) / "bench" / f"{args.kind}.json", "benchmark file")
+    out = check_file(Path(args.results or RESULTS) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
     if args.kind == "decode":
         res = bench_decode((args.preset or DECODE_PRESETS).split(","), methods, factors, out=out)

@@ -53,31 +53,31 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
             ) from None
     lock = st.SlotLock(where, spec.study_name)
     try:
-        with lock:
-            try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
-                study = optuna.load_study(**study_args)
-            except KeyError:
-                study = optuna.create_study(directions=spec.directions, load_if_exists=True, **study_args)
-            made_from = study.user_attrs.get("fingerprint")
-            if made_from is None:
-                study.set_user_attr("spec", spec.identity())
-                study.set_user_attr("fingerprint", spec.fingerprint())
-            elif made_from != spec.fingerprint():
-                old, new = study.user_attrs.get("spec", {}), spec.identity()
-                changed = sorted(m for m, v in new["code"].items() if old.get("code", {}).get(m) != v)
-                if changed and {**old, "code": None} == {**new, "code": None}:
-                    raise ConfigError(
-                        f"study {spec.study_name} in {st.describe(where)} was made by older code of "
-                        f"{', '.join(changed)} (its trials' runs are stale); delete its storage to rebuild it, or give "
-                        "the sweep a new name"
-                    )
+        lock.acquire()
+        try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
+            study = optuna.load_study(**study_args)
+        except KeyError:
+            study = optuna.create_study(directions=spec.directions, load_if_exists=True, **study_args)
+        made_from = study.user_attrs.get("fingerprint")
+        if made_from is None:
+            study.set_user_attr("spec", spec.identity())
+            study.set_user_attr("fingerprint", spec.fingerprint())
+        elif made_from != spec.fingerprint():
+            old, new = study.user_attrs.get("spec", {}), spec.identity()
+            changed = sorted(m for m, v in new["code"].items() if old.get("code", {}).get(m) != v)
+            if changed and {**old, "code": None} == {**new, "code": None}:
                 raise ConfigError(
-                    f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
-                    "may change when resuming); give the sweep a new name or delete its storage"
+                    f"study {spec.study_name} in {st.describe(where)} was made by older code of "
+                    f"{', '.join(changed)} (its trials' runs are stale); delete its storage to rebuild it, or give "
+                    "the sweep a new name"
                 )
-            study.set_user_attr("n_trials", spec.n_trials)
-            if resume:
-                st.retry_failed(study)
+            raise ConfigError(
+                f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
+                "may change when resuming); give the sweep a new name or delete its storage"
+            )
+        study.set_user_attr("n_trials", spec.n_trials)
+        if resume:
+            st.retry_failed(study)
     finally:
         lock.close()
     return study
@@ -192,15 +192,13 @@ def work(spec: SweepSpec, where: str) -> None:
         lock.close()
 
 
-class _QuietFailures(logging.Filter):
+def _not_a_failed_trial(record: logging.LogRecord) -> bool:
     """Optuna logs each failed trial with a traceback; the worker says it in one line instead (``_echo``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not (msg.startswith("Trial ") and " failed with " in msg)
+    msg = str(record.msg)
+    return not (msg.startswith("Trial ") and " failed with " in msg)
 
 
-logging.getLogger("optuna.study._optimize").addFilter(_QuietFailures())
+logging.getLogger("optuna.study._optimize").addFilter(_not_a_failed_trial)
 
 
 def _echo(study: optuna.Study, objective: Objective) -> None:
@@ -352,12 +350,9 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
             lines.append(f"  {kind.replace('_', ' ')}: trial {t.number} {t.params}: {why}")
     if spec.sampler.name == "grid":  # the points (within n_trials) that no trial has settled yet
         settled = [t.params for t in trials if st.standing(t, superseded) in ("complete", "pruned", "failed")]
-        missing = [point for point in spec.grid()[: spec.n_trials] if point not in settled]
-        if missing:
-            shown = ", ".join(map(str, missing[:5])) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
-            lines.append(f"  grid points without a result: {shown}")
+        if missing := [point for point in spec.grid()[: spec.n_trials] if point not in settled]:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            lines.append(f"  grid points without a result: {', '.join(map(str, missing[:5]))}{more}")
     names = [o.name for o in spec.objectives]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:

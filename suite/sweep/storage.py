@@ -214,7 +214,8 @@ def _damaged(path: Path, problem: str) -> DataError:
 
 
 class SlotLock:
-    """The study's lock around "count the trials, then start one". ``release()`` may be called twice."""
+    """The study's lock around "count the trials, then start one". ``release()`` may be called twice, and
+    ``close()`` releases it."""
 
     def __init__(self, location: str, study_name: str) -> None:
         self._fd: int | None = None
@@ -266,13 +267,6 @@ class SlotLock:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def __enter__(self) -> SlotLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def owner() -> dict:

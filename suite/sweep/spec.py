@@ -65,9 +65,6 @@ class SweepSpec:
             if _applies(p.name, method, self.set) and not _refused(p, method, self.set)
         ]
 
-    def sets_for(self, method: str) -> dict[str, Any]:
-        return {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
-
     def suggest(self, trial) -> dict[str, Any]:
         """Draw one trial's settings: the method (when there are several), then the settings that apply to it."""
         method = (
@@ -80,7 +77,8 @@ class SweepSpec:
     ) -> RunConfig:
         """The run of one trial and seed."""
         method = params["method"]
-        sets = {**self.sets_for(method), **{k: v for k, v in params.items() if k != "method"}}
+        sets = {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
+        sets.update({k: v for k, v in params.items() if k != "method"})
         sets.update(profile=self.profile, study=study, trial=trial, seeds=list(self.seeds))
         return load_run(self.task, method, seed=seed, sets=sets)
 
@@ -222,8 +220,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     or params.yaml and win over the spec's own."""
     path = Path(path)
     raw = read_yaml(path)
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
+    if unknown := set(raw) - SPEC_KEYS:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}"
         )
@@ -344,8 +341,7 @@ def _resolve_methods(
 
 def _n_trials(value: Any, spec: SweepSpec, path: Path) -> int:
     if spec.sampler.name == "grid":
-        bad = [p.name for p in spec.space.values() if p.choices is None]
-        if bad:
+        if bad := [p.name for p in spec.space.values() if p.choices is None]:
             raise ConfigError(f"{path}: a grid sweep needs lists of values; {', '.join(bad)} are ranges")
         size = len(spec.grid())
         if value is None:

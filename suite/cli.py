@@ -139,10 +139,10 @@ def cmd_report(args) -> int:
     if args.out is None:
         records, left_out = load(results, args.stale)
         print(report_text(summary(runs_frame(records)), left_out, results))
-        return 0
-    written, summ, left_out = write_tables(results, args.out, args.metrics, args.stale)
-    print(report_text(summ, left_out, results))
-    print(f"-> {', '.join(str(p) for p in written)}")
+    else:
+        written, summ, left_out = write_tables(results, args.out, args.metrics, args.stale)
+        print(report_text(summ, left_out, results))
+        print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -204,24 +204,15 @@ def cmd_dashboard(args) -> int:
 
     if args.out is not None:
         _out_folder(args.out, "dashboard definitions")
-    made = dashboards(
-        args.results or RESULTS,
-        task=args.task,
-        study=args.study,
-        entity=args.entity,
-        project=args.project,
-        report_only=args.report,
-        publish=args.publish,
-        out=args.out,
-    )
+    chosen = {k: getattr(args, k) for k in ("task", "study", "entity", "project", "out")}
+    made = dashboards(args.results or RESULTS, report_only=args.report, publish=args.publish, **chosen)
     kind = "report" if args.report else "workspace"
     for view, path in zip(made.views, made.files):
         print(f"{kind} {view.title} ({len(view.records)} runs) -> {path}")
     for url in made.urls:
         print(f"published: {url}")
     if not args.publish:
-        names = ("results", "task", "study", "entity", "project", "out")
-        flags = [f"--{k} {getattr(args, k)}" for k in names if getattr(args, k)]
+        flags = [f"--{k} {v}" for k, v in {"results": args.results, **chosen}.items() if v]
         again = " ".join(["suite dashboard", *flags, *(["--report"] if args.report else []), "--publish"])
         print(f"offline definitions only; to publish: `wandb login`, then `{again}`")
     return 0

@@ -37,8 +37,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
     except ConfigError:
         if chosen or storage is not None:
             raise
-        raw = read_yaml(spec_path)
-        for other in ["paper", *(raw.get("profiles") or {})]:
+        for other in ["paper", *(read_yaml(spec_path).get("profiles") or {})]:
             if other == spec.profile:
                 continue
             try:
@@ -56,8 +55,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
 def exit_code(study: optuna.Study) -> int:
     """0 when every trial has its outcome (a retried trial counts by its retry); 1, saying so, while failed
     trials wait for the next run of the sweep to retry them."""
-    left = st.progress(study).to_retry
-    if left:
+    if left := st.progress(study).to_retry:
         print(
             f"{left} trial(s) failed for a reason their settings do not decide (listed above as to retry); "
             "rerun the command to retry them",

@@ -64,10 +64,6 @@ def _out_folder(path: str, what: str) -> Path:
     return check_dir(out, f"{what} folder (--out)")
 
 
-def _results(args) -> str:
-    return args.results or RESULTS
-
-
 def _overrides(args) -> dict:
     """``--set`` items, with --profile and --results as the settings they stand for (a --set of either wins)."""
     from .config import parse_sets
@@ -132,7 +128,7 @@ def cmd_report(args) -> int:
     from .leaderboard import report_text, write_docs
     from .report import load, runs_frame, summary, write_tables
 
-    results = _results(args)
+    results = args.results or RESULTS
     if args.out is not None:
         _out_folder(args.out, "tables")
     if args.metrics is not None:
@@ -143,17 +139,17 @@ def cmd_report(args) -> int:
     if args.out is None:
         records, left_out = load(results, args.stale)
         print(report_text(summary(runs_frame(records)), left_out, results))
-        return 0
-    written, summ, left_out = write_tables(results, args.out, args.metrics, args.stale)
-    print(report_text(summ, left_out, results))
-    print(f"-> {', '.join(str(p) for p in written)}")
+    else:
+        written, summ, left_out = write_tables(results, args.out, args.metrics, args.stale)
+        print(report_text(summ, left_out, results))
+        print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 
 
 def cmd_publish(args) -> int:
     from .publish import DATA, publish, publish_bench, record_data, refresh_fingerprints, stale_published
 
-    results = _results(args)
+    results = args.results or RESULTS
     if args.data:
         known = record_data(results, args.data_dir)
         print(f"{results}/published/{DATA}: the data fingerprints of {len(known)} task(s)")
@@ -208,24 +204,15 @@ def cmd_dashboard(args) -> int:
 
     if args.out is not None:
         _out_folder(args.out, "dashboard definitions")
-    made = dashboards(
-        _results(args),
-        task=args.task,
-        study=args.study,
-        entity=args.entity,
-        project=args.project,
-        report_only=args.report,
-        publish=args.publish,
-        out=args.out,
-    )
+    chosen = {k: getattr(args, k) for k in ("task", "study", "entity", "project", "out")}
+    made = dashboards(args.results or RESULTS, report_only=args.report, publish=args.publish, **chosen)
     kind = "report" if args.report else "workspace"
     for view, path in zip(made.views, made.files):
         print(f"{kind} {view.title} ({len(view.records)} runs) -> {path}")
     for url in made.urls:
         print(f"published: {url}")
     if not args.publish:
-        names = ("results", "task", "study", "entity", "project", "out")
-        flags = [f"--{k} {getattr(args, k)}" for k in names if getattr(args, k)]
+        flags = [f"--{k} {v}" for k, v in {"results": args.results, **chosen}.items() if v]
         again = " ".join(["suite dashboard", *flags, *(["--report"] if args.report else []), "--publish"])
         print(f"offline definitions only; to publish: `wandb login`, then `{again}`")
     return 0
@@ -259,17 +246,7 @@ def cmd_sweep(args) -> int:
         except KeyboardInterrupt:
             return 130  # the command that started this worker says so, once
         return 0
-    argv = launch.worker_argv(
-        args.spec,
-        storage=args.storage,
-        profile=args.profile,
-        params=args.params,
-        results=args.results,
-        threads=args.threads,
-        store=args.store,
-        sets=args.set,
-    )
-    study = run_sweep(spec, args.storage, workers, argv, gpus)
+    study = run_sweep(spec, args.storage, workers, launch.worker_argv(args), gpus)
     print(launch.status_text(args.spec, spec, args.storage, sets, chosen=True))
     return launch.exit_code(study)
 
@@ -278,15 +255,13 @@ def cmd_export(args) -> int:
     from .export import export_run
 
     info = export_run(args.run, args.out and _out_folder(args.out, "exported file"), args.check)
+    reloaded = (
+        f"; reloaded: max abs error {info['max_abs_error']:.3g} on a validation batch" if args.check else ""
+    )
     print(
         f"run {info['run_id']}: {info['bytes']:,} bytes on disk, {info['tensor_bytes']:,} in tensors, "
-        f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index)"
-        + (
-            f"; reloaded: max abs error {info['max_abs_error']:.3g} on a validation batch"
-            if args.check
-            else ""
-        )
-        + f" -> {info['path']}"
+        f"{info['accounted_bytes']:,.0f} counted by the accounting (4 bytes a stored value or index){reloaded}"
+        f" -> {info['path']}"
     )
     return 0
 
@@ -376,7 +351,7 @@ def cmd_bench(args) -> int:
     else:  # every method that builds without data (the compressed weights, or a resized model)
         methods = [m for m in registry.available() if m != "dense" and not registry.get(m).needs]
     factors = args.factors or BENCH_FACTORS[args.kind]
-    out = check_file(Path(_results(args)) / "bench" / f"{args.kind}.json", "benchmark file")
+    out = check_file(Path(args.results or RESULTS) / "bench" / f"{args.kind}.json", "benchmark file")
     use_threads(args.threads)
     if args.kind == "decode":
         res = bench_decode((args.preset or DECODE_PRESETS).split(","), methods, factors, out=out)

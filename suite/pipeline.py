@@ -51,8 +51,7 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
     chosen = (raw.get("profiles") or {}).get(profile) or {}
     if not isinstance(chosen, dict):
         raise ConfigError(f"{path}: profiles.{profile} must be a mapping")
-    unknown = set(chosen) - {"seeds", "set"}
-    if unknown:
+    if unknown := set(chosen) - {"seeds", "set"}:
         raise ConfigError(
             f"{path}: profiles.{profile} has unknown key(s) {', '.join(sorted(unknown))} (seeds, set)"
         )

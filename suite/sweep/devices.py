@@ -58,8 +58,7 @@ def assign(workers: int, devices: list[int] | str | None = None) -> list[str | N
             f"--devices {','.join(map(str, devices))}: no CUDA device is visible here; leave --devices out "
             "(or --devices cpu)"
         )
-    missing = [i for i in devices if i >= len(gpus)]
-    if missing:
+    if missing := [i for i in devices if i >= len(gpus)]:
         raise ConfigError(
             f"--devices names CUDA device {missing[0]}, but this machine shows {len(gpus)} "
             f"({', '.join(f'cuda:{i}' for i in range(len(gpus)))}); choose among them"

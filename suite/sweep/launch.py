@@ -3,42 +3,27 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 
 import optuna
 
+from ..config import read_yaml
 from ..errors import ConfigError
 from . import storage as st
 from .runner import status
 from .spec import SweepSpec, load_spec
 
 
-def worker_argv(
-    spec_path: str,
-    *,
-    storage: str | None = None,
-    profile: str | None = None,
-    params: str | None = None,
-    results: str | None = None,
-    threads: int | None = None,
-    store: str | None = None,
-    sets: list[str] | None = None,
-) -> list[str]:
-    """The arguments of ``suite`` that run one worker of this sweep: the options the command was given, so that
-    every worker resolves the same spec, storage and settings (``runner._spawn`` adds ``--as-worker``)."""
-    argv = ["sweep", spec_path]
-    for flag, value in (
-        ("--storage", storage),
-        ("--profile", profile),
-        ("--params", params),
-        ("--results", results),
-        ("--threads", threads),
-        ("--store", store),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    for item in sets or []:
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments of ``suite`` that run one worker of the sweep of ``suite sweep``'s parsed ``args``: the
+    options the command was given, so that every worker resolves the same spec, storage and settings
+    (``runner._spawn`` adds ``--as-worker``)."""
+    argv = ["sweep", args.spec]
+    for name in ("storage", "profile", "params", "results", "threads", "store"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    for item in args.set or []:
         argv += ["--set", item]
     return argv
 
@@ -52,10 +37,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
     except ConfigError:
         if chosen or storage is not None:
             raise
-        import yaml
-
-        raw = yaml.safe_load(Path(spec_path).read_text()) or {}
-        for other in ["paper", *(raw.get("profiles") or {})]:
+        for other in ["paper", *(read_yaml(spec_path).get("profiles") or {})]:
             if other == spec.profile:
                 continue
             try:
@@ -73,8 +55,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
 def exit_code(study: optuna.Study) -> int:
     """0 when every trial has its outcome (a retried trial counts by its retry); 1, saying so, while failed
     trials wait for the next run of the sweep to retry them."""
-    left = st.retry_pending(study)
-    if left:
+    if left := st.progress(study).to_retry:
         print(
             f"{left} trial(s) failed for a reason their settings do not decide (listed above as to retry); "
             "rerun the command to retry them",

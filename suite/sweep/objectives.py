@@ -17,13 +17,6 @@ from ..errors import SuiteError
 from ..record import Record
 from .spec import SweepSpec
 
-_ACCOUNTING = {
-    "stored": "targeted_stored",
-    "model_stored": "model_stored",
-    "cf": "cf",
-    "model_cf": "model_cf",
-}
-
 
 def mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
@@ -34,8 +27,7 @@ def objective_values(spec: SweepSpec, records: list[Record]) -> list[float]:
     out = []
     for obj in spec.objectives:
         if obj.is_metric:
-            missing = [r.run_id for r in records if obj.name not in r.final]
-            if missing:
+            if missing := [r.run_id for r in records if obj.name not in r.final]:
                 raise SuiteError(
                     f"objective {obj.name} is not among the final metrics of run {missing[0]} "
                     f"({', '.join(records[0].final)})"
@@ -43,8 +35,9 @@ def objective_values(spec: SweepSpec, records: list[Record]) -> list[float]:
             out.append(mean([r.final[obj.name] for r in records]))
         elif obj.name == "latency_ms":
             out.append(latency_ms(records[0]))
-        else:
-            out.append(mean([r.accounting[_ACCOUNTING[obj.name]] for r in records]))
+        else:  # a size: the accounting's value of that name (``stored`` is its ``targeted_stored``)
+            key = "targeted_stored" if obj.name == "stored" else obj.name
+            out.append(mean([r.accounting[key] for r in records]))
     return out
 
 

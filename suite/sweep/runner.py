@@ -10,7 +10,6 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -33,7 +32,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def location(spec: SweepSpec, url: str | None = None) -> str:
     """The study's storage: ``url`` if given, else the journal file under results/sweeps/<name>/."""
-    return url or str(st.journal_path(spec.set.get("results_dir", "results"), spec.name))
+    return url or str(Path(spec.set.get("results_dir", "results")) / "sweeps" / spec.name / "journal.log")
 
 
 def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = False) -> optuna.Study:
@@ -42,52 +41,43 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
     are queued one at a time by the workers (``queue_next``), so the retries run first. A study made from a
     different spec (anything but n_trials changed) is refused rather than mixed."""
     storage = st.open_storage(where, create=create)
-    sampler, pruner = make_sampler(spec), make_pruner(spec)
+    study_args = dict(
+        study_name=spec.study_name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
+    )
     if not create:
         try:
-            return optuna.load_study(
-                study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
-            )
+            return optuna.load_study(**study_args)
         except KeyError:
             raise ConfigError(
                 f"no study {spec.study_name} in {st.describe(where)} yet; run the sweep first"
             ) from None
     lock = st.SlotLock(where, spec.study_name)
     try:
-        with lock:
-            try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
-                study = optuna.load_study(
-                    study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner
-                )
-            except KeyError:
-                study = optuna.create_study(
-                    study_name=spec.study_name,
-                    storage=storage,
-                    directions=spec.directions,
-                    sampler=sampler,
-                    pruner=pruner,
-                    load_if_exists=True,
-                )
-            made_from = study.user_attrs.get("fingerprint")
-            if made_from is None:
-                study.set_user_attr("spec", spec.identity())
-                study.set_user_attr("fingerprint", spec.fingerprint())
-            elif made_from != spec.fingerprint():
-                old, new = study.user_attrs.get("spec", {}), spec.identity()
-                changed = sorted(m for m, v in new["code"].items() if old.get("code", {}).get(m) != v)
-                if changed and {**old, "code": None} == {**new, "code": None}:
-                    raise ConfigError(
-                        f"study {spec.study_name} in {st.describe(where)} was made by older code of "
-                        f"{', '.join(changed)} (its trials' runs are stale); delete its storage to rebuild it, or give "
-                        "the sweep a new name"
-                    )
+        lock.acquire()
+        try:  # loaded, not created: a refused resume must write nothing (not even a create-study entry)
+            study = optuna.load_study(**study_args)
+        except KeyError:
+            study = optuna.create_study(directions=spec.directions, load_if_exists=True, **study_args)
+        made_from = study.user_attrs.get("fingerprint")
+        if made_from is None:
+            study.set_user_attr("spec", spec.identity())
+            study.set_user_attr("fingerprint", spec.fingerprint())
+        elif made_from != spec.fingerprint():
+            old, new = study.user_attrs.get("spec", {}), spec.identity()
+            changed = sorted(m for m, v in new["code"].items() if old.get("code", {}).get(m) != v)
+            if changed and {**old, "code": None} == {**new, "code": None}:
                 raise ConfigError(
-                    f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
-                    "may change when resuming); give the sweep a new name or delete its storage"
+                    f"study {spec.study_name} in {st.describe(where)} was made by older code of "
+                    f"{', '.join(changed)} (its trials' runs are stale); delete its storage to rebuild it, or give "
+                    "the sweep a new name"
                 )
-            study.set_user_attr("n_trials", spec.n_trials)
-            if resume:
-                st.retry_failed(study)
+            raise ConfigError(
+                f"study {spec.study_name} in {st.describe(where)} was made from a different spec (only n_trials "
+                "may change when resuming); give the sweep a new name or delete its storage"
+            )
+        study.set_user_attr("n_trials", spec.n_trials)
+        if resume:
+            st.retry_failed(study)
     finally:
         lock.close()
     return study
@@ -202,15 +192,13 @@ def work(spec: SweepSpec, where: str) -> None:
         lock.close()
 
 
-class _QuietFailures(logging.Filter):
+def _not_a_failed_trial(record: logging.LogRecord) -> bool:
     """Optuna logs each failed trial with a traceback; the worker says it in one line instead (``_echo``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not (msg.startswith("Trial ") and " failed with " in msg)
+    msg = str(record.msg)
+    return not (msg.startswith("Trial ") and " failed with " in msg)
 
 
-logging.getLogger("optuna.study._optimize").addFilter(_QuietFailures())
+logging.getLogger("optuna.study._optimize").addFilter(_not_a_failed_trial)
 
 
 def _echo(study: optuna.Study, objective: Objective) -> None:
@@ -250,7 +238,7 @@ def run_sweep(
     if workers <= 1 and devices is None:
         work(spec, where)
     elif bad := _spawn(workers, argv or [], gpus):
-        ended = ", ".join(_ended(c) for c in bad)
+        ended = ", ".join(f"killed by signal {-c}" if c < 0 else f"exit {c}" for c in bad)
         p = st.progress(study)
         if p.running or p.waiting or p.to_retry or p.done < spec.n_trials:
             raise SuiteError(f"{len(bad)} of {workers} workers failed ({ended}); rerun the command to resume")
@@ -263,14 +251,9 @@ def run_sweep(
     return study
 
 
-def _ended(code: int) -> str:
-    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
-
-
-def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) -> list[int]:
+def _spawn(workers: int, argv: list[str], gpus: list[str | None]) -> list[int]:
     """Run ``workers`` worker processes and wait for them (worker i sees only GPU ``gpus[i]``; "": none; None:
     whatever this process sees); the exit codes of those that failed."""
-    gpus = gpus or [None] * workers
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     if any(g is not None for g in gpus):
@@ -292,22 +275,6 @@ def _spawn(workers: int, argv: list[str], gpus: list[str | None] | None = None) 
             p.wait()
         raise
     return [c for c in codes if c != 0]
-
-
-def _missing_points(spec: SweepSpec, trials: list) -> list[dict[str, Any]]:
-    """The grid's points (within n_trials) that have no complete, pruned or finally failed trial."""
-    superseded = st.retried(trials)
-    settled = [
-        t.params
-        for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (
-            t.state == TrialState.FAIL
-            and t.number not in superseded
-            and not (st.retryable(t) and st.retries_left(t))
-        )
-    ]
-    return [point for point in spec.grid()[: spec.n_trials] if point not in settled]
 
 
 TRIAL_ATTRS = ("number", "state", "values", "params", "user_attrs", "system_attrs", "duration")
@@ -379,16 +346,13 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
             lines.append(f"  worker gone: trial {t.number} {t.params} (pid {who.get('pid')}); to retry")
         elif t.state == TrialState.RUNNING:
             lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
-        elif t.state == TrialState.FAIL and t.number not in superseded:
-            kind = "to retry" if st.retryable(t) and st.retries_left(t) else "failed"
-            lines.append(f"  {kind}: trial {t.number} {t.params}: {why}")
-    if spec.sampler.name == "grid":
-        missing = _missing_points(spec, trials)
-        if missing:
-            shown = ", ".join(map(str, missing[:5])) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
-            lines.append(f"  grid points without a result: {shown}")
+        elif (kind := st.standing(t, superseded)) in ("to_retry", "failed"):
+            lines.append(f"  {kind.replace('_', ' ')}: trial {t.number} {t.params}: {why}")
+    if spec.sampler.name == "grid":  # the points (within n_trials) that no trial has settled yet
+        settled = [t.params for t in trials if st.standing(t, superseded) in ("complete", "pruned", "failed")]
+        if missing := [point for point in spec.grid()[: spec.n_trials] if point not in settled]:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            lines.append(f"  grid points without a result: {', '.join(map(str, missing[:5]))}{more}")
     names = [o.name for o in spec.objectives]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:

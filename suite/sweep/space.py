@@ -74,8 +74,7 @@ class Param:
         if isinstance(value, list):
             return cls(name, choices=value)
         if isinstance(value, dict):
-            unknown = set(value) - {"choices", "low", "high", "log", "step", "int"}
-            if unknown:
+            if unknown := set(value) - {"choices", "low", "high", "log", "step", "int"}:
                 raise ConfigError(
                     f"space.{name}: unknown key(s) {', '.join(sorted(unknown))}; "
                     "use choices, or low, high, log, step, int"
@@ -184,13 +183,14 @@ def check_known_ranges(space: dict[str, Param]) -> None:
                 check(f"space.{name}", value, kind, rule)
 
 
-def parse_objectives(value: Any, path: Path, metric=None) -> list[Objective]:
+def parse_objectives(value: Any, path: Path, metric) -> list[Objective]:
     """Objectives of a spec; ``metric`` (the task family's) gives the direction of its validation metric, the
     only metric a trial's runs are sure to have."""
-    example = metric.val if metric is not None else "val_<metric>"
     items = [value] if isinstance(value, (str, dict)) else value
     if not isinstance(items, list) or not items:
-        raise ConfigError(f"{path}: objectives must be a list such as [{example}] or [{example}, stored]")
+        raise ConfigError(
+            f"{path}: objectives must be a list such as [{metric.val}] or [{metric.val}, stored]"
+        )
     out = []
     for item in items:
         if isinstance(item, str):
@@ -199,7 +199,7 @@ def parse_objectives(value: Any, path: Path, metric=None) -> list[Objective]:
             name, direction = item.get("name"), item.get("direction")
         else:
             raise ConfigError(f"{path}: an objective is a name or {{name, direction}}, got {item!r}")
-        if metric is not None and isinstance(name, str) and name.startswith("val_"):
+        if isinstance(name, str) and name.startswith("val_"):
             if name != metric.val:
                 raise ConfigError(
                     f"{path}: objective {name}: this task's validation metric is {metric.val} ({metric.direction})"

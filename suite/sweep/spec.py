@@ -54,9 +54,7 @@ class SweepSpec:
     @property
     def monitor(self) -> str | None:
         """The per-epoch metric the pruner watches (None: no pruning)."""
-        if self.pruner.name == "none":
-            return None
-        return self.objectives[0].name
+        return None if self.pruner.name == "none" else self.objectives[0].name
 
     def params_for(self, method: str) -> list[Param]:
         """The searched settings that apply to ``method`` (a method setting applies only to methods having it;
@@ -66,9 +64,6 @@ class SweepSpec:
             for p in self.space.values()
             if _applies(p.name, method, self.set) and not _refused(p, method, self.set)
         ]
-
-    def sets_for(self, method: str) -> dict[str, Any]:
-        return {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
 
     def suggest(self, trial) -> dict[str, Any]:
         """Draw one trial's settings: the method (when there are several), then the settings that apply to it."""
@@ -82,7 +77,8 @@ class SweepSpec:
     ) -> RunConfig:
         """The run of one trial and seed."""
         method = params["method"]
-        sets = {**self.sets_for(method), **{k: v for k, v in params.items() if k != "method"}}
+        sets = {k: v for k, v in self.set.items() if _applies(k, method, self.set)}
+        sets.update({k: v for k, v in params.items() if k != "method"})
         sets.update(profile=self.profile, study=study, trial=trial, seeds=list(self.seeds))
         return load_run(self.task, method, seed=seed, sets=sets)
 
@@ -177,19 +173,15 @@ def _refused(param: Param, method: str, fixed: dict[str, Any]) -> bool:
     return True
 
 
-def _applies(key: str, method: str, fixed: dict[str, Any] | None = None) -> bool:
+def _applies(key: str, method: str, fixed: dict[str, Any]) -> bool:
     """A method setting (a field of some registered method) applies to the methods that have it; the learning
     rate to the methods trained from scratch (a trained init's runs share the dense baseline, trained at the
     preset's rate); every other key (train.*, model.*, seed, ...) applies to every run."""
     key = _bare(key)
-    if key in LR_KEYS and fixed is not None and trained_init(method, fixed):
+    if key in LR_KEYS and trained_init(method, fixed):
         return False
-    if "." in key:
-        return True
     fields = _method_fields()
-    if key in fields.get(method, set()):
-        return True
-    return not any(key in f for f in fields.values())
+    return "." in key or key in fields.get(method, set()) or not any(key in f for f in fields.values())
 
 
 def resolve_task(task: Any, spec_path: Path) -> str:
@@ -198,12 +190,7 @@ def resolve_task(task: Any, spec_path: Path) -> str:
         raise ConfigError(
             f"{spec_path}: task must name a preset (tasks/ptb-small.yaml or ptb-small), got {task!r}"
         )
-    candidates = [
-        Path(task),
-        Path("tasks") / f"{task}.yaml",
-        spec_path.parent.parent / "tasks" / f"{task}.yaml",
-    ]
-    for c in candidates:
+    for c in (Path(task), Path("tasks") / f"{task}.yaml", spec_path.parent.parent / "tasks" / f"{task}.yaml"):
         if c.is_file():
             return str(c)
     known = sorted(p.stem for p in Path("tasks").glob("*.yaml"))
@@ -214,10 +201,7 @@ def resolve_task(task: Any, spec_path: Path) -> str:
 
 def _overlay(spec: dict, profile: str, path: Path) -> dict:
     """A profile's overrides on top of the spec (``space`` and ``set`` merged key by key)."""
-    if profile == "paper":
-        return spec
-    profiles = spec.get("profiles") or {}
-    overlay = profiles.get(profile)
+    overlay = None if profile == "paper" else (spec.get("profiles") or {}).get(profile)
     if overlay is None:
         return spec
     if not isinstance(overlay, dict):
@@ -236,8 +220,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
     or params.yaml and win over the spec's own."""
     path = Path(path)
     raw = read_yaml(path)
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
+    if unknown := set(raw) - SPEC_KEYS:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}"
         )
@@ -250,8 +233,7 @@ def load_spec(path: str | Path, profile: str | None = None, sets: dict[str, Any]
         raise ConfigError(f"{path}: name must be letters, digits, - and _ (it names the study), got {name!r}")
     task = resolve_task(raw.get("task"), path)
     family = read_yaml(task).get("family", "lm")
-    fixed = dict(raw.get("set") or {})
-    fixed.update(sets or {})
+    fixed = {**(raw.get("set") or {}), **(sets or {})}
     for key in ("method", "profile", "study", "trial", "seed"):
         if key in fixed:
             raise ConfigError(f"{path}: set.{key} is chosen by the sweep itself; remove it")
@@ -341,7 +323,6 @@ def _resolve_methods(
             methods.append(m)
         if not methods:
             raise ConfigError(f"{path}: no registered method accepts the fixed settings {fixed}")
-        strict = False
     else:
         methods = [value] if isinstance(value, str) else value
         if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
@@ -350,11 +331,8 @@ def _resolve_methods(
             registry.get(m)  # unknown method -> ConfigError listing the known
         if len(set(methods)) != len(methods):
             raise ConfigError(f"{path}: methods repeat: {methods}")
-        strict = True
-    all_fields = set().union(*fields.values())
-    for key in space:
-        if key in all_fields and not any(key in fields[m] for m in methods):
-            if strict or not any(key in fields[m] for m in registry.available()):
+        for key in space:  # a method setting of the space must be one of theirs
+            if any(key in f for f in fields.values()) and not any(key in fields[m] for m in methods):
                 raise ConfigError(f"space.{key}: none of {', '.join(methods)} has a setting {key!r}")
     if "method" in space:
         raise ConfigError("space.method: list the methods under methods:, not in the space")
@@ -363,8 +341,7 @@ def _resolve_methods(
 
 def _n_trials(value: Any, spec: SweepSpec, path: Path) -> int:
     if spec.sampler.name == "grid":
-        bad = [p.name for p in spec.space.values() if p.choices is None]
-        if bad:
+        if bad := [p.name for p in spec.space.values() if p.choices is None]:
             raise ConfigError(f"{path}: a grid sweep needs lists of values; {', '.join(bad)} are ranges")
         size = len(spec.grid())
         if value is None:

@@ -36,6 +36,7 @@ import socket
 import sys
 import warnings
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,18 +72,11 @@ def retry_history(t: FrozenTrial) -> list[int]:
         return RetryHeartbeatStaleTrialCallback.retry_history(t)
 
 
-def retried_trial(t: FrozenTrial) -> int | None:
-    """The number of the original trial ``t`` retries (None: ``t`` is no retry)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
-
-
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Queue a copy of a failed trial (its settings, not its user attributes), at most MAX_RETRY times per
     original, with Optuna's retry callback; whether a copy was queued. Also RDBStorage's callback for trials
     whose heartbeat stopped."""
-    if not retries_left(trial):
+    if len(retry_history(trial)) >= MAX_RETRY:
         return False
     bare = copy.deepcopy(trial)  # the callback extends the history list of the trial it is given
     bare.user_attrs = {}
@@ -98,49 +92,40 @@ def fail(trial: optuna.Trial, reason: str, retry: bool) -> None:
     trial.set_user_attr(RETRY, retry)
 
 
-def retryable(t: FrozenTrial) -> bool:
-    """A failed trial whose settings did not decide its failure (trials failed without a reason: their worker
-    died or they were interrupted)."""
-    return t.state == TrialState.FAIL and bool(t.user_attrs.get(RETRY, REASON not in t.user_attrs))
-
-
 def retried(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of the failed trials that have a retry."""
     return {n for t in trials for n in retry_history(t)}
 
 
-def retries_left(t: FrozenTrial) -> bool:
-    return len(retry_history(t)) < MAX_RETRY
+def standing(t: FrozenTrial, superseded: set[int]) -> str:
+    """A trial's place in the budget, as ``Progress`` counts it: its state in lower case, except that a failed
+    trial is ``retried`` (it is among ``superseded``, the failed trials that have a retry), ``to_retry`` (its
+    settings did not decide its failure, and it has retries left) or ``failed`` (for good)."""
+    if t.state != TrialState.FAIL:
+        return t.state.name.lower()
+    if t.number in superseded:
+        return "retried"
+    # A trial failed without a reason recorded (its worker died, or it was interrupted) is retried.
+    retry = t.user_attrs.get(RETRY, REASON not in t.user_attrs)
+    return "to_retry" if retry and len(retry_history(t)) < MAX_RETRY else "failed"
 
 
-def retry_failed(study: optuna.Study) -> list[int]:
+def retry_failed(study: optuna.Study) -> None:
     """Queue a retry of every failed trial that is to be retried and has none yet. Call it holding the slot lock."""
     trials = study.get_trials(deepcopy=False)
     done = retried(trials)
-    queued = []
     for t in trials:
-        if retryable(t) and t.number not in done and retry_trial(study, t):
-            queued.append(t.number)
+        if standing(t, done) == "to_retry" and retry_trial(study, t):
             why = t.user_attrs.get(REASON) or "no reason recorded"
             print(
                 f"[{study.study_name}] trial {t.number} {t.params}: retrying it ({why})",
                 file=sys.stderr,
                 flush=True,
             )
-    return queued
-
-
-def retry_pending(study: optuna.Study) -> int:
-    """How many failed trials wait for the next run of the sweep to retry them."""
-    return progress(study).to_retry
 
 
 def is_url(location: str) -> bool:
     return "://" in location
-
-
-def journal_path(results_dir: str | Path, name: str) -> Path:
-    return Path(results_dir) / "sweeps" / name / "journal.log"
 
 
 def describe(location: str) -> str:
@@ -229,7 +214,8 @@ def _damaged(path: Path, problem: str) -> DataError:
 
 
 class SlotLock:
-    """The study's lock around "count the trials, then start one". ``release()`` may be called twice."""
+    """The study's lock around "count the trials, then start one". ``release()`` may be called twice, and
+    ``close()`` releases it."""
 
     def __init__(self, location: str, study_name: str) -> None:
         self._fd: int | None = None
@@ -282,13 +268,6 @@ class SlotLock:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> SlotLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
 
 def owner() -> dict:
     """This process, as recorded on the trials it runs."""
@@ -313,10 +292,9 @@ def gone(t: FrozenTrial) -> bool:
     return not who or (who.get("host") == socket.gethostname() and not alive(who))
 
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
+def fail_dead_trials(study: optuna.Study) -> None:
     """Fail RUNNING trials whose owner died on this host (or that never got an owner: under the slot lock every
     live worker has recorded itself) and queue a retry of each. Call it holding the slot lock."""
-    failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = t.user_attrs.get(OWNER)
         if not gone(t):
@@ -328,7 +306,6 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         frozen = study.get_trials(deepcopy=True)[t.number]
         if frozen.state == TrialState.FAIL:
             retry_trial(study, frozen)
-            failed.append(t.number)
             print(
                 f"[{study.study_name}] trial {t.number}: its worker {who or '(unknown)'} is gone; retrying it",
                 file=sys.stderr,
@@ -337,7 +314,6 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     with warnings.catch_warnings():  # RDB heartbeats (a no-op for storages without them)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return failed
 
 
 @dataclass
@@ -366,24 +342,6 @@ class Progress:
 
 
 def progress(study: optuna.Study) -> Progress:
-    p = Progress()
     trials = study.get_trials(deepcopy=False)
     superseded = retried(trials)
-    for t in trials:
-        p.total += 1
-        if t.state == TrialState.COMPLETE:
-            p.complete += 1
-        elif t.state == TrialState.PRUNED:
-            p.pruned += 1
-        elif t.state == TrialState.FAIL:
-            if t.number in superseded:
-                p.retried += 1
-            elif retryable(t) and retries_left(t):
-                p.to_retry += 1
-            else:
-                p.failed += 1
-        elif t.state == TrialState.RUNNING:
-            p.running += 1
-        elif t.state == TrialState.WAITING:
-            p.waiting += 1
-    return p
+    return Progress(total=len(trials), **Counter(standing(t, superseded) for t in trials))

@@ -61,18 +61,17 @@ def budget_text(train: dict) -> str:
     )
 
 
-def current_version(record: Record) -> str | None:
-    """The code version a run of this record's family and method would have now (None: no longer registered)."""
+def is_stale(record: Record) -> bool:
+    """Whether the record's code version is not the one a run of its family and method would have now (or its
+    method is no longer registered)."""
     from .version import code_version
 
     try:
-        return code_version(record.family, record.method)
+        return record.code_version is None or record.code_version != code_version(
+            record.family, record.method
+        )
     except ConfigError:
-        return None
-
-
-def is_stale(record: Record) -> bool:
-    return record.code_version is None or record.code_version != current_version(record)
+        return True
 
 
 def runs_frame(records: list[Record]) -> pd.DataFrame:
@@ -214,19 +213,16 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     achieved CFs and sizes."""
     if frame.empty:
         return frame
-    ok = frame["status"] == "ok"
     settings = [c for c in frame.columns if c not in _RESULTS and c != "config_id"]
     g = frame.groupby("config_id", dropna=False, sort=False)
-    counts = pd.DataFrame(
-        {
-            "n_ok": g["status"].agg(lambda s: int((s == "ok").sum())),
-            "n_failed": g["status"].agg(lambda s: int((s == "failed").sum())),
-            "n_pruned": g["status"].agg(lambda s: int((s == "pruned").sum())),
-            "n_asked": g["seeds_asked"].agg(_asked),
-        }
+    counts = g.agg(
+        n_ok=("status", lambda s: int((s == "ok").sum())),
+        n_failed=("status", lambda s: int((s == "failed").sum())),
+        n_pruned=("status", lambda s: int((s == "pruned").sum())),
+        n_asked=("seeds_asked", _asked),
     )
     first = g[settings].first()
-    done = frame[ok].groupby("config_id", dropna=False)
+    done = frame[frame["status"] == "ok"].groupby("config_id", dropna=False)
     stats_ = done.agg(
         val_mean=("val", "mean"),
         val_std=("val", "std"),
@@ -287,16 +283,13 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
         )
     from .publish import stale_reasons
 
-    records, seen, left_out = [], set(), 0
-    found = []
+    records, left_out, found = [], 0, {}
     for rec in load_records(results_dir, status=None):  # published records first: they win a shared run-id
-        if rec.run_id not in seen:
-            seen.add(rec.run_id)
-            found.append(rec)
+        found.setdefault(rec.run_id, rec)
     # A published record is current while its code keeps its behaviour (suite.behaviour); one of the user's own
     # while its code version is the current one.
-    reasons = stale_reasons([r for r in found if r.published])
-    for rec in found:
+    reasons = stale_reasons([r for r in found.values() if r.published])
+    for rec in found.values():
         if rec.published:
             rec._stale_reason = reasons[rec.run_id]
         if rec._stale_reason is not None if rec.published else is_stale(rec):

@@ -8,6 +8,7 @@ the run-ids behind it. A verdict is a rule written next to the claim, never a ju
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ def _row(board: pd.DataFrame, task: str, method: str, factor: float, **settings)
     return None if rows.empty else rows.iloc[0]
 
 
-def _ids(summ: pd.DataFrame, rows: list[pd.Series]) -> list[str]:
+def _ids(rows: list[pd.Series]) -> list[str]:
     return sorted({i for r in rows for i in str(r.get("run_ids", "")).split(",") if i})
 
 
@@ -78,7 +79,7 @@ def doping_losses(board, summ, records) -> Verdict:
         f"; not yet run: {', '.join(missing)}" if missing else ""
     )
     return Verdict(
-        text, REPRODUCED if ok else REFUTED, why, _ids(summ, [r for r in rows.values() if r is not None])
+        text, REPRODUCED if ok else REFUTED, why, _ids([r for r in rows.values() if r is not None])
     )
 
 
@@ -95,9 +96,7 @@ def doping_margin(board, summ, records) -> Verdict:
     }
     ok = all(g >= 8.0 for g in gaps.values())
     text = ", ".join(f"{m} {g:+.1f}% above doped_kp" for m, g in gaps.items())
-    return Verdict(
-        text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids(summ, [doped, prune, lmf])
-    )
+    return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids([doped, prune, lmf]))
 
 
 def _without_d(rec: Record) -> float | None:
@@ -145,7 +144,7 @@ def deepthin_wer(board, summ, records) -> Verdict:
     )
     ok = all(dt["test_mean"] < r["test_mean"] for r in rows.values())
     why = "fsdd-digits (connected digits, 2x128 biLSTM), one seed; test WER over 4,106 words"
-    return Verdict(text, REPRODUCED if ok else REFUTED, why, _ids(summ, [dt, *rows.values()]))
+    return Verdict(text, REPRODUCED if ok else REFUTED, why, _ids([dt, *rows.values()]))
 
 
 def _f6(summ: pd.DataFrame, target: str, method: str, p: float | None = None) -> pd.DataFrame:
@@ -245,19 +244,6 @@ def check_claims(summ: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
     rows = []
     for c in CLAIMS:
         v = c.check(board, summ, by_id)
-        rows.append(
-            {
-                "paper": c.paper,
-                "claim": c.claim,
-                "paper's number": c.number,
-                "suite": v.suite,
-                "verdict": v.verdict,
-                "why": v.why,
-                "runs": ", ".join(v.runs) or "-",
-            }
-        )
+        verdict = {**dataclasses.asdict(v), "runs": ", ".join(v.runs) or "-"}
+        rows.append({"paper": c.paper, "claim": c.claim, "paper's number": c.number, **verdict})
     return pd.DataFrame(rows)
-
-
-def format_markdown(claims: pd.DataFrame) -> str:
-    return claims.to_markdown(index=False, disable_numparse=True) + "\n"

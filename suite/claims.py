@@ -85,18 +85,15 @@ def doping_losses(board, summ, records) -> Verdict:
 
 def doping_margin(board, summ, records) -> Verdict:
     """Doped KP beats pruning and low rank (LMF) by 8% or more of perplexity at 25x."""
-    doped, prune, lmf = (_row(board, "ptb-small", m, 25.0) for m in ("doped_kp", "prune", "lmf"))
-    if doped is None or prune is None or lmf is None:
-        return _missing(
-            [f"{m} at CF 25" for m, r in (("doped_kp", doped), ("prune", prune), ("lmf", lmf)) if r is None]
-        )
-    gaps = {
-        m: 100 * (r["test_mean"] - doped["test_mean"]) / doped["test_mean"]
-        for m, r in (("prune", prune), ("lmf", lmf))
-    }
+    rows = {m: _row(board, "ptb-small", m, 25.0) for m in ("doped_kp", "prune", "lmf")}
+    missing = [f"{m} at CF 25" for m, r in rows.items() if r is None]
+    if missing:
+        return _missing(missing)
+    doped = rows["doped_kp"]["test_mean"]
+    gaps = {m: 100 * (rows[m]["test_mean"] - doped) / doped for m in ("prune", "lmf")}
     ok = all(g >= 8.0 for g in gaps.values())
     text = ", ".join(f"{m} {g:+.1f}% above doped_kp" for m, g in gaps.items())
-    return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids([doped, prune, lmf]))
+    return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids(list(rows.values())))
 
 
 def _without_d(rec: Record) -> float | None:
@@ -131,14 +128,12 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
 def deepthin_wer(board, summ, records) -> Verdict:
     """DeepThin at CF 10 on the acoustic model: lower WER than rank factorization (lmf), pruning, HashedNets and a
     small dense model. Reproduced when its test WER is below each of theirs."""
-    others = ["lmf", "prune", "hashed", "small_dense"]
-    dt = _row(board, "fsdd-digits", "deepthin", 10.0)
-    rows = {m: _row(board, "fsdd-digits", m, 10.0) for m in others}
-    missing = ([] if dt is not None else ["deepthin at CF 10"]) + [
-        f"{m} at CF 10" for m, r in rows.items() if r is None
-    ]
+    methods = ["deepthin", "lmf", "prune", "hashed", "small_dense"]
+    rows = {m: _row(board, "fsdd-digits", m, 10.0) for m in methods}
+    missing = [f"{m} at CF 10" for m, r in rows.items() if r is None]
     if missing:
         return _missing(missing)
+    dt = rows.pop("deepthin")
     text = f"deepthin {dt['test_mean']:.4f}; " + ", ".join(
         f"{m} {r['test_mean']:.4f}" for m, r in rows.items()
     )

@@ -130,7 +130,7 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
     from . import api, tasks
     from .compressors import registry
     from .config import RunConfig
-    from .files import check_dir
+    from .files import make_dir
     from .record import Record
     from .store import record_path
     from .train import MODEL_FILE, _context
@@ -158,17 +158,12 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
         datamodule = family.datamodule(data, cfg.train)
     ctx = _context(cfg, family, method, data, datamodule) if method.needs else None
 
-    def build() -> nn.Module:
-        model = family.build_model(model_cfg)
-        api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())
-        return model
-
-    model = build()
+    model = family.build_model(model_cfg)
+    api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())
     model.load_state_dict(torch.load(weights, weights_only=True))
     done = api.Compressed(model, cfg.method, cfg.method_config, finalized=True)
     folder = Path(out) if out is not None else run
-    check_dir(folder, "export folder (--out)")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder, "export folder (--out)")
     path = folder / f"{rec.task}-{rec.method}-{rec.run_id}.safetensors"
     info = {"run_id": rec.run_id, **done.export(path), "record_cf": rec.accounting.get("cf")}
     if check:

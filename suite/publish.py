@@ -154,17 +154,13 @@ def scrub(record: Record) -> dict[str, Any]:
     """The record as published: no path of the machine it ran on, no host name, the command written down."""
     d = record.to_dict()
     config = d["config"]
-    config["results_dir"] = "results"
-    config["data_dir"] = None
+    config.update(results_dir="results", data_dir=None)
     data = config.get("data")
-    if isinstance(data, dict) and "origin" in data:
-        data["origin"] = data.get("name") or Path(str(data["origin"])).name
     if isinstance(data, dict):
+        if "origin" in data:
+            data["origin"] = data.get("name") or Path(str(data["origin"])).name
         config["data"] = _relative(data)
-    prov = dict(d["provenance"])
-    prov.pop("host", None)
-    prov.pop("argv", None)
-    d["provenance"] = prov
+    d["provenance"] = {k: v for k, v in d["provenance"].items() if k not in ("host", "argv")}
     return d
 
 

@@ -144,8 +144,8 @@ def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "re
         )
     if not rest.empty:
         text += "\n\nPIPELINE CHECK (smoke scale: checks the pipeline, not the methods)\n"
-        text += format_table(selected(rest), left_out)
-    elif left_out:
+        text += format_table(selected(rest))
+    if left_out:
         text += f"\n({left_out} record(s) of older code left out; `suite report --stale` shows them)"
     return text
 

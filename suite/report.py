@@ -119,13 +119,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 "seed": r.seed,
                 "run_id": r.run_id,
                 "config_id": _hash(
-                    {
-                        **setup,
-                        "train": train,
-                        "method": r.method,
-                        "compress": compress,
-                        "code": code,
-                    }
+                    {**setup, "train": train, "method": r.method, "compress": compress, "code": code}
                 ),
                 "setup_id": _hash({**setup, "train": without_lr}),
                 "code_version": r.code_version,
@@ -157,11 +151,10 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def epochs_frame(records: list[Record], base: pd.DataFrame | None = None) -> pd.DataFrame:
+def epochs_frame(records: list[Record], base: pd.DataFrame) -> pd.DataFrame:
     """One row per epoch of every run: the run's identity and settings, then whatever the epoch logged
     (lr, losses, metrics, and the diagnostics a method logs, ``Method.diagnostics``). ``base``: the runs_frame
-    of ``records`` when the caller has it."""
-    base = runs_frame(records) if base is None else base
+    of ``records``."""
     rows = []
     drop = ("val", "test", "epochs", "wall_s", "baseline_s", "throughput", "lr")
     for r, (_, run) in zip(records, base.iterrows()):
@@ -265,12 +258,12 @@ def best_by_val(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return ranked.loc[best.index].drop(columns="_key").sort_index()
 
 
-def selected(summ: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+def selected(summ: pd.DataFrame) -> pd.DataFrame:
     """The setting each method gets at each asked CF (and targets) within a setup, chosen on validation."""
     if summ.empty:
         return summ
     summ = summ.assign(targets=summ["targets"].fillna(DEFAULT_TARGETS)) if "targets" in summ else summ
-    return best_by_val(summ, keys or SELECT_KEYS).reset_index(drop=True)
+    return best_by_val(summ, SELECT_KEYS).reset_index(drop=True)
 
 
 def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list[Record], int]:
@@ -301,13 +294,6 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
     return records, left_out
 
 
-def table(results_dir: str | Path = "results", stale: bool = False) -> pd.DataFrame:
-    return summary(runs_frame(load(results_dir, stale)[0]))
-
-
-TRIAL_COLUMNS = ("study", "number", "state")
-
-
 def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
     """Every sweep trial, from the tables the sweeps export (results/sweeps/<name>/<study>.csv); a table that
     cannot be read is left out with a note naming it."""
@@ -315,7 +301,7 @@ def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
     for path in sorted(Path(results_dir).glob("sweeps/*/*.csv")):
         try:
             frame = pd.read_csv(path)
-            missing = [c for c in TRIAL_COLUMNS if c not in frame]
+            missing = [c for c in ("study", "number", "state") if c not in frame]
             problem = f"no column {', '.join(missing)}" if missing else None
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             problem = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__

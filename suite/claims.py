@@ -101,13 +101,12 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
     """CMR removes the structured part's dependence on D: with CMR, removing D at the end costs little; without,
     a lot. Reproduced when val ppl without D / with D is under 1.25 with cmr 0.5 and over 1.5 with cmr 0."""
     rows = full_scale(summ)
-    found = {}
-    if rows.empty:
+    if rows.empty or "cmr" not in rows:
         return _missing(["doped_kp CF 25 cmr 0", "doped_kp CF 25 cmr 0.5"])
+    doped = rows[(rows["task"] == "ptb-small") & (rows["method"] == "doped_kp") & (rows["factor"] == 25.0)]
+    found = {}
     for cmr in (0.0, 0.5):
-        r = rows[(rows["task"] == "ptb-small") & (rows["method"] == "doped_kp") & (rows["factor"] == 25.0)]
-        r = r[r["cmr"] == cmr] if "cmr" in r else r.iloc[0:0]
-        ids = [i for x in r["run_ids"] for i in str(x).split(",")] if not r.empty else []
+        ids = [i for x in doped.loc[doped["cmr"] == cmr, "run_ids"] for i in str(x).split(",")]
         ratios = [v for i in ids if i in records and (v := _without_d(records[i])) is not None]
         if ratios:
             found[cmr] = (float(np.mean(ratios)), ids)

@@ -65,8 +65,7 @@ class Collected:
         if self.replaced:
             parts.append(f"{len(self.replaced)} of them replacing an unfinished copy")
         parts.append(f"{len(self.duplicates)} identical duplicate(s) skipped")
-        partial = sum("partial copy" in note for note in self.notes)
-        if partial:
+        if partial := sum("partial copy" in note for note in self.notes):
             parts.append(f"{partial} partial cop{'y' if partial == 1 else 'ies'} skipped")
         return "; ".join(parts)
 

@@ -50,9 +50,7 @@ def pack(model: nn.Module) -> dict[str, Tensor]:
         d2, keep2 = d.reshape(d.size(0), -1), keep.reshape(keep.size(0), -1)
         out[values_key + CSR[0]] = d2[keep2].contiguous()
         out[values_key + CSR[1]] = keep2.nonzero()[:, 1].to(torch.int32)
-        out[values_key + CSR[2]] = torch.cat(
-            [keep2.new_zeros(1, dtype=torch.int64), keep2.sum(1).cumsum(0)]
-        ).to(torch.int32)
+        out[values_key + CSR[2]] = nn.functional.pad(keep2.sum(1).cumsum(0), (1, 0)).to(torch.int32)
     for key, t in state.items():
         if t.dtype == torch.int64 and t.numel() and int(t.abs().max()) < 2**31:
             t = t.to(torch.int32)

@@ -31,8 +31,7 @@ def full_scale(summ: pd.DataFrame) -> pd.DataFrame:
     precision other than fp32 stays in its own rows, by its budget)."""
     if summ.empty:
         return summ
-    keep = (summ["profile"] == "paper") & ~summ["budget"].str.contains("/tr|/ev", regex=True)
-    return summ[keep]
+    return summ[(summ["profile"] == "paper") & ~summ["budget"].str.contains("/tr|/ev", regex=True)]
 
 
 def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
@@ -73,6 +72,9 @@ def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.Data
         ["task", "budget", "metric", "direction"], sort=False
     ):
         better = "higher" if direction == "maximize" else "lower"
+        ups = [
+            1.0 if r.method == "dense" else speed.get((r.method, float(r.factor))) for r in rows.itertuples()
+        ]
         out[f"{task} ({budget}; test {metric}, {better} is better)"] = pd.DataFrame(
             {
                 "method": rows["method"],
@@ -86,7 +88,7 @@ def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.Data
                 "vs dense": rows["vs_dense_pct"].map(lambda x: f"{x:+.1f}%" if np.isfinite(x) else "-"),
                 f"val {metric}": rows["val_mean"].map(format_metric),
                 "seeds": [f"{r.n_ok}/{r.n_asked}" + ("*" if r.partial else "") for r in rows.itertuples()],
-                "batch-1 speed-up": [_speed(speed, r.method, r.factor) for r in rows.itertuples()],
+                "batch-1 speed-up": ["-" if x is None else f"{x:.1f}x" for x in ups],
                 "commit": rows["commit"],
             }
         )
@@ -98,11 +100,6 @@ FOOTER = (
     "rounded down; vs dense: change of the test metric; * = fewer seeds finished than asked; batch-1 speed-up: "
     "one LSTM step of the method at that CF against the fastest dense step, hidden 650, one thread (docs/speed.md)"
 )
-
-
-def _speed(speed: dict, method: str, factor: float) -> str:
-    x = 1.0 if method == "dense" else speed.get((method, float(factor)))
-    return "-" if x is None else f"{x:.1f}x"
 
 
 def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
@@ -139,9 +136,8 @@ def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "re
     text = "LEADERBOARD (full scale)\n" + format_text(board, results)
     stale = full[full["stale"].astype(bool)] if not full.empty else full
     if not stale.empty:
-        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n" + format_table(
-            selected(stale)
-        )
+        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n"
+        text += format_table(selected(stale))
     if not rest.empty:
         text += "\n\nPIPELINE CHECK (smoke scale: checks the pipeline, not the methods)\n"
         text += format_table(selected(rest))

@@ -311,8 +311,6 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
     """Per published record (by run-id): None while the code keeps the behaviour that made it, else what
     changed. The current fingerprints come from results/published/behaviour.json or the local cache, and are
     computed (one tiny run each, all in one process) only for code that neither knows."""
-    if not records:
-        return {}
     from .behaviour import current, stale_reason
 
     keys = {r.run_id: behaviour_key(r) for r in records}

@@ -47,10 +47,6 @@ class Copy:
     placed: bool = False
     """Already in the target tree."""
 
-    @property
-    def path(self) -> Path:
-        return record_path(self.folder)
-
 
 @dataclass
 class Collected:
@@ -69,18 +65,9 @@ class Collected:
         if self.replaced:
             parts.append(f"{len(self.replaced)} of them replacing an unfinished copy")
         parts.append(f"{len(self.duplicates)} identical duplicate(s) skipped")
-        partial = sum("partial copy" in note for note in self.notes)
-        if partial:
+        if partial := sum("partial copy" in note for note in self.notes):
             parts.append(f"{partial} partial cop{'y' if partial == 1 else 'ies'} skipped")
         return "; ".join(parts)
-
-
-def _tree(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        how = "is a file" if path.exists() else "does not exist"
-        raise ConfigError(f"{what} {path} {how}; name results folders (each holding runs/)")
-    return path
 
 
 def scan(root: Path, notes: list[str]) -> list[Copy]:
@@ -160,9 +147,9 @@ def plan(
             other = finished.setdefault(rec.run_id, copy)
             if other.record.final != rec.final:
                 raise DataError(
-                    f"run {rec.run_id} has different results in {other.path} ({_results(other.record)}) and in "
-                    f"{copy.path} ({_results(rec)}); keep one of them (delete the other's run folder) and "
-                    "collect again"
+                    f"run {rec.run_id} has different results in {record_path(other.folder)} "
+                    f"({_results(other.record)}) and in {record_path(copy.folder)} ({_results(rec)}); keep one of "
+                    "them (delete the other's run folder) and collect again"
                 )
         kept = chosen.get(copy.rel)
         if kept is None:
@@ -187,7 +174,11 @@ def collect(sources: list[str | Path], into: str | Path = "results") -> Collecte
     a source cannot be read or two finished runs of one run-id disagree."""
     if not sources:
         raise ConfigError("name the results folders to collect (suite collect DIR... --into OUT)")
-    trees = [_tree(s, "results folder") for s in sources]
+    trees = list(map(Path, sources))
+    for tree in trees:
+        if not tree.is_dir():
+            how = "is a file" if tree.exists() else "does not exist"
+            raise ConfigError(f"results folder {tree} {how}; name results folders (each holding runs/)")
     for tree in trees:
         if not (tree / "runs").is_dir():
             raise ConfigError(

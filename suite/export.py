@@ -50,9 +50,7 @@ def pack(model: nn.Module) -> dict[str, Tensor]:
         d2, keep2 = d.reshape(d.size(0), -1), keep.reshape(keep.size(0), -1)
         out[values_key + CSR[0]] = d2[keep2].contiguous()
         out[values_key + CSR[1]] = keep2.nonzero()[:, 1].to(torch.int32)
-        out[values_key + CSR[2]] = torch.cat(
-            [keep2.new_zeros(1, dtype=torch.int64), keep2.sum(1).cumsum(0)]
-        ).to(torch.int32)
+        out[values_key + CSR[2]] = nn.functional.pad(keep2.sum(1).cumsum(0), (1, 0)).to(torch.int32)
     for key, t in state.items():
         if t.dtype == torch.int64 and t.numel() and int(t.abs().max()) < 2**31:
             t = t.to(torch.int32)
@@ -130,7 +128,7 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
     from . import api, tasks
     from .compressors import registry
     from .config import RunConfig
-    from .files import check_dir
+    from .files import make_dir
     from .record import Record
     from .store import record_path
     from .train import MODEL_FILE, _context
@@ -158,17 +156,12 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
         datamodule = family.datamodule(data, cfg.train)
     ctx = _context(cfg, family, method, data, datamodule) if method.needs else None
 
-    def build() -> nn.Module:
-        model = family.build_model(model_cfg)
-        api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())
-        return model
-
-    model = build()
+    model = family.build_model(model_cfg)
+    api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())
     model.load_state_dict(torch.load(weights, weights_only=True))
     done = api.Compressed(model, cfg.method, cfg.method_config, finalized=True)
     folder = Path(out) if out is not None else run
-    check_dir(folder, "export folder (--out)")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder, "export folder (--out)")
     path = folder / f"{rec.task}-{rec.method}-{rec.run_id}.safetensors"
     info = {"run_id": rec.run_id, **done.export(path), "record_cf": rec.accounting.get("cf")}
     if check:

@@ -10,15 +10,20 @@ and the commits that made the runs.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .compressors.accounting import format_cf
+from .files import write_text
+from .publish import bench_file
 from .record import format_metric
-from .report import DEFAULT_TARGETS, SELECT_KEYS, selected
-from .report_text import settings_text
+from .report import DEFAULT_TARGETS, SELECT_KEYS, epochs_frame, load, runs_frame, selected, summary
+from .report_text import format_table, settings_text
+from .speed import speedups
 
 
 def full_scale(summ: pd.DataFrame) -> pd.DataFrame:
@@ -26,8 +31,7 @@ def full_scale(summ: pd.DataFrame) -> pd.DataFrame:
     precision other than fp32 stays in its own rows, by its budget)."""
     if summ.empty:
         return summ
-    keep = (summ["profile"] == "paper") & ~summ["budget"].str.contains("/tr|/ev", regex=True)
-    return summ[keep]
+    return summ[(summ["profile"] == "paper") & ~summ["budget"].str.contains("/tr|/ev", regex=True)]
 
 
 def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
@@ -59,10 +63,6 @@ def _test(row) -> str:
     )
 
 
-def _pct(x: float) -> str:
-    return "-" if not np.isfinite(x) else f"{x:+.1f}%"
-
-
 def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.DataFrame]:
     """Per task (and training budget), the leaderboard as the cells people read; ``speed``: (method, CF) ->
     batch-1 speed-up of the published inference benchmark (``speed.speedups``)."""
@@ -72,6 +72,9 @@ def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.Data
         ["task", "budget", "metric", "direction"], sort=False
     ):
         better = "higher" if direction == "maximize" else "lower"
+        ups = [
+            1.0 if r.method == "dense" else speed.get((r.method, float(r.factor))) for r in rows.itertuples()
+        ]
         out[f"{task} ({budget}; test {metric}, {better} is better)"] = pd.DataFrame(
             {
                 "method": rows["method"],
@@ -82,10 +85,10 @@ def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.Data
                 "CF asked": rows["factor"].map(lambda x: f"{x:g}"),
                 "CF": rows["cf"].map(format_cf),
                 f"test {metric}": [_test(r) for r in rows.itertuples()],
-                "vs dense": rows["vs_dense_pct"].map(_pct),
+                "vs dense": rows["vs_dense_pct"].map(lambda x: f"{x:+.1f}%" if np.isfinite(x) else "-"),
                 f"val {metric}": rows["val_mean"].map(format_metric),
                 "seeds": [f"{r.n_ok}/{r.n_asked}" + ("*" if r.partial else "") for r in rows.itertuples()],
-                "batch-1 speed-up": [_speed(speed, r.method, r.factor) for r in rows.itertuples()],
+                "batch-1 speed-up": ["-" if x is None else f"{x:.1f}x" for x in ups],
                 "commit": rows["commit"],
             }
         )
@@ -99,14 +102,7 @@ FOOTER = (
 )
 
 
-def _speed(speed: dict, method: str, factor: float) -> str:
-    x = 1.0 if method == "dense" else speed.get((method, float(factor)))
-    return "-" if x is None else f"{x:.1f}x"
-
-
 def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
-    from .speed import speedups
-
     if board.empty:
         return f"no full-scale results yet ({Path(results) / 'published'} is empty; `suite publish` adds finished runs)"
     shown = display(board, speedups(results))
@@ -115,8 +111,6 @@ def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
 
 
 def format_markdown(board: pd.DataFrame, results: str | Path = "results") -> str:
-    from .speed import speedups
-
     if board.empty:
         return "No full-scale results yet.\n"
     parts = [
@@ -130,8 +124,6 @@ def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "re
     """What ``suite report`` prints: the leaderboard (full scale) first, then every other configuration (smoke
     runs: they check the pipeline, not the methods), each with the setting chosen per method and CF. ``results``:
     the folder the records were read from."""
-    from .report_text import format_table
-
     if summ.empty and not left_out:
         runs, published = Path(results) / "runs", Path(results) / "published"
         return (
@@ -144,13 +136,12 @@ def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "re
     text = "LEADERBOARD (full scale)\n" + format_text(board, results)
     stale = full[full["stale"].astype(bool)] if not full.empty else full
     if not stale.empty:
-        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n" + format_table(
-            selected(stale)
-        )
+        text += "\n\nSTALE (full scale, made by code that behaves otherwise now)\n"
+        text += format_table(selected(stale))
     if not rest.empty:
         text += "\n\nPIPELINE CHECK (smoke scale: checks the pipeline, not the methods)\n"
-        text += format_table(selected(rest), left_out)
-    elif left_out:
+        text += format_table(selected(rest))
+    if left_out:
         text += f"\n({left_out} record(s) of older code left out; `suite report --stale` shows them)"
     return text
 
@@ -166,7 +157,6 @@ def documents(summ: pd.DataFrame, records: list, results_dir: str | Path = "resu
     (the source papers' claims against the records), built from the summary of ``records``, and docs/speed.md
     (the published speed benchmarks of ``results_dir``)."""
     from .claims import check_claims
-    from .claims import format_markdown as claims_markdown
     from .speed import document as speed_document
 
     results = GENERATED + "# Full-scale results\n\n" + format_markdown(leaderboard(summ), results_dir)
@@ -181,7 +171,8 @@ def documents(summ: pd.DataFrame, records: list, results_dir: str | Path = "resu
         GENERATED
         + "# The source papers' claims, checked\n\n"
         + "Each verdict follows the rule written with the claim in suite/claims.py.\n\n"
-        + claims_markdown(check_claims(summ, records))
+        + check_claims(summ, records).to_markdown(index=False, disable_numparse=True)
+        + "\n"
     )
     return {"results.md": results, "claims.md": claims, "speed.md": GENERATED + speed_document(results_dir)}
 
@@ -212,40 +203,23 @@ def vocabulary_table(summ: pd.DataFrame) -> pd.DataFrame:
 def write_docs(results_dir, folder) -> list:
     """docs/results.md and docs/claims.md (``documents``) and the figures of the published records alone
     (docs/figures/: F1, F2, F5, F6 as PNG), from the current published records under ``results_dir``."""
-    import tempfile
-    from pathlib import Path
-
     from .figures import make_figures
-    from .files import write_text
-    from .report import epochs_frame, load, runs_frame, summary
 
     records = [r for r in load(results_dir)[0] if r.published]
     runs = runs_frame(records)
     summ = summary(runs)
     written = []
     for name, text in documents(summ, records, results_dir).items():
-        write_text(Path(folder) / name, text, "results document")
-        written.append(Path(folder) / name)
+        written.append(write_text(Path(folder) / name, text, "results document"))
     with tempfile.TemporaryDirectory() as tmp:
         summ.to_csv(Path(tmp) / "summary.csv", index=False)
         epochs_frame(records, runs).to_csv(Path(tmp) / "epochs.csv", index=False)
-        from .publish import SHIPPED, bench_dir
-
-        bench = next(
-            (
-                d / "infer.json"
-                for d in (bench_dir(results_dir), SHIPPED / "bench")
-                if (d / "infer.json").is_file()
-            ),
-            Path(tmp) / "none.json",
-        )
+        bench = bench_file(results_dir, "infer.json") or Path(tmp) / "none.json"
         made = make_figures(tmp, Path(tmp) / "figures", {"bench": bench})
         figures = Path(folder) / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         for paths, _note in made.values():
             for path in paths:
                 if path.suffix == ".png":
-                    write_bytes = (figures / path.name).write_bytes
-                    write_bytes(path.read_bytes())
-                    written.append(figures / path.name)
+                    written.append(shutil.copyfile(path, figures / path.name))
     return written

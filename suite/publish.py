@@ -31,7 +31,7 @@ from typing import Any
 from .errors import ConfigError, DataError
 from .files import write_text
 from .record import Record, write_json
-from .store import RECORD, made_on, record_path
+from .store import RECORD, data_fingerprint, load_records, made_on, record_path
 
 PUBLISHED = "published"
 DATA = "data.json"
@@ -44,7 +44,9 @@ def published_dir(results_dir: str | Path) -> Path:
 
 #: The published records this checkout of the suite ships with (results/published beside the package), also
 #: consulted by a run whose results folder is elsewhere (``--results /scratch/results``).
-SHIPPED = Path(__file__).resolve().parent.parent / "results" / PUBLISHED
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout holding this package."""
+SHIPPED = ROOT / "results" / PUBLISHED
 
 
 def _roots(results_dir: str | Path) -> list[Path]:
@@ -116,34 +118,23 @@ def full_scale(record: Record) -> bool:
     )
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=30)
-
-
 def on_main(sha: str, branch: str = "main") -> bool:
     """Whether commit ``sha`` is on ``branch`` of the repository holding this package."""
-    return _git("merge-base", "--is-ancestor", sha, branch).returncode == 0
+    git = ["git", "merge-base", "--is-ancestor", sha, branch]
+    return subprocess.run(git, capture_output=True, text=True, cwd=ROOT, timeout=30).returncode == 0
 
 
 def command(record: Record) -> str:
     """The command that made the run, as a user would type it: the console script, the arguments as given, less
     the results folder (where it was written changes nothing)."""
-    argv = list(record.provenance.get("argv") or [])
-    root = Path(__file__).resolve().parent.parent
+    argv = list(record.provenance.get("argv") or [])[1:]
+    sets = {i for i, arg in enumerate(argv[:-1]) if arg == "--set" and argv[i + 1].startswith("results_dir=")}
     out = ["suite"]
-    skip = False
-    for i, arg in enumerate(argv[1:]):
-        if skip:
-            skip = False
-            continue
-        if arg == "--set" and i + 2 <= len(argv) - 1 and argv[i + 2].startswith("results_dir="):
-            skip = True
+    for i, arg in enumerate(argv):
+        if i in sets or i - 1 in sets:  # --set results_dir=...
             continue
         path = Path(arg)
-        if path.is_absolute() and path.is_relative_to(root):
-            arg = str(path.relative_to(root))
-        out.append(arg)
+        out.append(str(path.relative_to(ROOT)) if path.is_absolute() and path.is_relative_to(ROOT) else arg)
     return shlex.join(out)
 
 
@@ -163,17 +154,13 @@ def scrub(record: Record) -> dict[str, Any]:
     """The record as published: no path of the machine it ran on, no host name, the command written down."""
     d = record.to_dict()
     config = d["config"]
-    config["results_dir"] = "results"
-    config["data_dir"] = None
+    config.update(results_dir="results", data_dir=None)
     data = config.get("data")
-    if isinstance(data, dict) and "origin" in data:
-        data["origin"] = data.get("name") or Path(str(data["origin"])).name
     if isinstance(data, dict):
+        if "origin" in data:
+            data["origin"] = data.get("name") or Path(str(data["origin"])).name
         config["data"] = _relative(data)
-    prov = dict(d["provenance"])
-    prov.pop("host", None)
-    prov.pop("argv", None)
-    d["provenance"] = prov
+    d["provenance"] = {k: v for k, v in d["provenance"].items() if k not in ("host", "argv")}
     return d
 
 
@@ -250,11 +237,9 @@ def publish(
             raise
         written.append(dest)
         if rec.data_fingerprint and published_data(rec.task, results_dir) is None:
-            known = _read_data(published_dir(results_dir) / DATA)  # the first record of its task: its data
-            known[rec.task] = rec.data_fingerprint
-            write_json(
-                published_dir(results_dir) / DATA, dict(sorted(known.items())), "published data fingerprints"
-            )
+            path = published_dir(results_dir) / DATA  # the first record of its task: its data
+            known = {**_read_data(path), rec.task: rec.data_fingerprint}
+            write_json(path, dict(sorted(known.items())), "published data fingerprints")
         if record_fingerprints:
             from .behaviour import publish as keep_fingerprints
 
@@ -300,12 +285,16 @@ def publish_bench(path: str | Path, results_dir: str | Path = "results") -> tupl
     return dest, None
 
 
+def bench_file(results_dir: str | Path, name: str) -> Path | None:
+    """The file of a published benchmark (``infer.json``, ``generate.json``) of ``results_dir`` or of this
+    checkout."""
+    return next((d / name for d in (bench_dir(results_dir), SHIPPED / "bench") if (d / name).is_file()), None)
+
+
 def published_bench(results_dir: str | Path, name: str) -> dict | None:
-    """A published benchmark (``infer.json``, ``generate.json``) of ``results_dir`` or of this checkout."""
-    for folder in (bench_dir(results_dir), SHIPPED / "bench"):
-        if (folder / name).is_file():
-            return json.loads((folder / name).read_text())
-    return None
+    """A published benchmark of ``results_dir`` or of this checkout (``bench_file``), read."""
+    path = bench_file(results_dir, name)
+    return None if path is None else json.loads(path.read_text())
 
 
 # Staleness and reuse of published records ---------------------------------------------------------------------
@@ -322,8 +311,6 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
     """Per published record (by run-id): None while the code keeps the behaviour that made it, else what
     changed. The current fingerprints come from results/published/behaviour.json or the local cache, and are
     computed (one tiny run each, all in one process) only for code that neither knows."""
-    if not records:
-        return {}
     from .behaviour import current, stale_reason
 
     keys = {r.run_id: behaviour_key(r) for r in records}
@@ -333,8 +320,6 @@ def stale_reasons(records: list[Record]) -> dict[str, str | None]:
 
 def stale_published(results_dir: str | Path = "results") -> list[tuple[Record, str]]:
     """The published records whose code no longer behaves as the current code does, each with what changed."""
-    from .store import load_records
-
     records = [r for r in load_records(results_dir) if r.published]
     reasons = stale_reasons(records)
     return [(r, reasons[r.run_id]) for r in records if reasons[r.run_id] is not None]
@@ -344,7 +329,6 @@ def refresh_fingerprints(results_dir: str | Path = "results") -> set:
     """Write the current code's fingerprints of every published record's (family, method, variant) into
     results/published/behaviour.json, so that a fresh clone judges the records without a tiny run."""
     from .behaviour import publish as keep
-    from .store import load_records
 
     keys = {behaviour_key(r) for r in load_records(results_dir) if r.published}
     keep(keys, replace=True)
@@ -366,19 +350,15 @@ def find_published(cfg, data: dict[str, str] | None = None) -> Record | None:
     it is now), whose code still behaves as the current code does: a run that need not be redone (after a
     refactor, say) although its run-id (code version) differs. Looked up in the results folder's published/ and
     in the checkout's own (``SHIPPED``)."""
-    from .store import data_fingerprint
-
     data = data_fingerprint(cfg) if data is None else data
-    roots = _roots(cfg.results_dir)
     want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
-    found = []
-    paths = [p for root in roots for p in sorted((root / cfg.task / cfg.method).glob(f"*/{RECORD}"))]
-    for path in paths:
-        try:
-            rec = Record.load(path)
-        except DataError:
-            continue
-        if rec.status == "ok" and _what(rec.config) == want and made_on(rec, data, cfg.results_dir):
-            found.append(rec)
-    current = [r for r in found if stale_reasons([r])[r.run_id] is None]
-    return current[0] if current else None
+    for root in _roots(cfg.results_dir):
+        for path in sorted((root / cfg.task / cfg.method).glob(f"*/{RECORD}")):
+            try:
+                rec = Record.load(path)
+            except DataError:
+                continue
+            same = rec.status == "ok" and _what(rec.config) == want and made_on(rec, data, cfg.results_dir)
+            if same and stale_reasons([rec])[rec.run_id] is None:
+                return rec
+    return None

@@ -106,8 +106,7 @@ class Record:
             raise DataError(f"record {path} is not text (corrupt)") from None
         except json.JSONDecodeError as e:
             raise DataError(f"record {path} is not valid JSON (truncated or corrupt: {e.msg})") from None
-        problem = _shape_problem(data)
-        if problem:
+        if problem := _shape_problem(data):
             raise DataError(f"record {path} is not a run record ({problem})")
         try:
             rec = cls.from_dict(data)

@@ -61,18 +61,17 @@ def budget_text(train: dict) -> str:
     )
 
 
-def current_version(record: Record) -> str | None:
-    """The code version a run of this record's family and method would have now (None: no longer registered)."""
+def is_stale(record: Record) -> bool:
+    """Whether the record's code version is not the one a run of its family and method would have now (or its
+    method is no longer registered)."""
     from .version import code_version
 
     try:
-        return code_version(record.family, record.method)
+        return record.code_version is None or record.code_version != code_version(
+            record.family, record.method
+        )
     except ConfigError:
-        return None
-
-
-def is_stale(record: Record) -> bool:
-    return record.code_version is None or record.code_version != current_version(record)
+        return True
 
 
 def runs_frame(records: list[Record]) -> pd.DataFrame:
@@ -120,13 +119,7 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
                 "seed": r.seed,
                 "run_id": r.run_id,
                 "config_id": _hash(
-                    {
-                        **setup,
-                        "train": train,
-                        "method": r.method,
-                        "compress": compress,
-                        "code": code,
-                    }
+                    {**setup, "train": train, "method": r.method, "compress": compress, "code": code}
                 ),
                 "setup_id": _hash({**setup, "train": without_lr}),
                 "code_version": r.code_version,
@@ -158,11 +151,10 @@ def runs_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def epochs_frame(records: list[Record], base: pd.DataFrame | None = None) -> pd.DataFrame:
+def epochs_frame(records: list[Record], base: pd.DataFrame) -> pd.DataFrame:
     """One row per epoch of every run: the run's identity and settings, then whatever the epoch logged
     (lr, losses, metrics, and the diagnostics a method logs, ``Method.diagnostics``). ``base``: the runs_frame
-    of ``records`` when the caller has it."""
-    base = runs_frame(records) if base is None else base
+    of ``records``."""
     rows = []
     drop = ("val", "test", "epochs", "wall_s", "baseline_s", "throughput", "lr")
     for r, (_, run) in zip(records, base.iterrows()):
@@ -214,19 +206,16 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     achieved CFs and sizes."""
     if frame.empty:
         return frame
-    ok = frame["status"] == "ok"
     settings = [c for c in frame.columns if c not in _RESULTS and c != "config_id"]
     g = frame.groupby("config_id", dropna=False, sort=False)
-    counts = pd.DataFrame(
-        {
-            "n_ok": g["status"].agg(lambda s: int((s == "ok").sum())),
-            "n_failed": g["status"].agg(lambda s: int((s == "failed").sum())),
-            "n_pruned": g["status"].agg(lambda s: int((s == "pruned").sum())),
-            "n_asked": g["seeds_asked"].agg(_asked),
-        }
+    counts = g.agg(
+        n_ok=("status", lambda s: int((s == "ok").sum())),
+        n_failed=("status", lambda s: int((s == "failed").sum())),
+        n_pruned=("status", lambda s: int((s == "pruned").sum())),
+        n_asked=("seeds_asked", _asked),
     )
     first = g[settings].first()
-    done = frame[ok].groupby("config_id", dropna=False)
+    done = frame[frame["status"] == "ok"].groupby("config_id", dropna=False)
     stats_ = done.agg(
         val_mean=("val", "mean"),
         val_std=("val", "std"),
@@ -269,12 +258,12 @@ def best_by_val(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return ranked.loc[best.index].drop(columns="_key").sort_index()
 
 
-def selected(summ: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
+def selected(summ: pd.DataFrame) -> pd.DataFrame:
     """The setting each method gets at each asked CF (and targets) within a setup, chosen on validation."""
     if summ.empty:
         return summ
     summ = summ.assign(targets=summ["targets"].fillna(DEFAULT_TARGETS)) if "targets" in summ else summ
-    return best_by_val(summ, keys or SELECT_KEYS).reset_index(drop=True)
+    return best_by_val(summ, SELECT_KEYS).reset_index(drop=True)
 
 
 def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list[Record], int]:
@@ -287,16 +276,13 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
         )
     from .publish import stale_reasons
 
-    records, seen, left_out = [], set(), 0
-    found = []
+    records, left_out, found = [], 0, {}
     for rec in load_records(results_dir, status=None):  # published records first: they win a shared run-id
-        if rec.run_id not in seen:
-            seen.add(rec.run_id)
-            found.append(rec)
+        found.setdefault(rec.run_id, rec)
     # A published record is current while its code keeps its behaviour (suite.behaviour); one of the user's own
     # while its code version is the current one.
-    reasons = stale_reasons([r for r in found if r.published])
-    for rec in found:
+    reasons = stale_reasons([r for r in found.values() if r.published])
+    for rec in found.values():
         if rec.published:
             rec._stale_reason = reasons[rec.run_id]
         if rec._stale_reason is not None if rec.published else is_stale(rec):
@@ -308,13 +294,6 @@ def load(results_dir: str | Path = "results", stale: bool = False) -> tuple[list
     return records, left_out
 
 
-def table(results_dir: str | Path = "results", stale: bool = False) -> pd.DataFrame:
-    return summary(runs_frame(load(results_dir, stale)[0]))
-
-
-TRIAL_COLUMNS = ("study", "number", "state")
-
-
 def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
     """Every sweep trial, from the tables the sweeps export (results/sweeps/<name>/<study>.csv); a table that
     cannot be read is left out with a note naming it."""
@@ -322,7 +301,7 @@ def trials_frame(results_dir: str | Path = "results") -> pd.DataFrame:
     for path in sorted(Path(results_dir).glob("sweeps/*/*.csv")):
         try:
             frame = pd.read_csv(path)
-            missing = [c for c in TRIAL_COLUMNS if c not in frame]
+            missing = [c for c in ("study", "number", "state") if c not in frame]
             problem = f"no column {', '.join(missing)}" if missing else None
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             problem = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__

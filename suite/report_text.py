@@ -49,16 +49,11 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{format_metric(mean)} +- {format_metric(std)}" if np.isfinite(std) else format_metric(mean)
 
 
-def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
+def format_table(df: pd.DataFrame) -> str:
     """Readable text: val and test as mean +- std, seeds as ok/asked (failed, pruned), the learning rate, CFs
     to two decimals rounded down, non-default settings; ``*`` marks a mean over fewer seeds than asked."""
-    note = (
-        f"\n({left_out} record(s) of older code left out; `suite report --stale` shows them)"
-        if left_out
-        else ""
-    )
     if df.empty:
-        return "no finished runs under results/runs yet (run `suite train ...` first)" + note
+        return "no finished runs under results/runs yet (run `suite train ...` first)"
     seeds = [
         f"{r.n_ok}/{r.n_asked}"
         + (f" ({r.n_failed} failed)" if r.n_failed else "")
@@ -95,4 +90,4 @@ def format_table(df: pd.DataFrame, left_out: int = 0) -> str:
     footer = "\nsettings and lr chosen on the validation metric; test reported for the choice"
     if df["partial"].any():
         footer += "; * = mean over fewer seeds than asked"
-    return show.to_string(index=False) + footer + note
+    return show.to_string(index=False) + footer

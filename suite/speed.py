@@ -16,9 +16,7 @@ INFER, GENERATE, DECODE = "infer.json", "generate.json", "decode.json"
 
 def speedups(results_dir: str | Path = "results") -> dict[tuple[str, float], float]:
     """(method, asked CF) -> warm batch-1 speed-up over the fastest dense step, from the published benchmark."""
-    bench = published_bench(results_dir, INFER)
-    if bench is None:
-        return {}
+    bench = published_bench(results_dir, INFER) or {"rows": []}
     return {(r["method"], float(r["factor"])): r["speedup_vs_dense"] for r in bench["rows"]}
 
 

@@ -156,9 +156,9 @@ def run_lock(
         os.close(fd)
 
 
-def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool = True) -> list[Record]:
+def load_records(results_dir: str | Path, status: str | None = "ok") -> list[Record]:
     """Every record under results/runs, in any store, and under results/published (optionally only those with
-    ``status``); a file that is not a record is left out with a note on stderr naming it (``echo``)."""
+    ``status``); a file that is not a record is left out with a note on stderr naming it."""
     root = Path(results_dir)
     folders = set()
     for path in [*root.glob(f"runs/**/{RECORD}"), *root.glob(f"published/**/{RECORD}")]:
@@ -174,8 +174,7 @@ def load_records(results_dir: str | Path, status: str | None = "ok", echo: bool 
         try:
             rec = Record.load(path)
         except DataError as e:
-            if echo:
-                print(f"note: {e}; left out", file=sys.stderr)
+            print(f"note: {e}; left out", file=sys.stderr)
             continue
         if status is None or rec.status == status:
             out.append(rec)

@@ -75,14 +75,9 @@ class Keys:
 
 def logged_keys(records: list[Record]) -> Keys:
     """The keys the W&B runs of ``records`` log, from what the records hold."""
-    history: set[str] = set()
-    summary: set[str] = set()
-    config: set[str] = set()
-    for r in records:
-        for row in r.epochs:
-            history.update(history_key(k) for k in row)
-        summary.update(flatten(wandb_summary(r)))
-        config.update(wandb_config(r))
+    history = {history_key(k) for r in records for row in r.epochs for k in row}
+    summary = {k for r in records for k in flatten(wandb_summary(r))}
+    config = {k for r in records for k in wandb_config(r)}
     # W&B keeps the last value of each history key in the summary.
     return Keys(frozenset(history), frozenset(summary | history), frozenset(config))
 
@@ -176,8 +171,7 @@ class History(pl.Callback):
         train_s = (self._train_end or now) - self._t0
         self.train_seconds += train_s
         row = {"epoch": trainer.current_epoch + 1, "lr": self._lr}
-        for k, v in trainer.callback_metrics.items():
-            row[k] = float(v)
+        row.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if self.metric.endswith("_ppl"):
             row["train_ppl"] = float(torch.tensor(row.get("train_loss", float("nan"))).clamp(max=700).exp())
         row["seconds"] = now - self._t0

@@ -2,8 +2,8 @@
 
 Each claim names the paper's number, computes the suite's number from the current full-scale records (the
 leaderboard's choice per method and CF, chosen on validation; the F6 runs for the embedding and softmax claims),
-and gives a verdict: ``reproduced``, ``refuted``, or ``not testable here`` / ``not run yet`` with the reason, and
-the run-ids behind it. A verdict is a rule written next to the claim, never a judgement made after the numbers.
+and gives a verdict: ``reproduced``, ``refuted``, ``inconclusive`` (within the noise the rule names), or ``not
+testable here`` / ``not run yet`` with the reason, and the run-ids behind it. A verdict is a rule written next to the claim, never a judgement made after the numbers.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from .compressors.accounting import format_cf
 from .leaderboard import full_scale, leaderboard
 from .record import Record
 
 REPRODUCED, REFUTED, NOT_RUN, NOT_TESTABLE = "reproduced", "refuted", "not run yet", "not testable here"
+INCONCLUSIVE = "inconclusive"
+"""The claim's difference is within the noise its rule names."""
 
 
 @dataclass
@@ -118,21 +121,47 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
     return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small at CF 25, last epoch", sorted(ids0 + ids5))
 
 
+FSDD_TEST_WORDS = 4106
+"""Reference words in fsdd-digits' test utterances at the preset's settings: 1,000 utterances drawn from the 300
+test clips (tests/test_publish.py counts them on the real data)."""
+ALPHA = 0.05
+
+
+def wer_p_value(a: float, b: float, words: int) -> float:
+    """Two-sided p-value that two WERs on the same ``words`` reference words differ: the exact binomial test of one
+    system's share of the two systems' errors. Optimistic: it counts words as independent, while utterances
+    that reuse a clip repeat its errors."""
+    ka, kb = round(a * words), round(b * words)
+    return 1.0 if ka + kb == 0 else float(binomtest(ka, ka + kb, 0.5).pvalue)
+
+
 def deepthin_wer(board, summ, records) -> Verdict:
     """DeepThin at CF 10 on the acoustic model: lower WER than rank factorization (lmf), pruning, HashedNets and a
-    small dense model. Reproduced when its test WER is below each of theirs."""
+    small dense model. Reproduced when its test WER is below each of theirs and each difference is significant
+    (``wer_p_value`` < 0.05); refuted when one of them is significantly below it; else inconclusive."""
     methods = ["deepthin", "lmf", "prune", "hashed", "small_dense"]
     rows = {m: _row(board, "fsdd-digits", m, 10.0) for m in methods}
     missing = [f"{m} at CF 10" for m, r in rows.items() if r is None]
     if missing:
         return _missing(missing)
     dt = rows.pop("deepthin")
-    text = f"deepthin {dt['test_mean']:.4f}; " + ", ".join(
-        f"{m} {r['test_mean']:.4f}" for m, r in rows.items()
+    words = FSDD_TEST_WORDS
+    p = {m: wer_p_value(dt["test_mean"], r["test_mean"], words) for m, r in rows.items()}
+    text = f"deepthin {dt['test_mean']:.4f} ({round(dt['test_mean'] * words)} errors); " + ", ".join(
+        f"{m} {r['test_mean']:.4f} ({round(r['test_mean'] * words)}, p {p[m]:.2g})" for m, r in rows.items()
     )
-    ok = all(dt["test_mean"] < r["test_mean"] for r in rows.values())
-    why = "fsdd-digits (connected digits, 2x128 biLSTM), one seed; test WER over 4,106 words"
-    return Verdict(text, REPRODUCED if ok else REFUTED, why, _ids([dt, *rows.values()]))
+    if all(dt["test_mean"] < r["test_mean"] and p[m] < ALPHA for m, r in rows.items()):
+        verdict = REPRODUCED
+    elif any(r["test_mean"] < dt["test_mean"] and p[m] < ALPHA for m, r in rows.items()):
+        verdict = REFUTED
+    else:
+        verdict = INCONCLUSIVE
+    why = (
+        f"fsdd-digits (connected digits, 2x128 biLSTM), one seed; test WER over {words:,} words; a difference "
+        "counts at p < 0.05 (exact binomial test on the two error counts, optimistic: the test utterances reuse "
+        "300 clips)"
+    )
+    return Verdict(text, verdict, why, _ids([dt, *rows.values()]))
 
 
 def _f6(summ: pd.DataFrame, target: str, method: str, p: float | None = None) -> pd.DataFrame:

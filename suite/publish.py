@@ -342,7 +342,17 @@ def _what(config: dict) -> str:
     keys = ("task", "family", "dataset", "model", "train", "method", "compress", "seed")
     what = {k: config.get(k) for k in keys}
     what["train"] = train_identity(what["train"] or {})
-    return json.dumps(what, sort_keys=True, default=str)
+    return json.dumps(_by_value(what), sort_keys=True, default=str)
+
+
+def _by_value(value):
+    """``value`` with its whole numbers as floats: a setting given as 0 (``--set cmr=0``) and as 0.0 (a sweep's
+    grid) is one setting."""
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def find_published(cfg, data: dict[str, str] | None = None) -> Record | None:

@@ -208,6 +208,8 @@ def test_a_published_run_is_found_not_redone_from_any_results_folder(tiny_preset
     cfg = load_run(tiny_preset, "dense", sets={"results_dir": str(mine), "epochs": 1, "wandb": "disabled"})
     rec = train(cfg, progress_bar=False)
     rec.published = {"command": "suite train tiny.yaml", "behaviour": fake_fingerprint(rec)}
+    assert isinstance(rec.config["train"]["lr"], float)
+    rec.config["train"]["lr"] = int(rec.config["train"]["lr"])  # as `--set lr=1` gives it: the same setting
     shipped = tmp_path / "checkout" / "results" / "published"
     rec.save(shipped / cfg.task / "dense" / rec.run_id / "record.json")
     monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
@@ -217,3 +219,51 @@ def test_a_published_run_is_found_not_redone_from_any_results_folder(tiny_preset
     assert find(other.replace(seed=1)) is None  # another seed is another run
     monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: "changed" for r in records})
     assert find(other) is None  # a stale published record is redone
+
+
+def test_the_deepthin_claim_counts_a_difference_only_beyond_noise():
+    import pandas as pd
+
+    from suite.claims import FSDD_TEST_WORDS, INCONCLUSIVE, REFUTED, REPRODUCED, deepthin_wer
+
+    def verdict(deepthin: int, **errors: int) -> str:
+        wer = {"lmf": 40, "prune": 40, "hashed": 40, "small_dense": 40, **errors, "deepthin": deepthin}
+        board = pd.DataFrame(
+            [
+                {
+                    "task": "fsdd-digits",
+                    "method": m,
+                    "factor": 10.0,
+                    "test_mean": k / FSDD_TEST_WORDS,
+                    "run_ids": m,
+                }
+                for m, k in wer.items()
+            ]
+        )
+        return deepthin_wer(board, None, {}).verdict
+
+    assert verdict(5) == REPRODUCED  # 5 errors against 40 each
+    assert verdict(5, lmf=9) == INCONCLUSIVE  # 5 against 9 is within noise, although lower
+    assert verdict(40, lmf=5) == REFUTED
+    assert verdict(9, lmf=5) == INCONCLUSIVE
+
+
+def test_the_claims_count_the_words_of_the_real_fsdd_test_utterances():
+    from conftest import SHARED_DATA
+
+    if SHARED_DATA is None:
+        pytest.skip("needs SUITE_DATA_DIR")
+    from suite.claims import FSDD_TEST_WORDS
+    from suite.config import read_yaml
+    from suite.data.fsdd import UtteranceSettings, build_utterances, list_clips, locate_fsdd, split_clips
+
+    preset = read_yaml(ROOT / "tasks" / "fsdd-digits.yaml")
+    given = {
+        k: v for k, v in (preset.get("train") or {}).items() if k in UtteranceSettings.__dataclass_fields__
+    }
+    settings = UtteranceSettings(**given)
+    folder = locate_fsdd(str(SHARED_DATA))
+    clips = list_clips(folder)
+    test = split_clips(clips, settings, folder)["test"]
+    utterances = build_utterances(clips, test, settings.test_utterances, settings, "test")
+    assert sum(len(u.digits) for u in utterances) == FSDD_TEST_WORDS

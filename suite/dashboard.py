@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from .dashboard_panels import Panels, sections
 from .errors import ConfigError, SuiteError
 from .record import Record, format_metric, write_json
-from .tracking import DEFAULT_PROJECT, Keys, logged_keys
+from .tracking import DEFAULT_PROJECT, logged_keys
 
 
 def metric_of(record: Record) -> tuple[str, str]:
@@ -63,24 +63,19 @@ class View:
     def _epochs(self) -> str:
         return f"{self.epochs} epoch" + ("s" if self.epochs != 1 else "")
 
-    @property
-    def keys(self) -> Keys:
-        return logged_keys(self.records)
+    def filters(self) -> list[Any]:
+        """The runset's filters: the task or study, one profile, one training budget, and the code versions of
+        the view's runs (the current code's: tables leave older runs out)."""
+        from wandb_workspaces import expr
 
-    def filters(self) -> list[tuple[str, Any]]:
-        """(config key, value) pairs the runset keeps: the task or study, one profile, one training budget; the
-        runs of the current code are kept by ``code_versions``."""
-        return [
-            (self.kind, self.key),
-            ("profile", self.profile),
-            ("train.epochs", self.epochs),
-            ("train.train_fraction", self.train_fraction),
-        ]
-
-    @property
-    def code_versions(self) -> list[str]:
-        """The code versions of the view's runs (the current code's: tables leave older runs out)."""
-        return sorted({r.code_version for r in self.records if r.code_version})
+        keep = {
+            self.kind: self.key,
+            "profile": self.profile,
+            "train.epochs": self.epochs,
+            "train.train_fraction": self.train_fraction,
+        }
+        versions = sorted({r.code_version for r in self.records if r.code_version})
+        return [expr.Config(k) == v for k, v in keep.items()] + [expr.Config("code_version").isin(versions)]
 
 
 def _budget(r: Record) -> tuple[str, int, float]:
@@ -179,7 +174,7 @@ def _panels(view: View) -> Panels:
     return Panels(
         metric=view.metric,
         direction=view.direction,
-        keys=view.keys,
+        keys=logged_keys(view.records),
         diagnosed=registry.diagnosed(logging),
         swept=list(registry.swept_settings()),
         methods=sorted({r.method for r in view.records}),
@@ -203,10 +198,7 @@ def workspace(view: View, entity: str, project: str):
         sections=built,
         settings=ws.WorkspaceSettings(max_runs=max(10, len(view.records))),
         runset_settings=ws.RunsetSettings(
-            filters=ws.And(
-                *(ws.Config(k) == v for k, v in view.filters()),
-                ws.Config("code_version").isin(view.code_versions),
-            ),
+            filters=ws.And(*view.filters()),
             groupby=[ws.Config(k) for k in spec.grouping],
             order=[ws.Ordering(ws.Summary(spec.val_key), ascending=view.direction == "minimize")],
             pinned_columns=spec.columns,
@@ -229,8 +221,7 @@ def report(view: View, entity: str, project: str, resolve_runsets: bool = False)
     where = {"entity": entity, "project": project} if resolve_runsets else {}
     blocks = [wr.MarkdownBlock(text=summary_text(view))]
     for title, panels in sections(spec):
-        filters = [expr.Config(k) == v for k, v in view.filters()]
-        filters.append(expr.Config("code_version").isin(view.code_versions))  # runs of older code left out
+        filters = view.filters()
         if title in spec.restricted:
             filters.append(expr.Config("method").isin(spec.restricted[title]))
         for i, panel in enumerate(panels):

@@ -76,9 +76,7 @@ def bench_train(
         state.append([torch.optim.SGD(model.parameters(), lr=0.01), model.init_hidden(B)])
     times: list[list[float]] = [[] for _ in entries]
     for r in range(warmup + steps):
-        order = list(range(len(entries)))
-        order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
-        for i in order:
+        for i in [(r + k) % len(entries) for k in range(len(entries))]:  # rotate who goes first
             opt, hidden = state[i]
             if device != "cpu":
                 torch.cuda.synchronize()

@@ -103,36 +103,14 @@ def views(records: list[Record], task: str | None = None, study: str | None = No
     return out
 
 
-def best_settings(view: View) -> list[dict[str, Any]]:
-    """Per method and asked CF (and targets), the setting chosen on the mean validation metric over its seeds,
-    learning rate included, with its test metric: the report's own choice (``report.selected``)."""
+def summary_text(view: View) -> str:
+    """The report's text: task, budget, seeds, and per method and asked CF (and targets) the setting chosen on
+    the mean validation metric over its seeds, learning rate included, with its test metric: the report's own
+    choice (``report.selected``)."""
     from .compressors.accounting import format_cf
     from .report import runs_frame, selected, summary
     from .report_text import settings_text
 
-    chosen = selected(summary(runs_frame(view.records)))
-    rows = []
-    for _, r in chosen.iterrows():
-        setting = settings_text(r)
-        lr = r.get("lr")
-        if isinstance(lr, (int, float)) and lr == lr:
-            setting = f"{setting} lr={lr:g}" if setting != "-" else f"lr={lr:g}"
-        rows.append(
-            {
-                "method": r["method"],
-                "factor": r["factor"],
-                "setting": setting,
-                "cf": format_cf(r["cf"]),
-                "val": r["val_mean"],
-                "test": r["test_mean"],
-                "n": f"{int(r['n_ok'])}/{int(r['n_asked'])}",
-            }
-        )
-    return sorted(rows, key=lambda row: (row["method"] != "dense", row["method"], row["factor"]))
-
-
-def summary_text(view: View) -> str:
-    """The report's text: task, budget, seeds, and each method's best setting (chosen on validation)."""
     m, tasks = view.metric, sorted({r.task for r in view.records})
     seeds = ", ".join(str(s) for s in sorted({r.seed for r in view.records}))
     counts = {s: sum(r.status == s for r in view.records) for s in ("ok", "failed", "pruned")}
@@ -149,10 +127,15 @@ def summary_text(view: View) -> str:
         f"| method | setting | CF | val {m} | test {m} | n |",
         "|---|---|---|---|---|---|",
     ]
-    for row in best_settings(view):
+    chosen = [r for _, r in selected(summary(runs_frame(view.records))).iterrows()]
+    for r in sorted(chosen, key=lambda r: (r["method"] != "dense", r["method"], r["factor"])):
+        setting = settings_text(r)
+        lr = r.get("lr")
+        if isinstance(lr, (int, float)) and lr == lr:
+            setting = f"{setting} lr={lr:g}" if setting != "-" else f"lr={lr:g}"
         lines.append(
-            f"| {row['method']} | {row['setting']} | {row['cf']} | {format_metric(row['val'])} | "
-            f"{format_metric(row['test'])} | {row['n']} |"
+            f"| {r['method']} | {setting} | {format_cf(r['cf'])} | {format_metric(r['val_mean'])} | "
+            f"{format_metric(r['test_mean'])} | {int(r['n_ok'])}/{int(r['n_asked'])} |"
         )
     return "\n".join(lines)
 

@@ -266,17 +266,10 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None)
     log_axis(ax)
     ax.set_xlabel("achieved compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
-    shape = data.get("shape") or {}
-    where = ", ".join(
-        x
-        for x in (
-            " ".join(f"{k} {v}" for k, v in shape.items()),
-            f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else "",
-            str(data.get("device", "")),
-            f"vs dense {data['dense_baseline']}" if "dense_baseline" in data else "",
-        )
-        if x
-    )
+    shape = " ".join(f"{k} {v}" for k, v in (data.get("shape") or {}).items())
+    threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else ""
+    baseline = f"vs dense {data['dense_baseline']}" if "dense_baseline" in data else ""
+    where = ", ".join(x for x in (shape, threads, str(data.get("device", "")), baseline) if x)
     ax.set_title("F4  batch-1 inference speed-up vs CF" + (f"\n({where})" if where else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

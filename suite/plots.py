@@ -144,31 +144,16 @@ def errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str, linestyle: 
         )
 
 
-POINT_COLUMNS = (
-    "panel",
-    "task",
-    "profile",
-    "budget",
-    "method",
-    "factor",
-    "targets",
-    "lr",
-    "cf",
-    "val_mean",
-    "test_mean",
-    "test_ci95",
-    "n_ok",
-    "n_asked",
-    "partial",
-    "config_id",
-)
+#: The columns of the plotted points: which configuration a point is, then (after the settings the methods
+#: sweep, as the registry declares them) its learning rate and results.
+POINT_KEYS = ("panel", "task", "profile", "budget", "method", "factor", "targets")
+POINT_RESULTS = ("lr", "cf", "val_mean", "test_mean", "test_ci95", "n_ok", "n_asked", "partial", "config_id")
 
 
 def points_csv(frames: list[pd.DataFrame], path: Path) -> Path:
     """The plotted points beside the figure: which configuration each is, its val and test metric."""
     table = pd.concat(frames, ignore_index=True)
-    at = POINT_COLUMNS.index("lr")
-    columns = [*POINT_COLUMNS[:at], *registry.swept_settings(), *POINT_COLUMNS[at:]]
+    columns = [*POINT_KEYS, *registry.swept_settings(), *POINT_RESULTS]
     return write_csv(table[[c for c in columns if c in table]], path)
 
 

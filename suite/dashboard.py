@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from .dashboard_panels import Panels, sections
 from .errors import ConfigError, SuiteError
 from .record import Record, format_metric, write_json
-from .tracking import DEFAULT_PROJECT, Keys, logged_keys
+from .tracking import DEFAULT_PROJECT, logged_keys
 
 
 def metric_of(record: Record) -> tuple[str, str]:
@@ -63,24 +63,19 @@ class View:
     def _epochs(self) -> str:
         return f"{self.epochs} epoch" + ("s" if self.epochs != 1 else "")
 
-    @property
-    def keys(self) -> Keys:
-        return logged_keys(self.records)
+    def filters(self) -> list[Any]:
+        """The runset's filters: the task or study, one profile, one training budget, and the code versions of
+        the view's runs (the current code's: tables leave older runs out)."""
+        from wandb_workspaces import expr
 
-    def filters(self) -> list[tuple[str, Any]]:
-        """(config key, value) pairs the runset keeps: the task or study, one profile, one training budget; the
-        runs of the current code are kept by ``code_versions``."""
-        return [
-            (self.kind, self.key),
-            ("profile", self.profile),
-            ("train.epochs", self.epochs),
-            ("train.train_fraction", self.train_fraction),
-        ]
-
-    @property
-    def code_versions(self) -> list[str]:
-        """The code versions of the view's runs (the current code's: tables leave older runs out)."""
-        return sorted({r.code_version for r in self.records if r.code_version})
+        keep = {
+            self.kind: self.key,
+            "profile": self.profile,
+            "train.epochs": self.epochs,
+            "train.train_fraction": self.train_fraction,
+        }
+        versions = sorted({r.code_version for r in self.records if r.code_version})
+        return [expr.Config(k) == v for k, v in keep.items()] + [expr.Config("code_version").isin(versions)]
 
 
 def _budget(r: Record) -> tuple[str, int, float]:
@@ -108,36 +103,14 @@ def views(records: list[Record], task: str | None = None, study: str | None = No
     return out
 
 
-def best_settings(view: View) -> list[dict[str, Any]]:
-    """Per method and asked CF (and targets), the setting chosen on the mean validation metric over its seeds,
-    learning rate included, with its test metric: the report's own choice (``report.selected``)."""
+def summary_text(view: View) -> str:
+    """The report's text: task, budget, seeds, and per method and asked CF (and targets) the setting chosen on
+    the mean validation metric over its seeds, learning rate included, with its test metric: the report's own
+    choice (``report.selected``)."""
     from .compressors.accounting import format_cf
     from .report import runs_frame, selected, summary
     from .report_text import settings_text
 
-    chosen = selected(summary(runs_frame(view.records)))
-    rows = []
-    for _, r in chosen.iterrows():
-        setting = settings_text(r)
-        lr = r.get("lr")
-        if isinstance(lr, (int, float)) and lr == lr:
-            setting = f"{setting} lr={lr:g}" if setting != "-" else f"lr={lr:g}"
-        rows.append(
-            {
-                "method": r["method"],
-                "factor": r["factor"],
-                "setting": setting,
-                "cf": format_cf(r["cf"]),
-                "val": r["val_mean"],
-                "test": r["test_mean"],
-                "n": f"{int(r['n_ok'])}/{int(r['n_asked'])}",
-            }
-        )
-    return sorted(rows, key=lambda row: (row["method"] != "dense", row["method"], row["factor"]))
-
-
-def summary_text(view: View) -> str:
-    """The report's text: task, budget, seeds, and each method's best setting (chosen on validation)."""
     m, tasks = view.metric, sorted({r.task for r in view.records})
     seeds = ", ".join(str(s) for s in sorted({r.seed for r in view.records}))
     counts = {s: sum(r.status == s for r in view.records) for s in ("ok", "failed", "pruned")}
@@ -154,10 +127,15 @@ def summary_text(view: View) -> str:
         f"| method | setting | CF | val {m} | test {m} | n |",
         "|---|---|---|---|---|---|",
     ]
-    for row in best_settings(view):
+    chosen = [r for _, r in selected(summary(runs_frame(view.records))).iterrows()]
+    for r in sorted(chosen, key=lambda r: (r["method"] != "dense", r["method"], r["factor"])):
+        setting = settings_text(r)
+        lr = r.get("lr")
+        if isinstance(lr, (int, float)) and lr == lr:
+            setting = f"{setting} lr={lr:g}" if setting != "-" else f"lr={lr:g}"
         lines.append(
-            f"| {row['method']} | {row['setting']} | {row['cf']} | {format_metric(row['val'])} | "
-            f"{format_metric(row['test'])} | {row['n']} |"
+            f"| {r['method']} | {setting} | {format_cf(r['cf'])} | {format_metric(r['val_mean'])} | "
+            f"{format_metric(r['test_mean'])} | {int(r['n_ok'])}/{int(r['n_asked'])} |"
         )
     return "\n".join(lines)
 
@@ -179,7 +157,7 @@ def _panels(view: View) -> Panels:
     return Panels(
         metric=view.metric,
         direction=view.direction,
-        keys=view.keys,
+        keys=logged_keys(view.records),
         diagnosed=registry.diagnosed(logging),
         swept=list(registry.swept_settings()),
         methods=sorted({r.method for r in view.records}),
@@ -203,10 +181,7 @@ def workspace(view: View, entity: str, project: str):
         sections=built,
         settings=ws.WorkspaceSettings(max_runs=max(10, len(view.records))),
         runset_settings=ws.RunsetSettings(
-            filters=ws.And(
-                *(ws.Config(k) == v for k, v in view.filters()),
-                ws.Config("code_version").isin(view.code_versions),
-            ),
+            filters=ws.And(*view.filters()),
             groupby=[ws.Config(k) for k in spec.grouping],
             order=[ws.Ordering(ws.Summary(spec.val_key), ascending=view.direction == "minimize")],
             pinned_columns=spec.columns,
@@ -229,8 +204,7 @@ def report(view: View, entity: str, project: str, resolve_runsets: bool = False)
     where = {"entity": entity, "project": project} if resolve_runsets else {}
     blocks = [wr.MarkdownBlock(text=summary_text(view))]
     for title, panels in sections(spec):
-        filters = [expr.Config(k) == v for k, v in view.filters()]
-        filters.append(expr.Config("code_version").isin(view.code_versions))  # runs of older code left out
+        filters = view.filters()
         if title in spec.restricted:
             filters.append(expr.Config("method").isin(spec.restricted[title]))
         for i, panel in enumerate(panels):

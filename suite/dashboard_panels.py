@@ -13,23 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from matplotlib.colors import TABLEAU_COLORS
+
 if TYPE_CHECKING:
     from .compressors.registry import Diagnostics
     from .tracking import Keys
 
 #: One colour per method (matplotlib's tab10), the same in every view.
-PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+PALETTE = tuple(TABLEAU_COLORS.values())
 
 
 @dataclass
@@ -80,7 +71,7 @@ class Panels:
 
 
 @functools.cache
-def _flat_config_column_class():
+def _flat_config_column():
     import wandb_workspaces.reports.v2 as wr
     from pydantic.dataclasses import dataclass as pydantic_dataclass
     from wandb_workspaces.reports.v2.interface import dataclass_config
@@ -97,12 +88,6 @@ def _flat_config_column_class():
             return model
 
     return FlatConfigColumn
-
-
-def _flat_config_column(name: str):
-    import wandb_workspaces.reports.v2 as wr
-
-    return _flat_config_column_class()(wr.Config(name), display_name=name)
 
 
 def diagnostics_title(d: Diagnostics) -> str:
@@ -144,7 +129,7 @@ def sections(p: Panels) -> list[tuple[str, list[Any]]]:
     names = ["method", "factor", *p.swept]
     columns = [wr.ParallelCoordinatesPlotColumn(wr.Config(k), display_name=k) for k in names if k in conf]
     if "train.lr" in conf:
-        columns.append(_flat_config_column("train.lr"))
+        columns.append(_flat_config_column()(wr.Config("train.lr"), display_name="train.lr"))
     if p.val_key in summ:
         columns.append(
             wr.ParallelCoordinatesPlotColumn(

@@ -19,6 +19,7 @@ float64), since a scalar libm call per gate element costs more than a compressed
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,20 +29,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .compressors import registry, terms
+from .compressors import registry
 from .compressors.terms import Dense, Kron, LowRank, Sparse, Term
 
-_numba = None
 
-
+@functools.cache
 def _nb():
     """numba, imported on first use (compiling is the only thing that needs it)."""
-    global _numba
-    if _numba is None:
-        import numba
+    import numba
 
-        _numba = numba
-    return _numba
+    return numba
 
 
 # --- kernels -------------------------------------------------------------------------------------------------
@@ -261,17 +258,12 @@ def _kron_kernel(n2: int) -> str:
     return name
 
 
-_KERNELS: dict | None = None
-
-
+@functools.cache
 def _kernels() -> dict:
     """The kernels' namespace, compiled lazily, once per process."""
-    global _KERNELS
-    if _KERNELS is None:
-        nb = _nb()
-        _KERNELS = {"np": np, "njit": nb.njit}
-        exec(compile(_kernel_source(), "<suite.deploy kernels>", "exec"), _KERNELS)
-    return _KERNELS
+    namespace = {"np": np, "njit": _nb().njit}
+    exec(compile(_kernel_source(), "<suite.deploy kernels>", "exec"), namespace)
+    return namespace
 
 
 # --- programs ------------------------------------------------------------------------------------------------
@@ -373,24 +365,25 @@ class LayerParts:
     bias: np.ndarray
 
 
+def _terms(module: nn.Module, name: str) -> list[Term] | None:
+    """The deployment terms of ``module``'s weight ``name``: one dense term when it is not compressed."""
+    if parametrize.is_parametrized(module, name):
+        return registry.deployed_terms(module, name)
+    return [Dense(getattr(module, name).detach())]
+
+
 def layer_parts(lstm: nn.LSTM, layer: int = 0) -> LayerParts | None:
     """The compiled form of one layer of ``lstm`` (dense or compressed), or None when a matrix's deployment
     form has no kernel here (``deploy_terms`` is None)."""
     names = (f"weight_ih_l{layer}", f"weight_hh_l{layer}")
-    found = []
-    for name in names:
-        if parametrize.is_parametrized(lstm, name):
-            found.append(registry.deployed_terms(lstm, name))
-        else:
-            found.append([Dense(getattr(lstm, name).detach())])
+    found = [_terms(lstm, name) for name in names]
     if any(f is None for f in found):
         return None
     structured = [[t for t in f if not isinstance(t, Sparse)] for f in found]
     sparse = [next((t.csr for t in f if isinstance(t, Sparse)), None) for f in found]
     bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-    fused = None
-    if any(s is not None for s in sparse):
-        fused = layer_csr(sparse, [tuple(getattr(lstm, n).shape) for n in names])
+    shapes = [tuple(getattr(lstm, n).shape) for n in names]
+    fused = layer_csr(sparse, shapes) if any(s is not None for s in sparse) else None
     return LayerParts(structured[0], structured[1], fused, _np(bias))
 
 
@@ -469,30 +462,23 @@ def compile_generator(model: nn.Module) -> CompiledGenerator | None:
     if parametrize.is_parametrized(emb) or getattr(model, "tie_weights", False):
         return None
     layers = [layer_parts(lstm, k) for k in range(lstm.num_layers)]
-    if parametrize.is_parametrized(dec, "weight"):
-        out_terms = registry.deployed_terms(dec, "weight")
-    else:
-        out_terms = [Dense(dec.weight.detach())]
+    out_terms = _terms(dec, "weight")
     if out_terms is None or any(p is None for p in layers):
         return None
     prog = Program()
     table = prog.array(_np(emb.weight))
     dbias = prog.array(_np(dec.bias) if dec.bias is not None else np.zeros(dec.out_features, np.float32))
     body = prog.lines
-    body.append("    out = np.empty(n, np.int64)")
-    body.append(f"    y = {dbias}.copy()")
+    body += ["    out = np.empty(n, np.int64)", f"    y = {dbias}.copy()"]
     for k in range(len(layers)):
-        body.append(f"    h{k} = hs[{k}].copy()")
-        body.append(f"    c{k} = cs[{k}].copy()")
-    body.append("    for t in range(n):")
-    body.append(f"        x = {table}[token]")
+        body += [f"    h{k} = hs[{k}].copy()", f"    c{k} = cs[{k}].copy()"]
+    body += ["    for t in range(n):", f"        x = {table}[token]"]
     for k, parts in enumerate(layers):
         prog.lstm_layer(parts, "x" if k == 0 else f"h{k - 1}", f"h{k}", f"c{k}", "        ")
     body.append(f"        y = {dbias}.copy()")
     for term in out_terms:
         prog.add("y", term, f"h{len(layers) - 1}", "        ")
-    body.append("        token = argmax(y)")
-    body.append("        out[t] = token")
+    body += ["        token = argmax(y)", "        out[t] = token"]
     t0 = time.perf_counter()
     fn, src = prog.compile("token, n, hs, cs", ["    return out, y"], "generate")
     row = prog.arrays[table]  # one row of the embedding is read per token, not the table
@@ -503,16 +489,3 @@ def compile_generator(model: nn.Module) -> CompiledGenerator | None:
     gen(0, 1)  # numba compiles on the first call
     gen.compile_s = time.perf_counter() - t0
     return gen
-
-
-__all__ = [
-    "CompiledGenerator",
-    "CompiledStep",
-    "compile_generator",
-    "LayerParts",
-    "Program",
-    "compile_step",
-    "layer_csr",
-    "layer_parts",
-    "terms",
-]

@@ -43,7 +43,6 @@ from .plots import (  # noqa: E402
     save,
     setups,
     subplots_row,
-    swept,
     targets_of,
     write_csv,
 )
@@ -155,12 +154,7 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
     rows = rows.assign(**{rate: rows[rate].fillna(0.0)})
     methods = sorted(rows["method"].unique())
     fig, grid = plt.subplots(
-        2,
-        len(methods),
-        figsize=(5.2 * len(methods), 6),
-        squeeze=False,
-        sharex="col",
-        gridspec_kw={"height_ratios": [2.2, 1]},
+        2, len(methods), figsize=(5.2 * len(methods), 6), squeeze=False, sharex="col", height_ratios=[2.2, 1]
     )
     for col, method in enumerate(methods):
         top, bottom = grid[0][col], grid[1][col]
@@ -251,8 +245,7 @@ def read_bench(bench: Path) -> tuple[dict, pd.DataFrame] | None:
     return (data if isinstance(data, dict) else {}), rows
 
 
-def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None = None) -> Made:
-    loaded = loaded or read_bench(bench)
+def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None) -> Made:
     if loaded is None:
         return [], f"no inference benchmark at {bench} (run the batch-1 inference benchmark first)"
     data, rows = loaded
@@ -262,30 +255,21 @@ def f4_speedup(bench: Path, out: Path, loaded: tuple[dict, pd.DataFrame] | None 
     rows = rows[rows["method"] != "dense"]
     fig, axes = subplots_row(1)
     ax = axes[0]
+    x = "cf" if "cf" in rows else "factor"  # the achieved CF (kp asked 10 reaches 13)
     for method, m in rows.groupby("method"):
-        x = "cf" if "cf" in m else "factor"  # the achieved CF (kp asked 10 reaches 13)
         m = m.sort_values(x)
         ax.plot(m[x], m[speed[0]], marker=marker(method), label=method, color=color(method))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="dense")
-    x = "cf" if "cf" in rows else "factor"
     lim = [rows[x].min(), rows[x].max()]
-    ax.plot(
-        lim, lim, color="gray", ls=":", lw=1, label="speed-up = CF"
-    )  # a step reading CF times fewer bytes
+    # a step reading CF times fewer bytes
+    ax.plot(lim, lim, color="gray", ls=":", lw=1, label="speed-up = CF")
     log_axis(ax)
     ax.set_xlabel("achieved compression factor (x; log)")
     ax.set_ylabel("batch-1 inference speed-up over dense (x)")
-    shape = data.get("shape") or {}
-    where = ", ".join(
-        x
-        for x in (
-            " ".join(f"{k} {v}" for k, v in shape.items()),
-            f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else "",
-            str(data.get("device", "")),
-            f"vs dense {data['dense_baseline']}" if "dense_baseline" in data else "",
-        )
-        if x
-    )
+    shape = " ".join(f"{k} {v}" for k, v in (data.get("shape") or {}).items())
+    threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}" if "threads" in data else ""
+    baseline = f"vs dense {data['dense_baseline']}" if "dense_baseline" in data else ""
+    where = ", ".join(x for x in (shape, threads, str(data.get("device", "")), baseline) if x)
     ax.set_title("F4  batch-1 inference speed-up vs CF" + (f"\n({where})" if where else ""))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -298,18 +282,12 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
     if summ.empty or "targeted_stored" not in summ or summ["targeted_stored"].isna().all():
         return [], "no finished runs"
     summ = summ[(targets_of(summ) == DEFAULT_TARGETS) & summ["val_mean"].notna()]
-    latency = pd.DataFrame()
+    panels = [(title, rows, "targeted_stored") for title, rows in setups(summ)]
     if "latency_ms" in trials:
         latency = trials[(trials["state"] == "complete") & trials["latency_ms"].notna()]
-    panels = [(title, rows, "targeted_stored") for title, rows in setups(summ)]
-    panels += (
-        [
-            (study, latency[latency["study"] == study], "latency_ms")
-            for study in sorted(latency["study"].unique())
+        panels += [
+            (s, latency[latency["study"] == s], "latency_ms") for s in sorted(latency["study"].unique())
         ]
-        if len(latency)
-        else []
-    )
     fig, axes = subplots_row(len(panels))
     fronts = []
     for ax, (name, pts, x) in zip(axes, panels):
@@ -336,9 +314,8 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
         ax.set_ylabel(metric_label(metric, direction, "validation"))
         ax.set_title(f"{name}: metric vs {'size' if x == 'targeted_stored' else 'latency'}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(
-            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3
-        )  # below: the front shows
+        # below: the front shows
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     fig.suptitle("F5  Pareto fronts on the validation metric: vs stored size (and latency)")
     fig.set_layout_engine("constrained")
     paths = save(fig, out, "F5_pareto")
@@ -349,7 +326,7 @@ def f5_pareto(summ: pd.DataFrame, trials: pd.DataFrame, out: Path) -> Made:
             "panel",
             "method",
             "factor",
-            *swept(),
+            *registry.swept_settings(),
             "lr",
             "x",
             "targeted_stored",
@@ -373,11 +350,9 @@ def f6_embedding_softmax(summ: pd.DataFrame, out: Path) -> Made:
     rows = summ[(targets != DEFAULT_TARGETS) & no_ft]
     if rows.empty:
         return [], "no runs compressing embedding or softmax without fine-tuning"
-    panels = []
-    for (task, setup, target), sel in rows.groupby(["task", "setup_id", "targets"], sort=True):
-        panels.append((task, setup, target, sel))
+    panels = list(rows.groupby(["task", "setup_id", "targets"], sort=True))
     fig, axes = subplots_row(len(panels))
-    for ax, (task, setup, target, sel) in zip(axes, panels):
+    for ax, ((task, setup, target), sel) in zip(axes, panels):
         sel = one_setup(sel, "F6")
         dense_line(ax, summ[(summ["setup_id"] == setup) & (summ["method"] == "dense")])
         # One curve per method and l_p exponent (the criterion F6 compares), the best other settings per CF.

@@ -14,6 +14,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import tasks  # noqa: E402
+from .compressors import registry  # noqa: E402
 from .errors import SuiteError  # noqa: E402
 from .files import atomic  # noqa: E402
 from .report import DEFAULT_TARGETS, best_by_val  # noqa: E402
@@ -51,8 +53,6 @@ def log_axis(ax, which: str = "x") -> None:
 
 
 def _index(method: str) -> int:
-    from .compressors import registry
-
     names = registry.available()
     return names.index(method) if method in names else len(names) + sum(map(ord, method)) % 7
 
@@ -69,15 +69,9 @@ def marker(method: str) -> str:
     return "osD^vP*Xhp<>d8H"[_index(method) % 15]
 
 
-def _metric(name: str):
-    from . import tasks
-
-    return tasks.metric(name)
-
-
 def metric_label(metric: str, direction: str | None = None, split: str = "test") -> str:
     """``test perplexity (lower is better)``: the label and direction its family gives the metric."""
-    known = _metric(metric)
+    known = tasks.metric(metric)
     name = (known.label or metric) if known else metric
     if direction is None:
         direction = known.direction if known else "minimize"
@@ -113,7 +107,7 @@ def targets_of(df: pd.DataFrame) -> pd.Series:
 
 def metric_axis(ax, metric: str) -> None:
     """The metric's axis (y) on the scale its family gives it (log for perplexity)."""
-    known = _metric(metric)
+    known = tasks.metric(metric)
     if known is not None and known.scale == "log":
         log_axis(ax, "y")
 
@@ -150,38 +144,16 @@ def errorbar(ax, pts: pd.DataFrame, x: str, label: str, method: str, linestyle: 
         )
 
 
-POINT_COLUMNS = (
-    "panel",
-    "task",
-    "profile",
-    "budget",
-    "method",
-    "factor",
-    "targets",
-    "lr",
-    "cf",
-    "val_mean",
-    "test_mean",
-    "test_ci95",
-    "n_ok",
-    "n_asked",
-    "partial",
-    "config_id",
-)
-
-
-def swept() -> list[str]:
-    """The settings the methods' figures sweep, as the registry declares them (``Diagnostics.setting``)."""
-    from .compressors import registry
-
-    return list(registry.swept_settings())
+#: The columns of the plotted points: which configuration a point is, then (after the settings the methods
+#: sweep, as the registry declares them) its learning rate and results.
+POINT_KEYS = ("panel", "task", "profile", "budget", "method", "factor", "targets")
+POINT_RESULTS = ("lr", "cf", "val_mean", "test_mean", "test_ci95", "n_ok", "n_asked", "partial", "config_id")
 
 
 def points_csv(frames: list[pd.DataFrame], path: Path) -> Path:
     """The plotted points beside the figure: which configuration each is, its val and test metric."""
     table = pd.concat(frames, ignore_index=True)
-    at = POINT_COLUMNS.index("lr")
-    columns = [*POINT_COLUMNS[:at], *swept(), *POINT_COLUMNS[at:]]
+    columns = [*POINT_KEYS, *registry.swept_settings(), *POINT_RESULTS]
     return write_csv(table[[c for c in columns if c in table]], path)
 
 

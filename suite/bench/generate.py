@@ -20,6 +20,7 @@ from ..compressors import account, registry
 from ..compressors.accounting import format_cf
 from ..config import load_run
 from ..context import DataContext
+from ..deploy import compile_generator
 from ..errors import ConfigError
 from .common import one_thread, result
 
@@ -96,8 +97,6 @@ def bench_generate(
     softmax, argmax) at each preset's shapes, one thread: the dense model in eager PyTorch and compiled, and
     each (LSTM method, softmax form) compiled (``suite.deploy``), interleaved; speed-ups against the fastest
     dense form. Each compiled model's first logits are checked against its eager forward."""
-    from ..deploy import compile_generator
-
     softmax = SOFTMAX_FORMS if softmax is None else softmax
     rows, gens = [], []
     with one_thread():
@@ -143,9 +142,7 @@ def bench_generate(
                     gens.append(_eager_generate(model))
         times: list[list[float]] = [[] for _ in gens]
         for r in range(warmup + reps):
-            order = list(range(len(gens)))
-            order = order[r % len(order) :] + order[: r % len(order)]
-            for i in order:
+            for i in [(r + k) % len(gens) for k in range(len(gens))]:  # rotate who goes first
                 t0 = time.perf_counter()
                 gens[i](r % 100, tokens)
                 if r >= warmup:
@@ -261,9 +258,7 @@ def bench_decode(
         tokens = [0 for _ in calls]
         with torch.inference_mode():
             for r in range(reps):
-                order = list(range(len(calls)))
-                order = order[r % len(order) :] + order[: r % len(order)]
-                for i in order:
+                for i in [(r + k) % len(calls) for k in range(len(calls))]:  # rotate who goes first
                     decode, batches = calls[i]
                     for batch in batches:
                         t0 = time.perf_counter()
@@ -285,12 +280,7 @@ def bench_decode(
             if r["preset"] == row["preset"] and r["mode"] == row["mode"] and r["method"] == "dense"
         )
         row["speedup_vs_dense"] = dense["ms_per_item"] / row["ms_per_item"]
-    fields = {
-        "items": items,
-        "reps": reps,
-        "rows": rows,
-    }
-    return result("decode_batch1", fields, out)
+    return result("decode_batch1", {"items": items, "reps": reps, "rows": rows}, out)
 
 
 def format_decode(result: dict) -> str:

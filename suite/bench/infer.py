@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..compressors import account, registry
 from ..compressors.accounting import format_cf
 from ..context import DataContext
-from ..deploy import layer_csr
+from ..deploy import compile_step, layer_csr
 from ..errors import ConfigError
 from .common import check_device, one_thread, result
 
@@ -122,8 +122,6 @@ def _forms(lstm: nn.LSTM, dense: bool, device: str) -> list[dict]:
     if dense:
         forms.append({"form": "nn.LSTM", "step": module_step(lstm)})
     if torch.device(device).type == "cpu":
-        from ..deploy import compile_step
-
         compiled = compile_step(lstm)
         if compiled is not None:
             forms.append(
@@ -252,23 +250,16 @@ def _time_steps(
     takes numpy vectors, the others tensors. On a GPU each step is timed until it has run (the launch alone
     says nothing)."""
     x = torch.randn(input_size, device=device)
-    state = []
-    inputs = []
+    inputs, state = [], []
     for f in forms:
         zeros = (torch.zeros(hidden, device=device), torch.zeros(hidden, device=device))
-        if f.get("numpy"):
-            state.append(tuple(z.numpy() for z in zeros))
-            inputs.append(x.numpy())
-        else:
-            state.append(zeros)
-            inputs.append(x)
+        inputs.append(x.numpy() if f.get("numpy") else x)
+        state.append(tuple(z.numpy() for z in zeros) if f.get("numpy") else zeros)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     warm: list[list[float]] = [[] for _ in forms]
     cold: list[list[float]] = [[] for _ in forms]
     for r in range(warmup + reps):
-        order = list(range(len(forms)))
-        order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
-        for i in order:
+        for i in [(r + k) % len(forms) for k in range(len(forms))]:  # rotate who goes first
             step, xi, (h, c) = forms[i]["step"], inputs[i], state[i]
             sync()
             t0 = time.perf_counter()

@@ -52,9 +52,8 @@ def bench_train(
         raise ConfigError(f"bench train times language-model steps; {preset} is a {cfg.family} task")
     build = tasks.get("lm").build_model
     model_cfg = {**cfg.model, "vocab": vocab}
-    entries: list[tuple[str, float, torch.nn.Module]] = []
     torch.manual_seed(0)
-    entries.append(("dense", 1.0, build(model_cfg)))
+    entries: list[tuple[str, float, torch.nn.Module]] = [("dense", 1.0, build(model_cfg))]
     for name in methods:
         for factor in factors:
             method = registry.get(name)
@@ -74,18 +73,15 @@ def bench_train(
     for _, _, model in entries:
         model.to(device).train()
         state.append([torch.optim.SGD(model.parameters(), lr=0.01), model.init_hidden(B)])
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     times: list[list[float]] = [[] for _ in entries]
     for r in range(warmup + steps):
-        order = list(range(len(entries)))
-        order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
-        for i in order:
+        for i in [(r + k) % len(entries) for k in range(len(entries))]:  # rotate who goes first
             opt, hidden = state[i]
-            if device != "cpu":
-                torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             state[i][1] = _train_step(entries[i][2], opt, x, y, hidden, cfg.train.clip)
-            if device != "cpu":
-                torch.cuda.synchronize()
+            sync()
             if r >= warmup:
                 times[i].append(time.perf_counter() - t0)
         if echo and (r + 1) % 10 == 0:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import write_text
 from .sources import SPLITS, cache_dir, empty_split, locate
 
 EOS, UNK = "<eos>", "<unk>"
@@ -141,10 +141,7 @@ def _cached_vocab(train, max_vocab: int | None) -> list[str]:
     if path.is_file():
         return json.loads(path.read_text())
     vocab = build_vocab(train.data.column("text").combine_chunks(), max_vocab)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(vocab))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(vocab), "vocabulary cache")
     return vocab
 
 

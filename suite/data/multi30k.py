@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..files import atomic
 from ..settings import check
 from .sources import TextSource, cache_dir, data_dir, empty_split, find, sha256
 
@@ -258,8 +258,6 @@ def load_multi30k(configured: str | None = None, min_freq: int = 2) -> ParallelC
         except Exception:  # a cache from an interrupted or other version: rebuild it
             cached.unlink(missing_ok=True)
     corpus = prepare(paths, min_freq, origin, official)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(_to_state(corpus), tmp)
-    os.replace(tmp, cached)
+    with atomic(cached, "corpus cache") as tmp:
+        torch.save(_to_state(corpus), tmp)
     return corpus

@@ -23,6 +23,7 @@ projection (``decoder.output.weight``) are ordinary parameters. The model never 
 
 from __future__ import annotations
 
+from itertools import takewhile
 from typing import NamedTuple
 
 import torch
@@ -311,13 +312,5 @@ def beam_search(
 
 
 def _strip(ids: Tensor) -> list[list[int]]:
-    """(B, T) ids -> each row's words before its first ``<eos>``."""
-    out = []
-    for row in ids.tolist():
-        words = []
-        for i in row:
-            if i in (EOS_ID, PAD_ID):
-                break
-            words.append(i)
-        out.append(words)
-    return out
+    """(B, T) ids -> each row's words before its first ``<eos>`` (or ``<pad>``)."""
+    return [list(takewhile(lambda i: i not in (EOS_ID, PAD_ID), row)) for row in ids.tolist()]

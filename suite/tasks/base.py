@@ -103,14 +103,6 @@ class TrainSettings(Settings):
             self.precision = DEFAULT_PRECISION  # ``--set precision=32`` reads as a number
         super().__post_init__()
 
-    def budget(self) -> dict[str, Any]:
-        """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
-        return {
-            "epochs": self.epochs,
-            "train_fraction": self.train_fraction,
-            "eval_fraction": self.eval_fraction,
-        }
-
 
 def step_decay(train: Any) -> Callable[[int], float]:
     """Learning rate of epoch index e (0-based) under ``train``'s ``lr``, ``lr_decay`` and ``decay_after``: lr

@@ -137,6 +137,9 @@ class LanguageModeling(Family):
     model_settings = LMModel
     datasets = ("ptb", "wikitext2")
     units = "tokens"
+    build_model = staticmethod(build_lm)
+    datamodule = LanguageModelData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: LMTrain) -> Corpus:
         return load_corpus(dataset, data_dir, train.max_vocab)
@@ -148,17 +151,8 @@ class LanguageModeling(Family):
     def resolve_model(self, model: dict, data: Corpus) -> dict:
         return {**model, "vocab": len(data.vocab)}
 
-    def build_model(self, model: dict) -> nn.Module:
-        return build_lm(model)
-
-    def datamodule(self, data: Corpus, train: LMTrain) -> LanguageModelData:
-        return LanguageModelData(data, train)
-
     def task(self, model, train, lr_at) -> LanguageModelTask:
         return LanguageModelTask(model, lr_at)
-
-    def lr_at(self, train: LMTrain) -> Callable[[int], float]:
-        return step_decay(train)
 
     def train_units(self, datamodule: LanguageModelData) -> int:
         """Target tokens of one training epoch: (S - 1) steps of B columns."""
@@ -167,10 +161,7 @@ class LanguageModeling(Family):
     def example(self, seed: int = 0) -> Example:
         model = {**self.check_model({"hidden": 32, "layers": 2}), "vocab": 50}
         g = torch.Generator().manual_seed(seed)
-        batch = (
-            torch.randint(50, (7, 3), generator=g),
-            torch.randint(50, (7, 3), generator=g),
-        )  # (T, B) each
+        batch = tuple(torch.randint(50, (7, 3), generator=g) for _ in range(2))  # (T, B) inputs and targets
         counts = torch.arange(50, 0, -1).float()  # Zipf-like: row i is the (i+1)-th most frequent word
         ctx = DataContext({"embedding.weight": counts, "decoder.weight": counts}, [batch], _bare_loss)
         return Example(model, batch, _bare_loss, ctx)

@@ -15,7 +15,6 @@ from importlib.metadata import version
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
 from ..context import DataContext
@@ -45,9 +44,6 @@ class SpeechTrain(TrainSettings, UtteranceSettings):
     """The learning rate is divided by this every epoch after ``decay_after`` (1: constant)."""
     decay_after: int = setting(0, ge=0)
     eval_batch_size: int = setting(64, ge=1)
-
-    def budget(self) -> dict:
-        return {**super().budget(), "train_utterances": self.train_utterances}
 
 
 @dataclass
@@ -172,9 +168,8 @@ class SpeechTask(Task):
         return {"greedy": self.transcribe}
 
     def transcribe(self, batch: Batch) -> list[list[int]]:
-        """Greedy CTC transcripts (digit ids) of a batch; every parametrized weight evaluated once."""
-        with parametrize.cached():
-            return greedy_decode(*self(*self.inputs(batch)))
+        """Greedy CTC transcripts (digit ids) of a batch; the forward pass evaluates each weight once."""
+        return greedy_decode(*self(*self.inputs(batch)))
 
 
 class Speech(Family):
@@ -184,6 +179,9 @@ class Speech(Family):
     model_settings = SpeechModel
     datasets = ("fsdd",)
     units = "frames"
+    build_model = staticmethod(build_acoustic)
+    datamodule = SpeechData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: SpeechTrain) -> FSDD:
         self._check_dataset(dataset)
@@ -210,17 +208,8 @@ class Speech(Family):
         batch = collate(items)  # (3, 23, 40) features, lengths, (3, 3) labels, label lengths
         return Example(model, batch, _bare_loss, DataContext(calibration=[batch], loss=_bare_loss))
 
-    def build_model(self, model: dict) -> nn.Module:
-        return build_acoustic(model)
-
-    def datamodule(self, data: FSDD, train: SpeechTrain) -> SpeechData:
-        return SpeechData(data, train)
-
     def task(self, model, train, lr_at) -> SpeechTask:
         return SpeechTask(model, lr_at)
-
-    def lr_at(self, train: SpeechTrain) -> Callable[[int], float]:
-        return step_decay(train)
 
     def train_units(self, datamodule: SpeechData) -> int:
         """Input feature frames (10 ms each, before stacking) of one training epoch."""

@@ -228,6 +228,9 @@ class Translation(Family):
     model_settings = TranslationModel
     datasets = ("multi30k",)
     units = "tokens"
+    build_model = staticmethod(build_seq2seq)
+    datamodule = TranslationData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: TranslationTrain) -> ParallelCorpus:
         self._check_dataset(dataset)
@@ -246,17 +249,8 @@ class Translation(Family):
     def resolve_model(self, model: dict, data: ParallelCorpus) -> dict:
         return {**model, "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab)}
 
-    def build_model(self, model: dict) -> Seq2Seq:
-        return build_seq2seq(model)
-
-    def datamodule(self, data: ParallelCorpus, train: TranslationTrain) -> TranslationData:
-        return TranslationData(data, train)
-
     def task(self, model, train: TranslationTrain, lr_at) -> TranslationTask:
         return TranslationTask(model, lr_at, train)
-
-    def lr_at(self, train: TranslationTrain) -> Callable[[int], float]:
-        return step_decay(train)
 
     def train_units(self, datamodule: TranslationData) -> int:
         """Target tokens the decoder predicts in one epoch (words and ``<eos>``)."""

@@ -57,10 +57,8 @@ def tokens(text: pa.Array) -> pa.ListArray:
 def build_vocab(train_text: pa.Array, max_size: int | None = None) -> list[str]:
     """Words of train by frequency (ties alphabetical), capped at ``max_size`` with ``<unk>`` for the rest."""
     counts = pc.value_counts(tokens(train_text).flatten())
-    words = counts.field("values").to_pylist()
-    freq = counts.field("counts").to_pylist()
-    order = sorted(range(len(words)), key=lambda i: (-freq[i], words[i]))
-    vocab = [words[i] for i in order]
+    freq = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    vocab = sorted(freq, key=lambda w: (-freq[w], w))
     if max_size is not None and len(vocab) > max_size:
         vocab = vocab[: max_size - (UNK not in vocab[:max_size])]
     if UNK not in vocab:

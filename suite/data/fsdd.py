@@ -109,9 +109,8 @@ class UtteranceSettings(Settings):
                 )
 
     def count(self, split: str) -> int:
-        return {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}[
-            split
-        ]
+        counts = {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}
+        return counts[split]
 
 
 @dataclass(frozen=True)
@@ -200,9 +199,7 @@ def split_of(clip: Clip, settings: UtteranceSettings) -> str | None:
     return "valid" if clip.take < TEST_TAKES + settings.val_takes else "train"
 
 
-def split_clips(
-    clips: Sequence[Clip], settings: UtteranceSettings, folder: Path | str = "the FSDD folder"
-) -> dict[str, list[int]]:
+def split_clips(clips: Sequence[Clip], settings: UtteranceSettings, folder: Path) -> dict[str, list[int]]:
     """Split name -> indices of its clips (of ``folder``); every split must have some."""
     speakers = sorted({c.speaker for c in clips})
     if settings.held_out_speaker is not None and settings.held_out_speaker not in speakers:
@@ -248,15 +245,11 @@ def build_utterances(
         speaker = speakers[rng.integers(len(speakers))]
         digits_here = sorted(pools[speaker])
         n = int(rng.integers(settings.min_digits, settings.max_digits + 1))
-        digits = [digits_here[k] for k in rng.integers(len(digits_here), size=n)]
-        chosen = [pools[speaker][d][rng.integers(len(pools[speaker][d]))] for d in digits]
+        digits = tuple(digits_here[k] for k in rng.integers(len(digits_here), size=n))
+        chosen = tuple(pools[speaker][d][rng.integers(len(pools[speaker][d]))] for d in digits)
         silences = rng.integers(lo, hi + 1, size=n + 1)
         offsets = rng.integers(0, bank - silences + 1)
-        out.append(
-            Utterance(
-                speaker, tuple(digits), tuple(chosen), tuple(silences.tolist()), tuple(offsets.tolist())
-            )
-        )
+        out.append(Utterance(speaker, digits, chosen, tuple(silences.tolist()), tuple(offsets.tolist())))
     return out
 
 

@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import torch
@@ -83,13 +84,7 @@ class Vocab:
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Words of ``ids`` up to the first ``<eos>``; ``<pad>`` and ``<bos>`` are dropped, ``<unk>`` kept."""
-        out = []
-        for i in ids:
-            if i == EOS_ID:
-                break
-            if i not in (PAD_ID, BOS_ID):
-                out.append(self.words[i])
-        return out
+        return [self.words[i] for i in takewhile(lambda i: i != EOS_ID, ids) if i not in (PAD_ID, BOS_ID)]
 
 
 def build_vocab(sentences: Iterable[Sequence[str]], min_freq: int = 1) -> Vocab:

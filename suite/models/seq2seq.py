@@ -169,10 +169,7 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(src_vocab, emb_size, hidden, layers, bidirectional, dropout)
         self.bridge = Bridge(hidden) if bidirectional else None
         self.decoder = Decoder(tgt_vocab, emb_size, hidden, layers, memory_size, dropout, attention)
-        self.reset_parameters(init)
-
-    def reset_parameters(self, init: float) -> None:
-        """Every weight and bias uniform in [-init, init] (Luong et al.; OpenNMT's default)."""
+        # Every weight and bias uniform in [-init, init] (Luong et al.; OpenNMT's default).
         for p in self.parameters():
             nn.init.uniform_(p, -init, init)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +97,11 @@ class RunConfig(Settings):
     def run_key(self) -> str:
         """The run-id without the code version: what a checkpoint of this run is filed under, so that a run cut
         short resumes under changed code as long as that code behaves the same (``suite.checkpoints``)."""
-        what = {k: v for k, v in self.identity().items() if k not in ("code", "baseline_code")}
-        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return _short_hash({k: v for k, v in self.identity().items() if k not in ("code", "baseline_code")})
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return _short_hash(self.identity())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,6 +116,10 @@ class RunConfig(Settings):
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _short_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -151,19 +153,8 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-_TOP = {
-    "seed",
-    "profile",
-    "data_dir",
-    "results_dir",
-    "store",
-    "wandb",
-    "study",
-    "trial",
-    "method",
-    "checkpoint",
-    "seeds",
-}
+_TOP = {f.name for f in fields(RunConfig)} - {"task", "family", "dataset", "model", "train", "compress"}
+"""RunConfig fields an override names bare (``seed=1``); the rest come from the preset and its sections."""
 
 
 def load_run(

@@ -129,32 +129,42 @@ def train(
         raise
 
 
-def _context(cfg: RunConfig, family: Family, method, data, datamodule) -> DataContext:
-    """What the method needs of the task's data; a task that cannot give it means the method does not apply."""
-    try:
-        return family.context(data, datamodule, method.needs)
-    except ConfigError as e:
-        raise ConfigError(
-            f"{cfg.method} does not apply to task {cfg.task} ({e}); choose another method (suite methods -v)"
-        ) from None
-
-
 def check(cfg: RunConfig, data: object | None = None) -> object:
     """The checks ``train(cfg)`` makes before it writes anything, without training (not even the dense baseline
     of a trained init): the method and its settings, the data (``data``: already loaded for this config's
     dataset), its batches, the model and whether its compression reaches the CF. Returns the data."""
+    check_dir(cfg.results_dir, "results folder")
+    family, data, _, model_cfg, ctx = _load(cfg, data)
+    _check_compression(cfg, family, model_cfg, ctx)
+    return data
+
+
+def _load(
+    cfg: RunConfig, data: object | None = None
+) -> tuple[Family, object, pl.LightningDataModule, dict, DataContext]:
+    """The run's family, data (loaded unless given), data module, resolved model settings and what its method
+    needs of the data; every check of these inputs fails here, before any work."""
     family = tasks.get(cfg.family)
     method = registry.get(cfg.method)
-    check_dir(cfg.results_dir, "results folder")
     check_precision(cfg)
     if data is None:
         data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
-    ctx = _context(cfg, family, method, data, datamodule)
+    model_cfg = resolve_model(family, cfg.model, data)
+    try:  # a task that cannot give what the method needs of its data means the method does not apply
+        ctx = family.context(data, datamodule, method.needs)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{cfg.method} does not apply to task {cfg.task} ({e}); choose another method (suite methods -v)"
+        ) from None
+    return family, data, datamodule, model_cfg, ctx
+
+
+def _check_compression(cfg: RunConfig, family: Family, model_cfg: dict, ctx: DataContext) -> None:
+    """Compress a fresh model as the run will: an unreachable CF or bad targets fail now."""
     dry = copy.copy(cfg.method_config)
     dry.init = "scratch"
-    build_model(family, resolve_model(family, cfg.model, data), cfg.method, dry, ctx=ctx)
-    return data
+    build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
 
 
 def check_precision(cfg: RunConfig) -> None:
@@ -185,7 +195,7 @@ class _Setup:
     data: object
     datamodule: pl.LightningDataModule
     model: nn.Module
-    model_cfg: dict
+    """Its resolved settings (as the method resized them) are ``model.config``."""
     reference: nn.Module | None
     accounting: Accounting
     epochs: int
@@ -195,22 +205,13 @@ class _Setup:
 
 
 def _setup(cfg: RunConfig, progress_bar: bool | None, fingerprint: dict[str, str]) -> _Setup:
-    t_start = time.perf_counter()
-    family = tasks.get(cfg.family)
-    method = registry.get(cfg.method)  # an unknown method fails here, before any work
+    t0 = time.perf_counter()
+    family, data, datamodule, model_cfg, ctx = _load(cfg)
     mcfg = cfg.method_config
-    check_precision(cfg)
-    data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
-    datamodule = family.datamodule(data, cfg.train)
-    model_cfg = resolve_model(family, cfg.model, data)
-    ctx = _context(cfg, family, method, data, datamodule)
     epochs, lr_at = cfg.train.epochs, family.lr_at(cfg.train)
     state, baseline_s = None, None
     if mcfg.init == "trained":
-        # Fail on an unreachable CF or bad targets now, not after training the baseline.
-        dry = copy.copy(mcfg)
-        dry.init = "scratch"
-        build_model(family, model_cfg, cfg.method, dry, ctx=ctx)
+        _check_compression(cfg, family, model_cfg, ctx)  # now, not after training the baseline
         t_base = time.perf_counter()
         found = find(baseline_config(cfg), anywhere=True, published=False, data=fingerprint)
         base = found or train(baseline_config(cfg), callbacks=(), progress_bar=progress_bar)
@@ -224,21 +225,9 @@ def _setup(cfg: RunConfig, progress_bar: bool | None, fingerprint: dict[str, str
         lr_at = lambda e: final_lr  # noqa: E731
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model, reference = build_model(family, model_cfg, cfg.method, mcfg, state, ctx)
-    model_cfg = model.config
     accounting = account(model, mcfg.targets, reference=reference, method=cfg.method)
     return _Setup(
-        t_start,
-        fingerprint,
-        family,
-        data,
-        datamodule,
-        model,
-        model_cfg,
-        reference,
-        accounting,
-        epochs,
-        lr_at,
-        baseline_s,
+        t0, fingerprint, family, data, datamodule, model, reference, accounting, epochs, lr_at, baseline_s
     )
 
 
@@ -276,7 +265,7 @@ def _run(
     cfg: RunConfig, setup: _Setup, callbacks: Sequence[pl.Callback], progress_bar: bool | None
 ) -> Record:
     mcfg, family = cfg.method_config, setup.family
-    model, model_cfg, data, reference = setup.model, setup.model_cfg, setup.datamodule, setup.reference
+    model, data, reference = setup.model, setup.datamodule, setup.reference
     final_dir = run_folder(cfg, setup.fingerprint)  # <run-id>, or <run-id>-d<data> on other data (store.py)
     staging = final_dir.with_name(f".{final_dir.name}.tmp{os.getpid()}")
     _remove_stale_staging(final_dir)
@@ -293,7 +282,7 @@ def _run(
         code_version=cfg.code_version,
         config={
             **cfg.to_dict(),
-            "model_resolved": model_cfg,
+            "model_resolved": model.config,
             "epochs_run": setup.epochs,
             "data": setup.data.describe(),
         },
@@ -305,11 +294,8 @@ def _run(
     if any(used.values()):  # a plugin's name and version (its code is in the code version)
         record.provenance["plugins"] = {k: v for k, v in used.items() if v}
     task = family.task(model, cfg.train, setup.lr_at)
-    label = (
-        f"{cfg.task} {cfg.method}"
-        + (f" CF {mcfg.factor:g}" if mcfg.factor != 1 else "")
-        + f" seed {cfg.seed}"
-    )
+    cf = f" CF {mcfg.factor:g}" if mcfg.factor != 1 else ""
+    label = f"{cfg.task} {cfg.method}{cf} seed {cfg.seed}"
     units = family.train_units(data)
     history = tracking.History(label, setup.epochs, units, metric=metric.val, unit=family.units)
     wandb = tracking.start(record, staging)

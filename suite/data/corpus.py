@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import write_text
 from .sources import SPLITS, cache_dir, empty_split, locate
 
 EOS, UNK = "<eos>", "<unk>"
@@ -57,10 +57,8 @@ def tokens(text: pa.Array) -> pa.ListArray:
 def build_vocab(train_text: pa.Array, max_size: int | None = None) -> list[str]:
     """Words of train by frequency (ties alphabetical), capped at ``max_size`` with ``<unk>`` for the rest."""
     counts = pc.value_counts(tokens(train_text).flatten())
-    words = counts.field("values").to_pylist()
-    freq = counts.field("counts").to_pylist()
-    order = sorted(range(len(words)), key=lambda i: (-freq[i], words[i]))
-    vocab = [words[i] for i in order]
+    freq = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    vocab = sorted(freq, key=lambda w: (-freq[w], w))
     if max_size is not None and len(vocab) > max_size:
         vocab = vocab[: max_size - (UNK not in vocab[:max_size])]
     if UNK not in vocab:
@@ -141,10 +139,7 @@ def _cached_vocab(train, max_vocab: int | None) -> list[str]:
     if path.is_file():
         return json.loads(path.read_text())
     vocab = build_vocab(train.data.column("text").combine_chunks(), max_vocab)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(vocab))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(vocab), "vocabulary cache")
     return vocab
 
 

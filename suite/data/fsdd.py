@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -38,9 +37,10 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..files import atomic
 from ..settings import Settings, setting
 from .audio import HOP, N_MELS, SAMPLE_RATE, WIN, feature_settings, log_mel, one_thread, read_clip
-from .sources import cache_dir, data_dir, sha256
+from .sources import cache_dir, data_dir, fetch, sums_sha256
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEST_TAKES = 5
@@ -109,9 +109,8 @@ class UtteranceSettings(Settings):
                 )
 
     def count(self, split: str) -> int:
-        return {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}[
-            split
-        ]
+        counts = {"train": self.train_utterances, "valid": self.val_utterances, "test": self.test_utterances}
+        return counts[split]
 
 
 @dataclass(frozen=True)
@@ -141,16 +140,6 @@ def feature_key(clips: Sequence[Clip]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def clip_features(folder: Path, clips: Sequence[Clip], key: str | None = None) -> list[Tensor]:
     """Log-mel features (frames, 40) of every clip, from the cache or computed (and cached) now.
 
@@ -168,7 +157,8 @@ def clip_features(folder: Path, clips: Sequence[Clip], key: str | None = None) -
     with one_thread():
         features = [log_mel(read_clip(folder / c.name)) for c in clips]
     lengths = [f.size(0) for f in features]
-    _save_atomic({"names": names, "lengths": lengths, "features": torch.cat(features)}, path)
+    with atomic(path, "feature cache") as tmp:
+        torch.save({"names": names, "lengths": lengths, "features": torch.cat(features)}, tmp)
     return features
 
 
@@ -209,9 +199,7 @@ def split_of(clip: Clip, settings: UtteranceSettings) -> str | None:
     return "valid" if clip.take < TEST_TAKES + settings.val_takes else "train"
 
 
-def split_clips(
-    clips: Sequence[Clip], settings: UtteranceSettings, folder: Path | str = "the FSDD folder"
-) -> dict[str, list[int]]:
+def split_clips(clips: Sequence[Clip], settings: UtteranceSettings, folder: Path) -> dict[str, list[int]]:
     """Split name -> indices of its clips (of ``folder``); every split must have some."""
     speakers = sorted({c.speaker for c in clips})
     if settings.held_out_speaker is not None and settings.held_out_speaker not in speakers:
@@ -257,19 +245,11 @@ def build_utterances(
         speaker = speakers[rng.integers(len(speakers))]
         digits_here = sorted(pools[speaker])
         n = int(rng.integers(settings.min_digits, settings.max_digits + 1))
-        digits = [digits_here[k] for k in rng.integers(len(digits_here), size=n)]
-        chosen = [pools[speaker][d][rng.integers(len(pools[speaker][d]))] for d in digits]
+        digits = tuple(digits_here[k] for k in rng.integers(len(digits_here), size=n))
+        chosen = tuple(pools[speaker][d][rng.integers(len(pools[speaker][d]))] for d in digits)
         silences = rng.integers(lo, hi + 1, size=n + 1)
         offsets = rng.integers(0, bank - silences + 1)
-        out.append(
-            Utterance(
-                speaker,
-                tuple(digits),
-                tuple(int(c) for c in chosen),
-                tuple(int(s) for s in silences),
-                tuple(int(o) for o in offsets),
-            )
-        )
+        out.append(Utterance(speaker, digits, chosen, tuple(silences.tolist()), tuple(offsets.tolist())))
     return out
 
 
@@ -355,31 +335,18 @@ def normalizer(
 def locate_fsdd(configured_dir: str | None = None) -> Path:
     """The folder of FSDD's wavs: ``<data_dir>/fsdd/recordings``, else a checked download."""
     root = data_dir(configured_dir)
-    where = "SUITE_DATA_DIR is not set"
+    looked = None
     if root is not None:
         folder = root / "fsdd" / "recordings"
         if folder.is_dir() and any(folder.glob("*.wav")):
             return folder
-        where = f"looked in {folder}/ ({{digit}}_{{speaker}}_{{take}}.wav)"
-    if os.environ.get("SUITE_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        reason = "offline mode is set"
-    else:
-        try:
-            return download_fsdd()
-        except DataError:
-            raise
-        except Exception as e:  # network errors come in many types
-            reason = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    raise DataError(
-        f"fsdd not found: {where}, and {reason}; set SUITE_DATA_DIR to a folder holding fsdd/recordings/ "
-        "or go online to download it"
-    )
+        looked = f"{folder}/ ({{digit}}_{{speaker}}_{{take}}.wav)"
+    return fetch("fsdd", looked, "fsdd/recordings/", download_fsdd)
 
 
 def manifest_sha256(folder: Path) -> str:
     """sha256 of the SHA256SUMS file that ``folder``'s wavs would have (``<sha256>  <name>`` lines by name)."""
-    lines = "".join(f"{sha256(p)}  {p.name}\n" for p in sorted(Path(folder).glob("*.wav")))
-    return hashlib.sha256(lines.encode()).hexdigest()
+    return sums_sha256(Path(folder).glob("*.wav"))
 
 
 def download_fsdd() -> Path:

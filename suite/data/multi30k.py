@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..files import atomic
 from ..settings import check
 from .sources import TextSource, cache_dir, data_dir, empty_split, find, sha256
 
@@ -83,13 +84,7 @@ class Vocab:
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Words of ``ids`` up to the first ``<eos>``; ``<pad>`` and ``<bos>`` are dropped, ``<unk>`` kept."""
-        out = []
-        for i in ids:
-            if i == EOS_ID:
-                break
-            if i not in (PAD_ID, BOS_ID):
-                out.append(self.words[i])
-        return out
+        return [self.words[i] for i in takewhile(lambda i: i != EOS_ID, ids) if i not in (PAD_ID, BOS_ID)]
 
 
 def build_vocab(sentences: Iterable[Sequence[str]], min_freq: int = 1) -> Vocab:
@@ -258,8 +253,6 @@ def load_multi30k(configured: str | None = None, min_freq: int = 2) -> ParallelC
         except Exception:  # a cache from an interrupted or other version: rebuild it
             cached.unlink(missing_ok=True)
     corpus = prepare(paths, min_freq, origin, official)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(_to_state(corpus), tmp)
-    os.replace(tmp, cached)
+    with atomic(cached, "corpus cache") as tmp:
+        torch.save(_to_state(corpus), tmp)
     return corpus

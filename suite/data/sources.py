@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..settings import Settings, build, setting
@@ -76,6 +78,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sums_sha256(files: Iterable[Path]) -> str:
+    """sha256 of the SHA256SUMS file of ``files`` (``<sha256>  <name>`` lines, sorted by path)."""
+    return hashlib.sha256("".join(f"{sha256(p)}  {p.name}\n" for p in sorted(files)).encode()).hexdigest()
+
+
 def fingerprint(files: dict[str, Path | str]) -> dict[str, str]:
     """What data is, by name: the sha256 of each file, of each folder (over its files' names and sha256s, as a
     SHA256SUMS file lists them), and a hub dataset's id as it is."""
@@ -84,9 +91,9 @@ def fingerprint(files: dict[str, Path | str]) -> dict[str, str]:
         if isinstance(where, str):
             out[name] = where
         elif Path(where).is_dir():
-            files_in = sorted(p for p in Path(where).iterdir() if p.is_file() and not p.name.startswith("."))
-            lines = "".join(f"{sha256(p)}  {p.name}\n" for p in files_in)
-            out[name] = hashlib.sha256(lines.encode()).hexdigest()
+            out[name] = sums_sha256(
+                p for p in Path(where).iterdir() if p.is_file() and not p.name.startswith(".")
+            )
         else:
             out[name] = sha256(Path(where))
     return out
@@ -159,26 +166,30 @@ def find(source: TextSource, configured_dir: str | None = None) -> dict[str, Pat
     """A source's files: from the local data folder when it holds them all, else downloaded (sha256-checked),
     else its hub id; DataError saying what to do when none of these works."""
     root = data_dir(configured_dir)
-    looked = []
+    looked = None
     if root is not None:
         folder = root / source.folder
         paths = local_files(folder, source.files)
         if paths is not None:
             return paths
-        looked.append(f"{folder}/ ({', '.join(source.files.values())})")
+        looked = f"{folder}/ ({', '.join(source.files.values())})"
+    return fetch(source.name, looked, f"{source.folder}/", lambda: source.hub or download(source))
+
+
+def fetch(name: str, looked: str | None, holding: str, get: Callable[[], Any]) -> Any:
+    """``get()`` (a download) unless offline mode is set; when it cannot run or fails for want of a network, a
+    DataError saying where the data was ``looked`` for and that SUITE_DATA_DIR should hold ``holding``."""
     if os.environ.get("SUITE_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         reason = "offline mode is set"
     else:
         try:
-            if source.hub is not None:
-                return source.hub
-            return download(source)
+            return get()
         except DataError:
             raise
         except Exception as e:  # network errors come in many types
             reason = f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    where = f"looked in {looked[0]}" if looked else "SUITE_DATA_DIR is not set"
+    where = f"looked in {looked}" if looked else "SUITE_DATA_DIR is not set"
     raise DataError(
-        f"{source.name} not found: {where}, and {reason}; set SUITE_DATA_DIR to a folder holding "
-        f"{source.folder}/ or go online to download it"
+        f"{name} not found: {where}, and {reason}; set SUITE_DATA_DIR to a folder holding "
+        f"{holding} or go online to download it"
     )

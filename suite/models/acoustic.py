@@ -49,10 +49,6 @@ class AcousticModel(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
 
-    def output_lengths(self, lengths: Tensor) -> Tensor:
-        """Output steps of inputs of ``lengths`` frames: ceil(lengths / stack)."""
-        return torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
-
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """x: (B, T, F), lengths: (B,) valid frames -> logits (B, T', C) and output lengths (B,)."""
         b, t, f = x.shape
@@ -64,7 +60,8 @@ class AcousticModel(nn.Module):
             x = nn.functional.pad(x, (0, 0, 0, pad))  # (B, T + pad, F)
         steps = (t + pad) // self.stack
         x = x.reshape(b, steps, self.stack * f)  # (B, T', stack * F)
-        out_lengths = self.output_lengths(lengths)
+        # Output steps of inputs of ``lengths`` frames: ceil(lengths / stack).
+        out_lengths = torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
         packed = pack_padded_sequence(x, out_lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)  # (B, T', H * directions)

@@ -40,11 +40,7 @@ class LSTMLanguageModel(nn.Module):
         self.decoder = nn.Linear(hidden, vocab, bias=True)
         if tie_weights:
             del self.decoder.weight  # the decoder uses embedding.weight in forward
-        self.reset_parameters(init)
-
-    def reset_parameters(self, init: float) -> None:
-        """Every weight and bias uniform in [-init, init], as Zaremba et al."""
-        for p in self.parameters():
+        for p in self.parameters():  # every weight and bias uniform in [-init, init], as Zaremba et al.
             nn.init.uniform_(p, -init, init)
 
     def init_hidden(self, batch: int) -> Hidden:

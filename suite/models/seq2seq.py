@@ -23,6 +23,7 @@ projection (``decoder.output.weight``) are ordinary parameters. The model never 
 
 from __future__ import annotations
 
+from itertools import takewhile
 from typing import NamedTuple
 
 import torch
@@ -168,10 +169,7 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(src_vocab, emb_size, hidden, layers, bidirectional, dropout)
         self.bridge = Bridge(hidden) if bidirectional else None
         self.decoder = Decoder(tgt_vocab, emb_size, hidden, layers, memory_size, dropout, attention)
-        self.reset_parameters(init)
-
-    def reset_parameters(self, init: float) -> None:
-        """Every weight and bias uniform in [-init, init] (Luong et al.; OpenNMT's default)."""
+        # Every weight and bias uniform in [-init, init] (Luong et al.; OpenNMT's default).
         for p in self.parameters():
             nn.init.uniform_(p, -init, init)
 
@@ -311,13 +309,5 @@ def beam_search(
 
 
 def _strip(ids: Tensor) -> list[list[int]]:
-    """(B, T) ids -> each row's words before its first ``<eos>``."""
-    out = []
-    for row in ids.tolist():
-        words = []
-        for i in row:
-            if i in (EOS_ID, PAD_ID):
-                break
-            words.append(i)
-        out.append(words)
-    return out
+    """(B, T) ids -> each row's words before its first ``<eos>`` (or ``<pad>``)."""
+    return [list(takewhile(lambda i: i not in (EOS_ID, PAD_ID), row)) for row in ids.tolist()]

@@ -20,7 +20,6 @@ the callbacks of the methods (the CMA diagnostics of doping use both).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
 
 from ..context import DataContext
 from ..errors import ConfigError, TrialDiverged
@@ -71,19 +71,6 @@ class Metric:
     def test(self) -> str:
         return f"test_{self.name}"
 
-    @property
-    def sign(self) -> float:
-        """+1 when lower is better, -1 when higher is: ``sign * value`` is always minimized."""
-        return 1.0 if self.direction == "minimize" else -1.0
-
-    @property
-    def worst(self) -> float:
-        return math.inf * self.sign
-
-    def better(self, a: float, b: float) -> bool:
-        """Whether ``a`` is strictly better than ``b``."""
-        return self.sign * a < self.sign * b
-
 
 @dataclass
 class ModelSettings(Settings):
@@ -116,13 +103,11 @@ class TrainSettings(Settings):
             self.precision = DEFAULT_PRECISION  # ``--set precision=32`` reads as a number
         super().__post_init__()
 
-    def budget(self) -> dict[str, Any]:
-        """What makes two runs' training budgets equal (tables never mix budgets in one row or curve)."""
-        return {
-            "epochs": self.epochs,
-            "train_fraction": self.train_fraction,
-            "eval_fraction": self.eval_fraction,
-        }
+
+def step_decay(train: Any) -> Callable[[int], float]:
+    """Learning rate of epoch index e (0-based) under ``train``'s ``lr``, ``lr_decay`` and ``decay_after``: lr
+    for epochs 1..decay_after, then divided by lr_decay every epoch."""
+    return lambda e: train.lr / train.lr_decay ** max(0, e + 1 - train.decay_after)
 
 
 def train_identity(train: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +128,24 @@ class Example:
     """``loss(model, batch)``: the bare model's training loss (a scalar tensor)."""
     context: DataContext
     """What a method may ask of the data, for this model (row frequencies of its vocabulary matrices, ...)."""
+
+
+class SeededData(pl.LightningDataModule):
+    """A data module whose training batches depend only on the run's seed and the epoch (``train_loader``, which
+    the calibration of methods also reads with seed 0) and whose evaluation batches come from ``eval_loader``."""
+
+    val_split: ClassVar[str] = "val"
+    """The name of the validation split that ``eval_loader`` takes."""
+
+    def train_dataloader(self) -> DataLoader:
+        # The run's seed (train() seeds torch before fitting) and the trainer's epoch, read as each pass starts.
+        return self.train_loader(torch.initial_seed(), lambda: self.trainer.current_epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.val_split)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test")
 
 
 class Task(pl.LightningModule):

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..models.lm import build_lm, detach
 from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
+from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings, step_decay
 
 
 @dataclass
@@ -57,11 +57,6 @@ class LMModel(ModelSettings):
             raise ConfigError("model.tie_weights needs emb_size == hidden")
 
 
-def step_decay(cfg: LMTrain) -> Callable[[int], float]:
-    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
-    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
-
-
 class LanguageModelData(pl.LightningDataModule):
     """Batchified train/valid/test streams, served as consecutive BPTT windows (never shuffled)."""
 
@@ -73,10 +68,6 @@ class LanguageModelData(pl.LightningDataModule):
             s: batchify(prefix(corpus.split(s), cfg.eval_fraction), cfg.eval_batch_size)
             for s in ("valid", "test")
         }
-
-    @property
-    def train_tokens(self) -> int:
-        return (self.train_data.size(0) - 1) * self.train_data.size(1)
 
     def _loader(self, data: Tensor) -> DataLoader:
         return loader(BPTTWindows(data, self.cfg.bptt), batch_size=None, shuffle=False)
@@ -146,6 +137,9 @@ class LanguageModeling(Family):
     model_settings = LMModel
     datasets = ("ptb", "wikitext2")
     units = "tokens"
+    build_model = staticmethod(build_lm)
+    datamodule = LanguageModelData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: LMTrain) -> Corpus:
         return load_corpus(dataset, data_dir, train.max_vocab)
@@ -157,28 +151,17 @@ class LanguageModeling(Family):
     def resolve_model(self, model: dict, data: Corpus) -> dict:
         return {**model, "vocab": len(data.vocab)}
 
-    def build_model(self, model: dict) -> nn.Module:
-        return build_lm(model)
-
-    def datamodule(self, data: Corpus, train: LMTrain) -> LanguageModelData:
-        return LanguageModelData(data, train)
-
     def task(self, model, train, lr_at) -> LanguageModelTask:
         return LanguageModelTask(model, lr_at)
 
-    def lr_at(self, train: LMTrain) -> Callable[[int], float]:
-        return step_decay(train)
-
     def train_units(self, datamodule: LanguageModelData) -> int:
-        return datamodule.train_tokens
+        """Target tokens of one training epoch: (S - 1) steps of B columns."""
+        return (datamodule.train_data.size(0) - 1) * datamodule.train_data.size(1)
 
     def example(self, seed: int = 0) -> Example:
         model = {**self.check_model({"hidden": 32, "layers": 2}), "vocab": 50}
         g = torch.Generator().manual_seed(seed)
-        batch = (
-            torch.randint(50, (7, 3), generator=g),
-            torch.randint(50, (7, 3), generator=g),
-        )  # (T, B) each
+        batch = tuple(torch.randint(50, (7, 3), generator=g) for _ in range(2))  # (T, B) inputs and targets
         counts = torch.arange(50, 0, -1).float()  # Zipf-like: row i is the (i+1)-th most frequent word
         ctx = DataContext({"embedding.weight": counts, "decoder.weight": counts}, [batch], _bare_loss)
         return Example(model, batch, _bare_loss, ctx)

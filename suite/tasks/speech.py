@@ -12,13 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
+from ..context import DataContext
 from ..data.audio import N_MELS
 from ..data.buckets import BucketBatchSampler
 from ..data.fsdd import DIGIT_WORDS, FSDD, UtteranceSettings, load_fsdd, locate_fsdd
@@ -28,7 +27,7 @@ from ..errors import ConfigError
 from ..models.acoustic import BLANK, CLASSES, build_acoustic, greedy_decode
 from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
+from .base import Example, Family, Metric, ModelSettings, SeededData, Task, TrainSettings, step_decay
 
 
 @dataclass
@@ -46,9 +45,6 @@ class SpeechTrain(TrainSettings, UtteranceSettings):
     decay_after: int = setting(0, ge=0)
     eval_batch_size: int = setting(64, ge=1)
 
-    def budget(self) -> dict:
-        return {**super().budget(), "train_utterances": self.train_utterances}
-
 
 @dataclass
 class SpeechModel(ModelSettings):
@@ -63,11 +59,6 @@ class SpeechModel(ModelSettings):
     """Feature frames joined into one LSTM step (3: 30 ms steps); see suite.models.acoustic."""
     features: int | None = setting(None, ge=1)
     """Feature bins per frame (40), filled in from the data."""
-
-
-def step_decay(cfg: SpeechTrain) -> Callable[[int], float]:
-    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
-    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
 
 
 # Transcripts and the metric -------------------------------------------------------------------------------
@@ -92,9 +83,11 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 # Data -----------------------------------------------------------------------------------------------------
 
 
-class SpeechData(pl.LightningDataModule):
+class SpeechData(SeededData):
     """Length-bucketed, zero-padded batches of the train/valid/test utterances: training batches shuffled by
     (run seed, epoch), evaluation sorted by length."""
+
+    val_split = "valid"
 
     def __init__(self, data: FSDD, cfg: SpeechTrain) -> None:
         super().__init__()
@@ -105,30 +98,16 @@ class SpeechData(pl.LightningDataModule):
             "test": Utterances(data, "test", cfg.eval_fraction),
         }
 
-    @property
-    def train_frames(self) -> int:
-        return sum(self.sets["train"].lengths)
-
     def train_loader(self, seed: int, epoch: Callable[[], int] = lambda: 0) -> DataLoader:
         """Training batches whose order depends only on ``seed`` and the epoch ``epoch()`` says."""
         ds = self.sets["train"]
         sampler = BucketBatchSampler(ds.lengths, self.cfg.batch_size, True, seed, epoch, chunk_batches=50)
         return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
-    def train_dataloader(self) -> DataLoader:
-        # The run's seed (train() seeds torch before fitting) and the trainer's epoch, read as each pass starts.
-        return self.train_loader(torch.initial_seed(), lambda: self.trainer.current_epoch)
-
-    def _eval_loader(self, split: str) -> DataLoader:
+    def eval_loader(self, split: str) -> DataLoader:
         ds = self.sets[split]
         sampler = BucketBatchSampler(ds.lengths, self.cfg.eval_batch_size, shuffle=False, sort_eval=True)
         return loader(ds, batch_sampler=sampler, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
 
 
 # The LightningModule --------------------------------------------------------------------------------------
@@ -189,9 +168,8 @@ class SpeechTask(Task):
         return {"greedy": self.transcribe}
 
     def transcribe(self, batch: Batch) -> list[list[int]]:
-        """Greedy CTC transcripts (digit ids) of a batch; every parametrized weight evaluated once."""
-        with parametrize.cached():
-            return greedy_decode(*self(*self.inputs(batch)))
+        """Greedy CTC transcripts (digit ids) of a batch; the forward pass evaluates each weight once."""
+        return greedy_decode(*self(*self.inputs(batch)))
 
 
 class Speech(Family):
@@ -201,6 +179,9 @@ class Speech(Family):
     model_settings = SpeechModel
     datasets = ("fsdd",)
     units = "frames"
+    build_model = staticmethod(build_acoustic)
+    datamodule = SpeechData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: SpeechTrain) -> FSDD:
         self._check_dataset(dataset)
@@ -227,26 +208,15 @@ class Speech(Family):
         batch = collate(items)  # (3, 23, 40) features, lengths, (3, 3) labels, label lengths
         return Example(model, batch, _bare_loss, DataContext(calibration=[batch], loss=_bare_loss))
 
-    def build_model(self, model: dict) -> nn.Module:
-        return build_acoustic(model)
-
-    def datamodule(self, data: FSDD, train: SpeechTrain) -> SpeechData:
-        return SpeechData(data, train)
-
     def task(self, model, train, lr_at) -> SpeechTask:
         return SpeechTask(model, lr_at)
 
-    def lr_at(self, train: SpeechTrain) -> Callable[[int], float]:
-        return step_decay(train)
-
     def train_units(self, datamodule: SpeechData) -> int:
         """Input feature frames (10 ms each, before stacking) of one training epoch."""
-        return datamodule.train_frames
+        return sum(datamodule.sets["train"].lengths)
 
     def context(self, data: FSDD, datamodule: SpeechData, needs: frozenset[str]) -> DataContext:
-        unknown = needs - {"calibration"}
-        if unknown:
-            raise ConfigError(f"task family speech cannot give methods {', '.join(sorted(unknown))}")
+        super().context(data, datamodule, needs - {"calibration"})  # refuses what speech cannot give
         if not needs:
             return DataContext()
         loader = datamodule.train_loader(seed=0)

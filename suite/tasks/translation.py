@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from sacrebleu.metrics import BLEU
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
+from ..context import DataContext
 from ..data.buckets import BucketBatchSampler, PairDataset, collate
 from ..data.loaders import loader
 from ..data.multi30k import MULTI30K, PAD_ID, ParallelCorpus, load_multi30k
@@ -33,9 +33,8 @@ from ..errors import ConfigError
 from ..models.seq2seq import ATTENTION, Seq2Seq, beam_search, build_seq2seq, greedy
 from ..settings import setting
 from . import register
-from .base import DataContext, Example, Family, Metric, ModelSettings, Task, TrainSettings
+from .base import Example, Family, Metric, ModelSettings, SeededData, Task, TrainSettings, step_decay
 
-FLOAT32_MAX_LOG = 88.7  # log of the largest float32
 CALIBRATION_BATCHES = 4
 
 
@@ -103,16 +102,11 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     return score.score, str(metric.get_signature())
 
 
-def step_decay(cfg: TranslationTrain) -> Callable[[int], float]:
-    """Learning rate of epoch index e (0-based): lr for epochs 1..decay_after, then divided every epoch."""
-    return lambda e: cfg.lr / cfg.lr_decay ** max(0, e + 1 - cfg.decay_after)
-
-
 def _leading(n: int, fraction: float) -> int:
     return n if fraction >= 1 else max(1, int(n * fraction))
 
 
-class TranslationData(pl.LightningDataModule):
+class TranslationData(SeededData):
     """Length-bucketed training batches, shuffled by (run seed, epoch); validation and test in file order."""
 
     def __init__(self, corpus: ParallelCorpus, cfg: TranslationTrain) -> None:
@@ -128,31 +122,16 @@ class TranslationData(pl.LightningDataModule):
                 corpus.src[split], corpus.tgt[split], n, refs, corpus.tgt_vocab
             )
 
-    @property
-    def train_tokens(self) -> int:
-        """Target tokens the decoder predicts in one epoch (words and ``<eos>``)."""
-        return int((self.corpus.tgt["train"].lengths[: len(self.train_set)] - 1).sum())
-
     def train_loader(self, seed: int, epoch: Callable[[], int] = lambda: 0) -> DataLoader:
         """Training batches whose order depends only on ``seed`` and the epoch ``epoch()`` says."""
         ds = self.train_set
         sampler = BucketBatchSampler(ds.bucket_key, self.cfg.batch_size, True, seed, epoch)
         return loader(ds, batch_sampler=sampler, collate_fn=collate)
 
-    def train_dataloader(self) -> DataLoader:
-        # The run's seed (train() seeds torch before fitting) and the trainer's epoch, read as each pass starts.
-        return self.train_loader(torch.initial_seed(), lambda: self.trainer.current_epoch)
-
-    def _eval_loader(self, split: str) -> DataLoader:
+    def eval_loader(self, split: str) -> DataLoader:
         ds = self.eval_sets[split]
         sampler = BucketBatchSampler(ds.bucket_key, self.cfg.eval_batch_size, shuffle=False)
         return loader(ds, batch_sampler=sampler, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
 
 
 def token_nll(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> tuple[Tensor, int]:
@@ -226,11 +205,8 @@ class TranslationTask(Task):
         score, signature = corpus_bleu(dataset, acc["hyps"])
         # Decoding speed of the split (greedy on val, beam search on test), the model as it trains.
         speed = len(acc["hyps"]) / acc["decode_s"] if acc["decode_s"] > 0 else None
-        self.metric_detail = {
-            **self.metric_detail,
-            "bleu_signature": signature,
-            f"{split}_sentences_per_s": speed,
-        }
+        self.metric_detail["bleu_signature"] = signature
+        self.metric_detail[f"{split}_sentences_per_s"] = speed
         return acc["nll"] / max(acc["tokens"], 1), score
 
     def inputs(self, batch) -> tuple:
@@ -252,6 +228,9 @@ class Translation(Family):
     model_settings = TranslationModel
     datasets = ("multi30k",)
     units = "tokens"
+    build_model = staticmethod(build_seq2seq)
+    datamodule = TranslationData
+    lr_at = staticmethod(step_decay)
 
     def load_data(self, dataset, data_dir, train: TranslationTrain) -> ParallelCorpus:
         self._check_dataset(dataset)
@@ -270,20 +249,12 @@ class Translation(Family):
     def resolve_model(self, model: dict, data: ParallelCorpus) -> dict:
         return {**model, "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab)}
 
-    def build_model(self, model: dict) -> Seq2Seq:
-        return build_seq2seq(model)
-
-    def datamodule(self, data: ParallelCorpus, train: TranslationTrain) -> TranslationData:
-        return TranslationData(data, train)
-
     def task(self, model, train: TranslationTrain, lr_at) -> TranslationTask:
         return TranslationTask(model, lr_at, train)
 
-    def lr_at(self, train: TranslationTrain) -> Callable[[int], float]:
-        return step_decay(train)
-
     def train_units(self, datamodule: TranslationData) -> int:
-        return datamodule.train_tokens
+        """Target tokens the decoder predicts in one epoch (words and ``<eos>``)."""
+        return int((datamodule.corpus.tgt["train"].lengths[: len(datamodule.train_set)] - 1).sum())
 
     def example(self, seed: int = 0) -> Example:
         model = {**self.check_model({"hidden": 32, "emb_size": 32}), "src_vocab": 30, "tgt_vocab": 40}
@@ -293,30 +264,25 @@ class Translation(Family):
             for i, (n, k) in enumerate(((7, 6), (5, 8), (3, 4)))
         ]
         batch = collate(items)  # (3, 7) source, (3, 7) target in and out, pads where shorter
-        src, tgt = torch.arange(30, 0, -1).float(), torch.arange(40, 0, -1).float()
-        ctx = DataContext(
-            {"encoder.embedding.weight": src, "decoder.embedding.weight": tgt, "decoder.output.weight": tgt},
-            [batch],
-            _bare_loss,
-        )
-        return Example(model, batch, _bare_loss, ctx)
+        counts = _row_counts(torch.arange(30, 0, -1).float(), torch.arange(40, 0, -1).float())
+        return Example(model, batch, _bare_loss, DataContext(counts, [batch], _bare_loss))
 
     def context(
         self, data: ParallelCorpus, datamodule: TranslationData, needs: frozenset[str]
     ) -> DataContext:
         fields = {}
         if "row_frequencies" in needs:
-            src, tgt = data.src_counts, data.tgt_counts
-            fields["row_frequencies"] = {
-                "encoder.embedding.weight": src,
-                "decoder.embedding.weight": tgt,
-                "decoder.output.weight": tgt,
-            }
+            fields["row_frequencies"] = _row_counts(data.src_counts, data.tgt_counts)
         if "calibration" in needs:
             loader = datamodule.train_loader(seed=0)
             fields["calibration"] = [b for _, b in zip(range(CALIBRATION_BATCHES), loader)]
             fields["loss"] = _bare_loss
         return DataContext(**fields)
+
+
+def _row_counts(src: Tensor, tgt: Tensor) -> dict[str, Tensor]:
+    """The vocabulary matrices' rows' word counts, from the source and the target vocabulary's."""
+    return {"encoder.embedding.weight": src, "decoder.embedding.weight": tgt, "decoder.output.weight": tgt}
 
 
 def _bare_loss(model: nn.Module, batch) -> Tensor:

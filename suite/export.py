@@ -131,7 +131,7 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
     from .files import make_dir
     from .record import Record
     from .store import record_path
-    from .train import MODEL_FILE, _context
+    from .train import MODEL_FILE, method_context
 
     run = Path(run)
     if not record_path(run).is_file():
@@ -154,7 +154,7 @@ def export_run(run: str | Path, out: str | Path | None = None, check: bool = Fal
     if method.needs or check:  # word counts for the method, a real batch for the check
         data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
         datamodule = family.datamodule(data, cfg.train)
-    ctx = _context(cfg, family, method, data, datamodule) if method.needs else None
+    ctx = method_context(cfg, family, data, datamodule) if method.needs else None
 
     model = family.build_model(model_cfg)
     api.apply(model, cfg.method, cfg.method_config, ctx or api.DataContext())

@@ -145,19 +145,24 @@ def _load(
     """The run's family, data (loaded unless given), data module, resolved model settings and what its method
     needs of the data; every check of these inputs fails here, before any work."""
     family = tasks.get(cfg.family)
-    method = registry.get(cfg.method)
+    registry.get(cfg.method)  # an unknown method is refused before the data is read
     check_precision(cfg)
     if data is None:
         data = family.load_data(cfg.dataset, cfg.data_dir, cfg.train)
     datamodule = family.datamodule(data, cfg.train)
     model_cfg = resolve_model(family, cfg.model, data)
-    try:  # a task that cannot give what the method needs of its data means the method does not apply
-        ctx = family.context(data, datamodule, method.needs)
+    return family, data, datamodule, model_cfg, method_context(cfg, family, data, datamodule)
+
+
+def method_context(cfg: RunConfig, family: Family, data, datamodule) -> DataContext:
+    """What the run's method needs of the task's data; a task that cannot give it means the method does not
+    apply."""
+    try:
+        return family.context(data, datamodule, registry.get(cfg.method).needs)
     except ConfigError as e:
         raise ConfigError(
             f"{cfg.method} does not apply to task {cfg.task} ({e}); choose another method (suite methods -v)"
         ) from None
-    return family, data, datamodule, model_cfg, ctx
 
 
 def _check_compression(cfg: RunConfig, family: Family, model_cfg: dict, ctx: DataContext) -> None:

@@ -35,7 +35,6 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
@@ -95,22 +94,17 @@ class BlockCirculant(Structured):
         return Storage(values=self.p * self.q * self.k)
 
     def describe(self) -> dict:
-        detail = {"block": self.k, "blocks": [self.p, self.q]}
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.storage().total))
-        return detail
+        return {"block": self.k, "blocks": [self.p, self.q], **self.budget()}
 
-    def _product(self, cf: Tensor, x: Tensor) -> Tensor:
-        """W x from rfft(c) (p, q, f) and x (n,) or (n, K), by FFT."""
+    def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """W x for x (n,) or (n, K), by FFT."""
         p, q, k = self.p, self.q, self.k
+        cf = torch.fft.rfft(factors[0], dim=-1)  # (p, q, f)
         xs = torch.cat((x, x.new_zeros(q * k - self.shape[1], *x.shape[1:])))  # (q k,) or (q k, K)
         xf = torch.fft.rfft(xs.reshape(q, k, *x.shape[1:]), dim=1)  # (q, f, ...)
         yf = torch.einsum("pqf,qf...->pf...", cf, xf)  # (p, f, ...)
         y = torch.fft.irfft(yf, n=k, dim=1)  # (p, k, ...)
         return y.reshape(p * k, *x.shape[1:])[: self.shape[0]]
-
-    def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        return self._product(torch.fft.rfft(factors[0], dim=-1), x)
 
     def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
         p, q, k = self.p, self.q, self.k

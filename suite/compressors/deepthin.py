@@ -27,7 +27,6 @@ DeepThin saves storage, not inference time or memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,6 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
@@ -122,20 +120,13 @@ class DeepThin(Structured):
         return Storage(values=self.rank * (self.p + self.q))
 
     def describe(self) -> dict:
-        detail = {"X": [self.p, self.rank], "Y": [self.rank, self.q]}
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.storage().total))
-        return detail
+        return {"X": [self.p, self.rank], "Y": [self.rank, self.q], **self.budget()}
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         return self(*factors) @ x
 
-    def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
-        w = self(*factors).contiguous()  # rebuilt once (module docstring)
-        return lambda x: torch.mv(w, x)
-
     def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor:
-        return self(*factors).contiguous()
+        return self(*factors).contiguous()  # rebuilt once (module docstring)
 
 
 @dataclass

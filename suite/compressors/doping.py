@@ -39,7 +39,6 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     register,
 )
 from .sparse import (
@@ -48,7 +47,6 @@ from .sparse import (
     SparsityAnnealing,
     check_annealing,
     finish,
-    masked_csr,
     sparse_tensors,
 )
 
@@ -94,19 +92,12 @@ class Doped(Masked, Structured):
         """M: 1 where D keeps an entry, 0 where it was pruned. Stored in D's dtype, as a multiplier: in
         training, S + D * M (one fused addcmul) costs a third of what a boolean torch.where costs."""
 
-    def sparse(self, d: Tensor) -> Tensor:
-        """M * D, with co-matrix dropout in training."""
-        sparse = d * self.mask
-        if self.training and self.cmr > 0:
-            sparse = self._drop(sparse, self.cmr)
-        return sparse
-
     def forward(self, *factors: Tensor) -> Tensor:
         s = self.structured(*factors[:-1])
         if not self.sparse_enabled:
             return s
         if self.training and self.cmr > 0:
-            return s + self.sparse(factors[-1])
+            return s + self._drop(factors[-1] * self.mask, self.cmr)  # S + M * D with co-matrix dropout
         return torch.addcmul(s, factors[-1], self.mask)  # S + D * M
 
     def right_inverse(self, w: Tensor) -> tuple[Tensor, ...]:
@@ -126,24 +117,14 @@ class Doped(Masked, Structured):
         return self.structured.storage() + csr_storage(self.shape[0], self.final_nnz)
 
     def describe(self) -> dict:
-        numel = self.shape[0] * self.shape[1]
-        detail = {
+        return {
             "structured": {"method": self.structured.method, **self.structured.describe()},
-            "nnz": self.nnz,
-            "sparsity": 1 - self.nnz / numel,
-            "final_nnz": self.final_nnz,
-            "final_sparsity": 1 - self.final_nnz / numel,
+            **self.sparsity(),
             "annealed": self.nnz <= self.final_nnz,
             "cmr": self.cmr,
             "cmr_mode": self.cmr_mode,
+            **self.budget(),
         }
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.final_storage().total))
-        return detail
-
-    def csr(self, d: Tensor) -> Tensor:
-        """M * D in CSR with int32 indices: exactly the entries the mask keeps (what ``storage`` counts)."""
-        return masked_csr(d, self.mask)
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         return self.structured.matvec(factors[:-1], x) + self.csr(factors[-1]) @ x

@@ -52,7 +52,6 @@ from .registry import (
     Structured,
     TrainedConfig,
     apply_structured,
-    budget_detail,
     check_budget,
     originals,
     register,
@@ -217,9 +216,7 @@ class GroupReduce(Structured):
         }
         if self.errors:
             detail.update(weighted_error=self.errors[-1], refinements=len(self.errors) - 1)
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.final_storage().total))
-        return detail
+        return detail | self.budget()
 
     # --- deployment ----------------------------------------------------------------------------------------
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:

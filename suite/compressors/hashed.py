@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +41,7 @@ from .registry import (
     CompressorConfig,
     Method,
     Structured,
-    budget_detail,
+    apply_structured,
     check_budget,
     compress_targets,
     find_targets,
@@ -159,9 +158,9 @@ class Hashed(Structured):
 
     def describe(self) -> dict:
         detail = {"pool": self.pool_size, "shared_pool": self.is_shared, "hash_seed": self.hash_seed}
-        if self.target is not None and not self.is_shared:
-            detail.update(budget_detail(self.shape, self.target, self.storage().total))
-        elif self.target is not None:
+        if not self.is_shared:
+            return detail | self.budget()
+        if self.target is not None:
             detail["target_cf"] = self.target  # met by the totals: the pool is counted once for all matrices
         return detail
 
@@ -175,12 +174,8 @@ class Hashed(Structured):
             out.append(part @ x)
         return torch.cat(out) * scale
 
-    def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
-        w = self(*factors).contiguous()  # expanded once (module docstring)
-        return lambda x: torch.mv(w, x)
-
     def deploy_dense(self, factors: tuple[Tensor, ...]) -> Tensor:
-        return self(*factors).contiguous()
+        return self(*factors).contiguous()  # expanded once (module docstring)
 
 
 @dataclass
@@ -193,7 +188,7 @@ class HashedConfig(CompressorConfig):
     """Seed of the hash functions (with each matrix's name): the same seed gives the same layout everywhere."""
 
 
-def make_private(name: str, w: Tensor, cfg: HashedConfig) -> Hashed:
+def make_private(name: str, w: Tensor, cfg: HashedConfig, ctx=None) -> Hashed:
     shape = tuple(w.shape)
     m, n = shape
     k = math.floor(m * n / cfg.factor + 1e-9)
@@ -216,11 +211,9 @@ def fit_shared_pool(pool: nn.Parameter, members: list[tuple[Hashed, Tensor, Tens
 
 
 def apply_hashed(model: nn.Module, cfg: HashedConfig, ctx: DataContext | None = None) -> None:
-    scratch = cfg.init == "scratch"
     if not cfg.shared_pool:
-        with torch.no_grad():
-            compress_targets(model, cfg.targets, lambda name, w: make_private(name, w, cfg), fresh=scratch)
-        return
+        return apply_structured(make_private)(model, cfg, ctx)
+    scratch = cfg.init == "scratch"
     chosen = find_targets(model, cfg.targets)
     dense = sum(p.numel() for *_, p in chosen)
     k = math.floor(dense / cfg.factor + 1e-9) - len(chosen)  # the pool, after one scale per matrix

@@ -30,7 +30,6 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
@@ -89,10 +88,7 @@ class Hybrid(Structured):
         return Storage(values=hmd_stored(self.shape, self.k, self.rank))
 
     def describe(self) -> dict:
-        detail = {"dense_rows": self.k, "rank": self.rank}
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.storage().total))
-        return detail
+        return {"dense_rows": self.k, "rank": self.rank, **self.budget()}
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         wd, u, v = factors
@@ -113,9 +109,9 @@ class HMDConfig(CompressorConfig):
     """Fraction of the stored values spent on the dense rows (0: plain low-rank; the rest is U V)."""
 
 
-def make_hmd(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Hybrid:
+def make_hmd(name: str, w: Tensor, cfg: HMDConfig, ctx=None) -> Hybrid:
     shape = tuple(w.shape)
-    k, r = hmd_split(shape, cfg.factor, getattr(cfg, "dense_share", 0.5), name)
+    k, r = hmd_split(shape, cfg.factor, cfg.dense_share, name)
     return Hybrid(shape, k, r, cfg.factor)
 
 

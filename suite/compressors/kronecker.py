@@ -32,7 +32,6 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
@@ -161,10 +160,8 @@ class Kronecker(Structured):
         # Var(sum_k a b) = terms var_a var_b = var_w, with ||A||_F = ||B||_F: var_a m1 n1 = var_b m2 n2.
         base = w.float().std().item() / math.sqrt(s.terms)
         ratio = math.sqrt(s.m2 * s.n2 / (s.m1 * s.n1))
-        std_a, std_b = math.sqrt(base * ratio), math.sqrt(base / ratio)
-        return _gaussian((s.terms, s.m1, s.n1), std_a, w.dtype), _gaussian(
-            (s.terms, s.m2, s.n2), std_b, w.dtype
-        )
+        a = _gaussian((s.terms, s.m1, s.n1), math.sqrt(base * ratio), w.dtype)
+        return a, _gaussian((s.terms, s.m2, s.n2), math.sqrt(base / ratio), w.dtype)
 
     def storage(self) -> Storage:
         return Storage(values=self.kp.stored)
@@ -172,9 +169,7 @@ class Kronecker(Structured):
     def describe(self) -> dict:
         s = self.kp
         detail = {"A": [s.m1, s.n1], "B": [s.m2, s.n2], "terms": s.terms, "rank_bound": s.rank_bound}
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, s.stored))
-        return detail
+        return detail | self.budget()
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         a, b = factors
@@ -218,10 +213,8 @@ class KPConfig(CompressorConfig):
     """Number of Kronecker products summed (W = sum_k A_k (x) B_k); each term costs m1 n1 + m2 n2 values."""
 
 
-def make_kp(name: str, w: Tensor, cfg: CompressorConfig, ctx=None) -> Kronecker:
-    shape = tuple(w.shape)
-    s = choose_kp_shape(shape, cfg.factor, getattr(cfg, "terms", 1), name)
-    return Kronecker(s, cfg.factor)
+def make_kp(name: str, w: Tensor, cfg: KPConfig, ctx=None) -> Kronecker:
+    return Kronecker(choose_kp_shape(tuple(w.shape), cfg.factor, cfg.terms, name), cfg.factor)
 
 
 register(

@@ -17,7 +17,6 @@ from .registry import (
     Structured,
     TrainedConfig,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
@@ -64,10 +63,7 @@ class LowRank(Structured):
         return Storage(values=self.rank * (m + n))
 
     def describe(self) -> dict:
-        detail = {"rank": self.rank}
-        if self.target is not None:
-            detail.update(budget_detail(self.shape, self.target, self.storage().total))
-        return detail
+        return {"rank": self.rank, **self.budget()}
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         u, v = factors

@@ -42,11 +42,10 @@ from .registry import (
     Method,
     Structured,
     apply_structured,
-    budget_detail,
     check_budget,
     register,
 )
-from .sparse import SCOPES, Masked, SparsityAnnealing, check_annealing, finish, masked_csr
+from .sparse import SCOPES, Masked, SparsityAnnealing, check_annealing, finish
 
 
 class Pruned(Masked, Structured):
@@ -71,33 +70,18 @@ class Pruned(Masked, Structured):
     def right_inverse(self, w: Tensor) -> tuple[Tensor]:
         return (w * self.mask,)
 
-    def fresh(self, w: Tensor) -> tuple[Tensor]:
-        return (w * self.mask,)
-
     def storage(self) -> Storage:
         return csr_storage(self.shape[0], self.nnz)
 
     def final_storage(self) -> Storage:
-        return csr_storage(self.shape[0], self.final_nnz)
+        """Once annealed; a matrix pruned with the global group has no final nnz of its own: what it stores now."""
+        return self.storage() if self.scope == "global" else csr_storage(self.shape[0], self.final_nnz)
 
     def describe(self) -> dict:
-        numel = self.shape[0] * self.shape[1]
-        detail = {
-            "scope": self.scope,
-            "nnz": self.nnz,
-            "sparsity": 1 - self.nnz / numel,
-            "final_nnz": self.final_nnz,
-            "final_sparsity": 1 - self.final_nnz / numel,
-        }
+        detail = {"scope": self.scope, **self.sparsity()}
         if self.scope == "global":
             detail["final_nnz_is"] = "this matrix's share of the global budget"
-        if self.target is not None:
-            storage = self.storage() if self.scope == "global" else self.final_storage()
-            detail.update(budget_detail(self.shape, self.target, storage.total))
-        return detail
-
-    def csr(self, w: Tensor) -> Tensor:
-        return masked_csr(w, self.mask)
+        return detail | self.budget()
 
     def matvec(self, factors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         return self.csr(factors[0]) @ x

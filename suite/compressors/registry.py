@@ -205,6 +205,8 @@ class Structured(nn.Module):
     """
 
     method: str = "structured"
+    target: float | None = None
+    """The CF asked for; ``budget`` states it beside the CF the final storage reaches (None: not stated)."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
         super().__init__()
@@ -219,6 +221,16 @@ class Structured(nn.Module):
         """What this matrix stores of its own (shared tensors are in ``shared_storage``)."""
         raise NotImplementedError
 
+    def final_storage(self) -> Storage:
+        """What this matrix stores once training ends (a sparse part annealed to its final nonzeros)."""
+        return self.storage()
+
+    def budget(self) -> dict:
+        """``budget_detail`` of the final storage against ``target``, for ``describe`` ({} without a target)."""
+        if self.target is None:
+            return {}
+        return budget_detail(self.shape, self.target, self.final_storage().total)
+
     def shared_storage(self) -> list[tuple[str, Tensor, Storage]]:
         """(label, tensor, storage) of each tensor this matrix shares with others; counted once per tensor."""
         return []
@@ -231,8 +243,12 @@ class Structured(nn.Module):
         raise NotImplementedError
 
     def deploy(self, factors: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
-        """The deployment closure x -> W x. Subclasses precompute here what every call would otherwise redo
-        (contiguous factors, the cheaper contraction order, a CSR copy of a sparse part)."""
+        """The deployment closure x -> W x: the matrix rebuilt once when ``deploy_dense`` gives it, else
+        ``matvec``. Subclasses precompute here what every call would otherwise redo (contiguous factors, the
+        cheaper contraction order, a CSR copy of a sparse part)."""
+        w = self.deploy_dense(factors)
+        if w is not None:
+            return lambda x: torch.mv(w, x)
         return lambda x: self.matvec(factors, x)
 
     def deploy_parts(self, factors: tuple[Tensor, ...]) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
@@ -265,11 +281,9 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Mo
     """(qualified name, module, tensor name, parameter) of every 2-D parameter matching ``patterns`` that is not
     parametrized yet, in ``named_modules`` order; ConfigError for a tied or non-matrix target, or none at all.
     Methods that size something over all their targets (a pool shared by every matrix) call it first."""
-    seen: dict[int, str] = {}
     aliases: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(p), []).append(name)
-        seen.setdefault(id(p), name)
     already = {qual for qual, *_ in parametrized_tensors(model)}
     chosen: list[tuple[str, nn.Module, str, Tensor]] = []
     for mod_name, module in model.named_modules():
@@ -333,36 +347,32 @@ def export_dense(model: nn.Module) -> nn.Module:
     return model
 
 
-def _structured_and_factors(module: nn.Module, tensor_name: str) -> tuple[Structured, tuple[Tensor, ...]]:
-    return module.parametrizations[tensor_name][0], tuple(f.detach() for f in originals(module, tensor_name))
+def _deployed(module: nn.Module, tensor_name: str, form: str):
+    """``Structured.<form>(factors)`` of one parametrized weight, its factors detached, without autograd."""
+    structured = module.parametrizations[tensor_name][0]
+    factors = tuple(f.detach() for f in originals(module, tensor_name))
+    with torch.no_grad():
+        return getattr(structured, form)(factors)
 
 
 def deployed_matvec(module: nn.Module, tensor_name: str) -> Callable[[Tensor], Tensor]:
     """The deployment form of one parametrized weight: x -> W x without building W."""
-    structured, factors = _structured_and_factors(module, tensor_name)
-    with torch.no_grad():
-        return structured.deploy(factors)
+    return _deployed(module, tensor_name, "deploy")
 
 
 def deployed_parts(module: nn.Module, tensor_name: str) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
     """``Structured.deploy_parts`` of one parametrized weight: (closure, sparse CSR part or None)."""
-    structured, factors = _structured_and_factors(module, tensor_name)
-    with torch.no_grad():
-        return structured.deploy_parts(factors)
+    return _deployed(module, tensor_name, "deploy_parts")
 
 
 def deployed_terms(module: nn.Module, tensor_name: str) -> list[terms.Term] | None:
     """``Structured.deploy_terms`` of one parametrized weight."""
-    structured, factors = _structured_and_factors(module, tensor_name)
-    with torch.no_grad():
-        return structured.deploy_terms(factors)
+    return _deployed(module, tensor_name, "deploy_terms")
 
 
 def deployed_dense(module: nn.Module, tensor_name: str) -> Tensor | None:
     """``Structured.deploy_dense`` of one parametrized weight: the rebuilt matrix, or None."""
-    structured, factors = _structured_and_factors(module, tensor_name)
-    with torch.no_grad():
-        return structured.deploy_dense(factors)
+    return _deployed(module, tensor_name, "deploy_dense")
 
 
 def apply_structured(make: Callable[[str, Tensor, CompressorConfig, DataContext], Structured]):

@@ -56,6 +56,20 @@ class Masked:
     def nnz(self) -> int:
         return int(self.mask.count_nonzero())
 
+    def sparsity(self) -> dict:
+        """The nonzeros and sparsity now and once annealed, for ``describe``."""
+        numel = self.mask.numel()
+        return {
+            "nnz": self.nnz,
+            "sparsity": 1 - self.nnz / numel,
+            "final_nnz": self.final_nnz,
+            "final_sparsity": 1 - self.final_nnz / numel,
+        }
+
+    def csr(self, values: Tensor) -> Tensor:
+        """The masked tensor in CSR with int32 indices: exactly the entries the mask keeps (``masked_csr``)."""
+        return masked_csr(values, self.mask)
+
 
 @dataclass
 class SparseTensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -56,12 +56,7 @@ class Storage:
         return plain + self.q8_equiv if self.q8_values else plain
 
     def __add__(self, other: Storage) -> Storage:
-        return Storage(
-            self.values + other.values,
-            self.sparse_values + other.sparse_values,
-            self.indices + other.indices,
-            self.q8_values + other.q8_values,
-        )
+        return Storage(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 def format_cf(cf: float | None) -> str:
@@ -154,12 +149,7 @@ class Accounting:
     @property
     def targeted_storage(self) -> Storage:
         """Own storage of every targeted matrix plus each shared tensor once."""
-        total = Storage()
-        for m in self.matrices:
-            total = total + m.storage
-        for s in self.shared:
-            total = total + s.storage
-        return total
+        return sum([m.storage for m in self.matrices] + [s.storage for s in self.shared], Storage())
 
     @property
     def cf(self) -> float:

@@ -64,9 +64,8 @@ def _replay_lstm(lstm: nn.LSTM, prefix: str, args: tuple, out: dict[str, list[Te
             zeros = x.new_zeros(batch, lstm.hidden_size)
             h, c = (hx[0][layer * dirs + d], hx[1][layer * dirs + d]) if hx is not None else (zeros, zeros)
             y = x.new_zeros(steps, batch, lstm.hidden_size)
-            for t in (
-                range(steps - 1, -1, -1) if d else range(steps)
-            ):  # the reverse direction starts at the end
+            order = range(steps - 1, -1, -1) if d else range(steps)  # the reverse direction starts at the end
+            for t in order:
                 m = valid[t]  # (B,): padded steps leave the state as it is
                 out.setdefault(f"{prefix}weight_ih{sfx}", []).append(x[t][m])
                 out.setdefault(f"{prefix}weight_hh{sfx}", []).append(h[m])
@@ -127,9 +126,8 @@ def sparse_to_structured_ratios(model: nn.Module, run: Callable[[], object]) -> 
 
 class CMADiagnostics(pl.Callback):
     """Logs the CMA columns of the module docstring (named by ``doping.CMA``, which the views read) after each
-    validation epoch while fitting. The trained
-    module is a task (``suite.tasks.base.Task``): it evaluates its metric and runs a batch for us; any other
-    LightningModule (a library user's) gets ``d_sparsity`` alone."""
+    validation epoch while fitting. The trained module is a task (``suite.tasks.base.Task``): it evaluates its
+    metric and runs a batch for us; any other LightningModule (a library user's) gets ``d_sparsity`` alone."""
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

@@ -26,8 +26,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 LAST = "last.ckpt"
-
-
 OWNER = "run.json"
 
 

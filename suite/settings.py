@@ -75,20 +75,10 @@ class Rule:
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
-def setting(
-    default: Any = MISSING,
-    *,
-    factory: Any = MISSING,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: tuple | None = None,
-    hint: str = "",
-) -> Any:
-    """A dataclass field with a range (``factory``: a default made per instance, as ``default_factory``)."""
-    rule = Rule(ge, gt, le, lt, choices, hint)
-    return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule})
+def setting(default: Any = MISSING, *, factory: Any = MISSING, **rule: Any) -> Any:
+    """A dataclass field with a range: the keywords of ``Rule`` (``ge``, ``gt``, ``le``, ``lt``, ``choices``,
+    ``hint``); ``factory``: a default made per instance, as ``default_factory``."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"rule": Rule(**rule)})
 
 
 _NOUNS = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -12,24 +11,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import yaml
 
+from suite.data.audio import one_thread  # noqa: F401  (tiny models run fastest on one thread)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one torch thread (and tests often share the machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def write_corpus(folder: Path, vocab: int = 40, lines: tuple[int, int, int] = (120, 30, 30)) -> Path:

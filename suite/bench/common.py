@@ -3,13 +3,12 @@ the result file."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.audio import one_thread  # noqa: F401  (the benchmarks' one torch thread)
 from ..errors import ConfigError
 from ..provenance import provenance
 from ..record import write_json
@@ -41,17 +40,6 @@ def caches() -> dict[str, int]:
         if kind != "Instruction" and size[:-1].isdigit():
             out[f"L{level}"] = int(size[:-1]) * {"K": 1024, "M": 1024**2}.get(size[-1], 1)
     return out
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one thread while the benchmark runs, the caller's setting restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def result(benchmark: str, fields: dict[str, Any], out: str | Path | None) -> dict:

@@ -28,7 +28,9 @@ from sweep_fixtures import (
 from suite.cli import main
 from suite.record import Record
 from suite.sweep import load_spec, run_sweep
+from suite.sweep import storage as st
 from suite.sweep.storage import open_storage, progress
+from suite.train import train
 
 
 @pytest.fixture
@@ -449,22 +451,44 @@ def test_setting_halving_races_learning_rates_within_one_configuration_only():
     assert not SettingHalving("lr", after_epochs=2, keep=2).prune(study, worse_kp)  # keep the best two
 
 
-def test_setting_halving_sweep_runs_the_first_rate_everywhere_then_stops_the_losers(tiny):
+@pytest.mark.parametrize("rates", [[0.5, 1e-4, 3.0], [1.0, 1e-4, 0.5]], ids=["first-wins", "last-wins"])
+def test_setting_halving_races_each_configurations_rates_before_its_winner_trains_on(tiny, rates):
+    """Whichever rate leads after the race's epoch waits, its checkpoint kept, until its rivals have raced; only
+    the winner trains on, resumed bit-identically; a configuration costs 1 + (n - 1) * after_epochs / epochs runs.
+    (On the tiny corpus lr 0.5 is ahead of 1, 3 and 1e-4 after one epoch: the first list's first rate wins, the
+    second's loses to its last.)"""
     folder, preset = tiny
     preset = write_preset(folder, folder / "corpus", epochs=3)
     fields = dict(
         methods=["small_dense", "kp"],
         sampler="grid",
         n_trials=None,
-        space={"factor": [2], "lr": [1.0, 1e-4]},
+        space={"factor": [2], "lr": rates},
         pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
     )
-    study = run_sweep(load_spec(write_spec(folder, preset, **fields)))
-    states = {(t.params["method"], t.params["lr"]): (t.state, t.user_attrs["epochs"]) for t in study.trials}
-    assert [t.params["lr"] for t in study.trials] == [1.0, 1.0, 1e-4, 1e-4]  # the first rate runs first
+    spec = load_spec(write_spec(folder, preset, **fields))
+    study = run_sweep(spec)
     for method in ("small_dense", "kp"):
-        assert states[(method, 1.0)] == (TrialState.COMPLETE, 3)
-        assert states[(method, 1e-4)] == (TrialState.PRUNED, 1)
+        mine = [t for t in study.trials if t.params["method"] == method]
+        first = {t.params["lr"]: t.intermediate_values[0] for t in mine if 0 in t.intermediate_values}
+        assert min(first, key=first.get) == 0.5
+        # the first rate leads after epoch 1 (nothing to beat) and waits for its rivals, which race to epoch 1
+        assert [t.params["lr"] for t in mine[:3]] == rates
+        assert mine[0].state == TrialState.FAIL and mine[0].user_attrs[st.DEFERRED]
+        assert "waits for" in mine[0].user_attrs[st.REASON]
+        # then only the fastest at epoch 1 trains on; the deferred one, resumed, stops at once if it lost
+        settled = {t.params["lr"]: (t.state, t.user_attrs["epochs"]) for t in mine[1:]}
+        assert settled == {
+            lr: (TrialState.COMPLETE, 3) if lr == 0.5 else (TrialState.PRUNED, 1) for lr in rates
+        }
+    assert st.progress(study).done == 6  # every grid point settled once: a deferral takes no place of its own
+    # the winner resumed from the race's checkpoint if it had waited, and gives what an uninterrupted run gives
+    winner = next(t for t in study.trials if t.state == TrialState.COMPLETE)
+    found = list((folder / "results" / "runs").rglob(f"{winner.user_attrs['run_ids'][0]}/record.json"))
+    record = Record.load(found[0])
+    assert bool(record.resumed) == (rates[0] == 0.5) and len(record.epochs) == 3
+    straight = train(spec.run_config(winner.params, 0), force=True)
+    assert (straight.val, straight.test) == (record.val, record.test)
 
 
 def test_a_resumed_trial_gives_the_pruner_the_epochs_it_had_before_it_was_interrupted():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
@@ -29,10 +30,14 @@ class SettingHalving(optuna.pruners.BasePruner):
 
     A trial that reaches epoch ``after_epochs`` is compared, on its validation metric at that epoch, with the trials
     whose other settings (method, CF, CMR, ...) are all equal to its own: it goes on only while fewer than
-    ``keep`` of them are better there; otherwise it is pruned. So each configuration's learning rates race for
-    ``after_epochs`` epochs and the losers stop; with the likely best rate tried first (list it first in the
-    space), a configuration costs 1 + (n - 1) after_epochs / epochs full runs. A trial never competes with another
+    ``keep`` of them are better there; otherwise it is pruned. A trial never competes with another
     configuration's, as Optuna's own pruners would have it do in a study over many methods.
+
+    In a grid sweep, a trial ahead at that epoch while some of its configuration's values have not got there yet
+    is deferred (``Deferred``): it stops with its checkpoint kept, its rivals race, and only then does the sweep
+    resume it, to go on if it is still ahead. So each configuration's n values race for ``after_epochs`` epochs
+    and only the winner trains on: a configuration costs 1 + (n - 1) after_epochs / epochs full runs, whichever
+    value wins.
     """
 
     def __init__(self, param: str = "lr", after_epochs: int = 2, keep: int = 1) -> None:
@@ -44,17 +49,21 @@ class SettingHalving(optuna.pruners.BasePruner):
             raise ValueError(f"keep must be a positive integer, got {keep!r}")
         self.param, self.step, self.keep = param, after_epochs - 1, keep
 
+    def group(self, params: dict) -> dict:
+        """A trial's configuration: its settings but the raced one."""
+        return {k: v for k, v in params.items() if k != self.param}
+
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if trial.last_step != self.step or self.step not in trial.intermediate_values:
             return False
         mine = trial.intermediate_values[self.step]
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-        group = {k: v for k, v in trial.params.items() if k != self.param}
+        group = self.group(trial.params)
         better = 0
         for other in study.get_trials(deepcopy=False):
             if other.number == trial.number or self.step not in other.intermediate_values:
                 continue
-            if {k: v for k, v in other.params.items() if k != self.param} != group:
+            if self.group(other.params) != group:
                 continue
             better += sign * other.intermediate_values[self.step] < sign * mine
         return better >= self.keep
@@ -97,14 +106,36 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return _construct("pruner", PRUNERS, spec.pruner.name, spec.pruner.options, **spec.pruner.options)
 
 
+class Deferred(Exception):
+    """A trial ahead in its rate race whose rivals have not raced yet: it stops here, its checkpoint kept, and the
+    sweep resumes it once they have (``SettingHalving``)."""
+
+
 class FitPruning(PyTorchLightningPruningCallback):
     """optuna-integration's Lightning callback (it imports ``lightning.pytorch``), restricted to the validation
     epochs of ``fit``: train() validates once more after fitting, and that repeat must not prune a finished run.
-    Counts its reports, so the caller knows whether training ran or a finished record was found."""
+    Counts its reports, so the caller knows whether training ran or a finished record was found.
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+    ``hold``: after epoch ``at``, and only once that epoch's checkpoint is written, the callback asks it which
+    rivals the trial waits for; if any, the run stops with ``Deferred``."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        monitor: str,
+        hold: Callable[[], list] | None = None,
+        at: int | None = None,
+    ) -> None:
         super().__init__(trial, monitor)
         self.reports = 0
+        self.hold, self.at = hold, at
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.hold is None or trainer.current_epoch != self.at:
+            return
+        if rivals := self.hold():
+            shown = ", ".join(str(r) for r in rivals)
+            raise Deferred(f"ahead after epoch {self.at}; waits for {shown} to race")
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed from its checkpoint gives the trial the epochs it had before, so that the pruner compares

@@ -21,7 +21,7 @@ from ..record import Record
 from ..store import record_path, run_folder
 from ..train import train
 from . import storage as st
-from .build import FitPruning, make_pruner, make_sampler
+from .build import Deferred, FitPruning, SettingHalving, make_pruner, make_sampler
 from .devices import assign, describe
 from .objectives import mean, objective_values
 from .preflight import preflight
@@ -100,6 +100,9 @@ class Objective:
             return self.run(trial)
         except optuna.TrialPruned:
             raise
+        except Deferred as e:  # its checkpoint is kept: a worker resumes it once its rivals have raced
+            st.fail(trial, str(e), retry=True, deferred=True)
+            raise
         except SuiteError as e:  # missing data may come back; a CF out of reach stays out of reach
             st.fail(trial, str(e), retry=isinstance(e, DataError))
             raise
@@ -118,7 +121,11 @@ class Objective:
         epochs = []
         for i, seed in enumerate(spec.seeds):
             cfg = spec.run_config(params, seed, study=spec.study_name, trial=trial.number)
-            pruning = FitPruning(trial, spec.monitor) if spec.monitor and i == 0 else None
+            pruning = None
+            if spec.monitor and i == 0:
+                race = race_epochs(spec)
+                hold = (lambda: rivals(spec, trial.study, params)) if race else None
+                pruning = FitPruning(trial, spec.monitor, hold=hold, at=race)
             try:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:
@@ -155,12 +162,70 @@ class Objective:
             trial.set_user_attr("achieved_cf", mean([r.accounting["cf"] for r in ok]))
 
 
-def queue_next(spec: SweepSpec, study: optuna.Study) -> bool:
-    """Queue the first of the grid's points (within n_trials) that has no trial yet; whether there was one.
-    Queuing one point at a time keeps a resumed sweep on the runs it had started (their retries, queued when the
-    sweep resumes, are taken first) before it starts new ones."""
-    have = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+SETTLED = ("complete", "pruned", "failed")
+
+
+def _point(t: optuna.trial.FrozenTrial) -> dict:
+    """A trial's settings (a queued trial has only the ones it was queued with)."""
+    return t.params or t.system_attrs.get("fixed_params", {})
+
+
+def race_epochs(spec: SweepSpec) -> int | None:
+    """The epochs after which a grid sweep's rate race defers its leaders (``SettingHalving``); None: no race."""
+    if spec.sampler.name != "grid" or spec.pruner.name != "setting_halving":
+        return None
+    return spec.pruner.options.get("after_epochs", 2)
+
+
+def rivals(spec: SweepSpec, study: optuna.Study, params: dict) -> list[dict]:
+    """The grid points of the configuration of a trial with settings ``params`` (all but the raced setting equal)
+    that have not raced yet: none of their trials has reached the race's epoch or ended, and one may still."""
+    pruner = study.pruner
+    if race_epochs(spec) is None or not isinstance(pruner, SettingHalving):
+        return []
+    trials = study.get_trials(deepcopy=False)
+    superseded = st.retried(trials)
+    out = []
     for point in spec.grid()[: spec.n_trials]:
+        if point == params or pruner.group(point) != pruner.group(params):
+            continue
+        mine = [t for t in trials if _point(t) == point]
+        if not any(
+            pruner.step in t.intermediate_values or st.standing(t, superseded) in SETTLED for t in mine
+        ):
+            out.append(point)
+    return out
+
+
+def resume_deferred(spec: SweepSpec, study: optuna.Study) -> None:
+    """Queue the retry of every deferred trial whose rivals have all raced: it resumes its run from the race's
+    checkpoint, and goes on only if it is still ahead. Call it holding the slot lock."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = st.retried(trials)
+    for t in trials:
+        if (
+            st.standing(t, superseded) == "deferred"
+            and not rivals(spec, study, t.params)
+            and st.retry_trial(study, t)
+        ):
+            print(
+                f"[{study.study_name}] trial {t.number} {t.params}: its rivals have raced; resuming it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def queue_next(spec: SweepSpec, study: optuna.Study) -> bool:
+    """Queue the grid's next point (within n_trials); whether there was one: a rival of a deferred trial that
+    has no trial yet, else the first point that has none. Queuing one point at a time keeps a resumed sweep on
+    the runs it had started (their retries, queued when the sweep resumes, are taken first) before it starts new
+    ones."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = st.retried(trials)
+    have = [_point(t) for t in trials]
+    deferred = [t for t in trials if st.standing(t, superseded) == "deferred"]
+    waiting_for = [point for t in deferred for point in rivals(spec, study, t.params)]
+    for point in waiting_for + spec.grid()[: spec.n_trials]:
         if point not in have:
             study.enqueue_trial(point)
             return True
@@ -177,6 +242,7 @@ def work(spec: SweepSpec, where: str) -> None:
             lock.acquire()
             try:
                 st.fail_dead_trials(study)
+                resume_deferred(spec, study)  # before the budget: a deferred trial's retry takes its place
                 p = st.progress(study)
                 if p.taken >= spec.n_trials:
                     break
@@ -209,7 +275,9 @@ def _echo(study: optuna.Study, objective: Objective) -> None:
     if t.state.is_finished():
         values = ", ".join(f"{v:.4g}" for v in t.values) if t.values else ""
         why = t.user_attrs.get("reason") or t.user_attrs.get(st.REASON) or ""
-        if t.state == TrialState.FAIL and t.user_attrs.get(st.RETRY):
+        if t.user_attrs.get(st.DEFERRED):
+            why += " (resumed once they have)"
+        elif t.state == TrialState.FAIL and t.user_attrs.get(st.RETRY):
             why += " (retried when the sweep runs again)"
         if objective.unexpected is not None:
             traceback.print_exception(objective.unexpected, file=sys.stderr)
@@ -240,7 +308,7 @@ def run_sweep(
     elif bad := _spawn(workers, argv or [], gpus):
         ended = ", ".join(f"killed by signal {-c}" if c < 0 else f"exit {c}" for c in bad)
         p = st.progress(study)
-        if p.running or p.waiting or p.to_retry or p.done < spec.n_trials:
+        if p.running or p.waiting or p.to_retry or p.deferred or p.done < spec.n_trials:
             raise SuiteError(f"{len(bad)} of {workers} workers failed ({ended}); rerun the command to resume")
         # The other workers retried what the failed ones left: the study is as if none had failed.
         print(
@@ -335,8 +403,8 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
     lines = [
         f"study {spec.study_name} ({st.describe(where)})",
         f"  {p.done}/{spec.n_trials} trials done: {p.complete} complete, {p.pruned} pruned, {p.failed} failed; "
-        f"{p.running - len(dead)} running, {p.waiting} queued; {p.to_retry + len(dead)} to retry when the sweep "
-        f"runs again" + (f" ({p.retried} failed and retried)" if p.retried else ""),
+        f"{p.running - len(dead)} running, {p.waiting} queued, {p.deferred} deferred; {p.to_retry + len(dead)} to "
+        f"retry when the sweep runs again" + (f" ({p.retried} failed and retried)" if p.retried else ""),
     ]
     superseded = st.retried(trials)
     for t in trials:
@@ -346,10 +414,10 @@ def status(spec: SweepSpec, url: str | None = None, top: int = 5) -> str:
             lines.append(f"  worker gone: trial {t.number} {t.params} (pid {who.get('pid')}); to retry")
         elif t.state == TrialState.RUNNING:
             lines.append(f"  running: trial {t.number} {t.params} on {who.get('host')} pid {who.get('pid')}")
-        elif (kind := st.standing(t, superseded)) in ("to_retry", "failed"):
+        elif (kind := st.standing(t, superseded)) in ("to_retry", "deferred", "failed"):
             lines.append(f"  {kind.replace('_', ' ')}: trial {t.number} {t.params}: {why}")
     if spec.sampler.name == "grid":  # the points (within n_trials) that no trial has settled yet
-        settled = [t.params for t in trials if st.standing(t, superseded) in ("complete", "pruned", "failed")]
+        settled = [t.params for t in trials if st.standing(t, superseded) in SETTLED]
         if missing := [point for point in spec.grid()[: spec.n_trials] if point not in settled]:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             lines.append(f"  grid points without a result: {', '.join(map(str, missing[:5]))}{more}")

@@ -101,11 +101,20 @@ class SweepSpec:
                 point = {"method": method} if len(self.methods) > 1 else {}
                 points.append({**point, **{p.name: v for p, v in zip(params, values)}})
         if self.pruner.name == "setting_halving":
-            # Each configuration's first value of the raced setting runs before any second one, so later values
-            # race against finished curves and stop after the rung (the cheapest order for successive halving).
+            # A configuration's values of the raced setting follow each other, in the order listed: its race is
+            # decided, and its winner finished, before the next configuration starts.
             param = self.pruner.options.get("param", "lr")
             choices = {p.name: p.choices for m in self.methods for p in self.params_for(m)}.get(param, [])
-            points.sort(key=lambda pt: choices.index(pt[param]) if param in pt else 0)
+            groups: list[dict] = []
+            for pt in points:
+                if (group := {k: v for k, v in pt.items() if k != param}) not in groups:
+                    groups.append(group)
+            points.sort(
+                key=lambda pt: (
+                    groups.index({k: v for k, v in pt.items() if k != param}),
+                    choices.index(pt[param]) if param in pt else 0,
+                )
+            )
         return points
 
     def identity(self) -> dict[str, Any]:

@@ -18,6 +18,10 @@ is done; one whose settings do not (its worker died, it was interrupted, its dat
 error) keeps its place in the budget and is retried with the same settings the next time the sweep runs, at
 most MAX_RETRY times. So a grid never loses a point to a failure, and never runs a point twice.
 
+Deferred trials: a trial ahead in its rate race whose rivals have not raced yet stops, failed with DEFERRED set
+and its checkpoint kept. It keeps its place in the budget, and a worker queues its retry (a deferral counts as one
+of its MAX_RETRY) once its rivals have raced (``runner.queue_next``); the retry resumes the run from its checkpoint.
+
 Retries are Optuna's: ``RetryHeartbeatStaleTrialCallback`` queues the copy and keeps the bookkeeping (the
 original trial and the retry history, as system attributes), for a stale RDB heartbeat and for the failures
 above alike. What Optuna does not give is kept here: a journal file has no heartbeat, so a dead worker on this
@@ -58,6 +62,8 @@ OWNER = "worker"
 REASON = "fail_reason"
 RETRY = "retry"
 """User attribute of a failed trial: whether its settings did not decide the failure, so that it is retried."""
+DEFERRED = "deferred"
+"""User attribute of a failed trial: it was deferred, to be retried once its rivals have raced."""
 
 
 with warnings.catch_warnings():  # experimental in Optuna, stable in use since 2.8
@@ -86,10 +92,13 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     return True
 
 
-def fail(trial: optuna.Trial, reason: str, retry: bool) -> None:
-    """Say why a running trial fails, and whether a later run of the sweep retries it."""
+def fail(trial: optuna.Trial, reason: str, retry: bool, deferred: bool = False) -> None:
+    """Say why a running trial fails, and whether a later run of the sweep retries it (or, ``deferred``, a worker
+    does once its rivals have raced)."""
     trial.set_user_attr(REASON, reason)
     trial.set_user_attr(RETRY, retry)
+    if deferred:
+        trial.set_user_attr(DEFERRED, True)
 
 
 def retried(trials: list[FrozenTrial]) -> set[int]:
@@ -100,18 +109,22 @@ def retried(trials: list[FrozenTrial]) -> set[int]:
 def standing(t: FrozenTrial, superseded: set[int]) -> str:
     """A trial's place in the budget, as ``Progress`` counts it: its state in lower case, except that a failed
     trial is ``retried`` (it is among ``superseded``, the failed trials that have a retry), ``to_retry`` (its
-    settings did not decide its failure, and it has retries left) or ``failed`` (for good)."""
+    settings did not decide its failure, and it has retries left), ``deferred`` (likewise, but waiting for its
+    rivals) or ``failed`` (for good)."""
     if t.state != TrialState.FAIL:
         return t.state.name.lower()
     if t.number in superseded:
         return "retried"
     # A trial failed without a reason recorded (its worker died, or it was interrupted) is retried.
     retry = t.user_attrs.get(RETRY, REASON not in t.user_attrs)
-    return "to_retry" if retry and len(retry_history(t)) < MAX_RETRY else "failed"
+    if not retry or len(retry_history(t)) >= MAX_RETRY:
+        return "failed"
+    return "deferred" if t.user_attrs.get(DEFERRED) else "to_retry"
 
 
 def retry_failed(study: optuna.Study) -> None:
-    """Queue a retry of every failed trial that is to be retried and has none yet. Call it holding the slot lock."""
+    """Queue a retry of every failed trial that is to be retried and has none yet (deferred trials wait for
+    ``runner.queue_next``). Call it holding the slot lock."""
     trials = study.get_trials(deepcopy=False)
     done = retried(trials)
     for t in trials:
@@ -320,12 +333,14 @@ def fail_dead_trials(study: optuna.Study) -> None:
 class Progress:
     """Trial counts. ``done`` is what n_trials counts: complete, pruned, and failed for good (its settings
     decide the failure, or its retries are used up). A failed trial to be retried keeps its place in the budget
-    (``taken``) until the next run of the sweep queues its retry; a failed trial with a retry counts no more."""
+    (``taken``) until the next run of the sweep queues its retry, and a deferred one until a worker does; a failed
+    trial with a retry counts no more."""
 
     complete: int = 0
     pruned: int = 0
     failed: int = 0
     to_retry: int = 0
+    deferred: int = 0
     retried: int = 0
     running: int = 0
     waiting: int = 0
@@ -338,7 +353,7 @@ class Progress:
     @property
     def taken(self) -> int:
         """Places of the budget that no new trial may take."""
-        return self.done + self.to_retry + self.running
+        return self.done + self.to_retry + self.deferred + self.running
 
 
 def progress(study: optuna.Study) -> Progress:

@@ -1,9 +1,10 @@
 """Published results: full-scale records kept in git, next to the code that made them.
 
 ``suite publish RUN_DIR...`` copies finished full-scale runs into results/published/<task>/<method>/<run-id>/:
-the record (record.json) and its per-epoch CSV log (metrics.csv); no weights, no W&B folder. It refuses, with one
-line each, a run that did not finish, a smoke-scale run, a run made from a dirty tree or a commit that is not on
-main, and a run already published. A published record carries, under ``published``:
+the record (record.json) and its per-epoch CSV log (metrics.csv); no weights, no W&B folder. Runs a sweep's rate
+race stopped (status ``pruned``) are published too: the leaderboard counts the rates each choice was made among,
+and they are never chosen. It refuses, with one line each, a run that failed or diverged, a smoke-scale run, a run
+made from a dirty tree or a commit that is not on main, and a run already published. A published record carries, under ``published``:
 - ``command``: the command that made it (``suite train ...``), with no path of the machine it ran on;
 - ``behaviour``: the behaviour fingerprint of the code that made it (``suite.behaviour``): the exact results of a
   tiny fixed run of its family and method. The record stays current while the code keeps that behaviour
@@ -166,7 +167,8 @@ def scrub(record: Record) -> dict[str, Any]:
 
 def refusal(record: Record, dest: Path, results_dir: str | Path = "results") -> str | None:
     """Why ``record`` cannot be published into ``results_dir``'s published/ (None: it can)."""
-    if record.status != "ok":
+    # A run the sweep's pruner stopped lost a rate race: published, it shows what the choice was made among.
+    if record.status not in ("ok", "pruned"):
         return f"the run {record.status}" + (f" ({record.reason})" if record.reason else "")
     if not full_scale(record):
         return "a smoke-scale run (profile or data fractions): publish full-scale runs only"

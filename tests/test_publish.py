@@ -38,13 +38,14 @@ def write_run(
     test: float = 100.0,
     val: float = 105.0,
     seed: int = 0,
+    lr: float = 1.0,
 ) -> Path:
-    run_id = run_id or f"{method}{factor:g}{profile}{seed}{test:g}".replace(".", "")[:12]
+    run_id = run_id or f"{method}{factor:g}{profile}{seed}{test:g}{lr:g}{status}".replace(".", "")[:12]
     folder = results / "runs" / "ptb-small" / method / run_id
     folder.mkdir(parents=True)
     train = {
         "epochs": 13,
-        "lr": 1.0,
+        "lr": lr,
         "train_fraction": 1.0 if profile == "paper" else 0.03,
         "eval_fraction": 1.0,
     }
@@ -54,7 +55,7 @@ def write_run(
         method=method,
         seed=seed,
         status=status,
-        reason=None if status == "ok" else "diverged",
+        reason={"ok": None, "pruned": "pruned by the sweep's pruner"}.get(status, "diverged"),
         config={
             "task": "ptb-small",
             "family": "lm",
@@ -141,6 +142,24 @@ def test_publish_refuses_a_run_already_published_and_keeps_the_rest(tmp_path, ca
     written, refused = publish([a, b], results, fingerprint=fake_fingerprint, echo=lambda s: None)
     assert [w.parent.name for w in written] == ["lmf"]
     assert len(refused) == 1 and "already published" in refused[0]
+
+
+def test_a_rate_race_loser_is_published_and_counted_among_the_rates_tried_but_never_chosen(tmp_path, capsys):
+    results = tmp_path / "results"
+    runs = [
+        write_run(tmp_path / "mine", "dense", test=100.0),
+        write_run(tmp_path / "mine", "kp", 25.0, test=110.0, val=115.0),
+        write_run(tmp_path / "mine", "kp", 25.0, lr=0.5, status="pruned"),  # stopped by the race
+    ]
+    written, refused = publish(runs, results, fingerprint=fake_fingerprint, echo=lambda s: None)
+    assert len(written) == 3 and not refused
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("suite.publish.stale_reasons", lambda recs: {r.run_id: None for r in recs})
+        m.setattr("suite.report.is_stale", lambda rec: False)  # the fake records' code versions
+        assert main(["report", "--results", str(results)]) == 0
+    board = capsys.readouterr().out.partition("PIPELINE CHECK")[0]
+    kp = next(line for line in board.splitlines() if line.lstrip().startswith("kp "))
+    assert "1 (of 2)" in kp and "110.00" in kp
 
 
 def test_tables_read_published_and_own_records_with_the_leaderboard_first(tmp_path, monkeypatch, capsys):

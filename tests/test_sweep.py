@@ -516,3 +516,21 @@ def test_a_resumed_trial_gives_the_pruner_the_epochs_it_had_before_it_was_interr
     assert study.trials[winner.number].intermediate_values == {0: 190.0, 1: 149.0}
     with pytest.raises(optuna.TrialPruned):
         resume(0.25, [210.0, 160.0])  # resumed right after losing the race: stops without training on
+
+
+def test_a_leader_waits_for_its_rivals_before_any_epoch_past_the_race_a_resumed_run_included():
+    from types import SimpleNamespace
+
+    from suite.sweep.build import Deferred, FitPruning
+
+    study = optuna.create_study(direction="minimize")
+    trial = study.ask()
+    waiting: list = [{"lr": 0.5}]
+    pruning = FitPruning(trial, "val_ppl", hold=lambda: waiting, at=2)
+    for epoch in (0, 1):  # the race's own epochs run whatever the rivals do
+        pruning.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)
+    for epoch in (2, 4):  # right after the race, and a run resumed at epoch 4 (its checkpoint was past it)
+        with pytest.raises(Deferred, match="waits for"):
+            pruning.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)
+    waiting.clear()  # the rivals have raced: it trains on
+    pruning.on_train_epoch_start(SimpleNamespace(current_epoch=4), None)

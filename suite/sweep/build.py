@@ -116,8 +116,9 @@ class FitPruning(PyTorchLightningPruningCallback):
     epochs of ``fit``: train() validates once more after fitting, and that repeat must not prune a finished run.
     Counts its reports, so the caller knows whether training ran or a finished record was found.
 
-    ``hold``: after epoch ``at``, and only once that epoch's checkpoint is written, the callback asks it which
-    rivals the trial waits for; if any, the run stops with ``Deferred``."""
+    ``hold``: before each epoch after the first ``at`` (so only once the last epoch's checkpoint is written; a run
+    resumed past them included), the callback asks it which rivals the trial waits for; if any, the run stops with
+    ``Deferred``."""
 
     def __init__(
         self,
@@ -131,11 +132,13 @@ class FitPruning(PyTorchLightningPruningCallback):
         self.hold, self.at = hold, at
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self.hold is None or trainer.current_epoch != self.at:
+        if self.hold is None or self.at is None or trainer.current_epoch < self.at:
             return
         if rivals := self.hold():
             shown = ", ".join(str(r) for r in rivals)
-            raise Deferred(f"ahead after epoch {self.at}; waits for {shown} to race")
+            raise Deferred(
+                f"ahead after epoch {self.at} (now {trainer.current_epoch}); waits for {shown} to race"
+            )
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed from its checkpoint gives the trial the epochs it had before, so that the pruner compares

@@ -357,11 +357,11 @@ def _by_value(value):
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def find_published(cfg, data: dict[str, str] | None = None) -> Record | None:
+def find_published(cfg, data: dict[str, str] | None = None, status: str = "ok") -> Record | None:
     """A published record of this very configuration and seed, made on data ``data`` (default: the run's data as
     it is now), whose code still behaves as the current code does: a run that need not be redone (after a
     refactor, say) although its run-id (code version) differs. Looked up in the results folder's published/ and
-    in the checkout's own (``SHIPPED``)."""
+    in the checkout's own (``SHIPPED``). ``status="pruned"``: a run a rate race stopped, for the race's sweep."""
     data = data_fingerprint(cfg) if data is None else data
     want = _what({**cfg.to_dict(), "train": dataclasses.asdict(cfg.train)})
     for root in _roots(cfg.results_dir):
@@ -370,7 +370,7 @@ def find_published(cfg, data: dict[str, str] | None = None) -> Record | None:
                 rec = Record.load(path)
             except DataError:
                 continue
-            same = rec.status == "ok" and _what(rec.config) == want and made_on(rec, data, cfg.results_dir)
+            same = rec.status == status and _what(rec.config) == want and made_on(rec, data, cfg.results_dir)
             if same and stale_reasons([rec])[rec.run_id] is None:
                 return rec
     return None

@@ -534,3 +534,34 @@ def test_a_leader_waits_for_its_rivals_before_any_epoch_past_the_race_a_resumed_
             pruning.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)
     waiting.clear()  # the rivals have raced: it trains on
     pruning.on_train_epoch_start(SimpleNamespace(current_epoch=4), None)
+
+
+def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypatch):
+    """On another machine (a fresh clone), the published winner is found and the published losers stay stopped:
+    nothing trains."""
+    import suite.publish as pub
+
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    fields = dict(
+        methods=["kp"],
+        sampler="grid",
+        n_trials=None,
+        space={"factor": [2], "lr": [1.0, 1e-4, 0.5]},
+        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
+    )
+    first = run_sweep(load_spec(write_spec(folder, preset, **fields)))
+    assert first.trials[0].user_attrs[st.DEFERRED]  # one method: the grid's points have no method, nor do rivals
+    shipped = folder / "checkout" / "results" / "published"
+    for path in (folder / "results" / "runs").rglob("record.json"):
+        rec = Record.load(path)
+        rec.published = {"command": "suite sweep", "behaviour": {}}
+        rec.save(shipped / rec.task / rec.method / rec.run_id / "record.json")
+    monkeypatch.setattr(pub, "SHIPPED", shipped)
+    monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
+    elsewhere = {"results_dir": str(folder / "elsewhere"), "wandb": "disabled"}
+    again = run_sweep(load_spec(write_spec(folder, preset, name="again", set=elsewhere, **fields)))
+    outcome = {t.params["lr"]: t.state for t in first.trials if t.state != TrialState.FAIL}
+    assert {t.params["lr"]: t.state for t in again.trials} == outcome
+    assert sorted(outcome.values(), key=str) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert not list((folder / "elsewhere").rglob("record.json"))  # found, not trained

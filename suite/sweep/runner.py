@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from ..errors import ConfigError, DataError, SuiteError
 from ..files import atomic
+from ..publish import find_published
 from ..record import Record
 from ..store import record_path, run_folder
 from ..train import train
@@ -124,8 +125,18 @@ class Objective:
             pruning = None
             if spec.monitor and i == 0:
                 race = race_epochs(spec)
-                hold = (lambda: rivals(spec, trial.study, params)) if race else None
+                hold = (
+                    (lambda: rivals(spec, trial.study, trial.params)) if race else None
+                )  # as the grid has them
                 pruning = FitPruning(trial, spec.monitor, hold=hold, at=race)
+            if pruning is not None and pruning.hold is not None and cfg.profile == "paper":
+                # A published run this race stopped before (on another machine, say) is not raced again.
+                if (lost := find_published(cfg, status="pruned")) is not None:
+                    for row in lost.epochs:
+                        if spec.monitor in row:
+                            trial.report(row[spec.monitor], step=row["epoch"] - 1)
+                    self.note(trial, [*records, lost], [*epochs, len(lost.epochs)])
+                    raise optuna.TrialPruned(f"published run {lost.run_id} lost its rate race")
             try:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:

@@ -234,7 +234,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     )
     out = first.join(counts).join(stats_).reset_index()
     out["n_asked"] = out[["n_asked", "n_ok"]].max(axis=1)
-    out["partial"] = out["n_ok"] < out["n_asked"]
+    out["partial"] = (out["n_ok"] > 0) & (out["n_ok"] < out["n_asked"])  # a mean over fewer seeds than asked
     order = ["task", "profile", "budget", "_o", "method", "factor"]
     out = out.assign(_o=out["method"].ne("dense"))
     return out.sort_values(order, kind="stable").drop(columns="_o").reset_index(drop=True)
@@ -341,7 +341,12 @@ def headline(summ: pd.DataFrame, trials: pd.DataFrame) -> dict:
             entry: dict[str, Any] = {
                 "complete": int(len(done)),
                 "pruned": int((rows["state"] == "pruned").sum()),
-                "failed": int((rows["state"] == "fail").sum()),
+                # failed for good: not a failure that was retried, nor a rate-race leader that waited
+                "failed": int(
+                    (rows["standing"] == "failed").sum()
+                    if "standing" in rows
+                    else (rows["state"] == "fail").sum()
+                ),
                 "epochs": int(rows["epochs"].fillna(0).sum()) if "epochs" in rows else 0,
             }
             if len(done):

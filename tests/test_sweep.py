@@ -477,6 +477,7 @@ def test_setting_halving_races_each_configurations_rates_before_its_winner_train
         assert mine[0].state == TrialState.FAIL and mine[0].user_attrs[st.DEFERRED]
         assert "waits for" in mine[0].user_attrs[st.REASON]
         # then only the fastest at epoch 1 trains on; the deferred one, resumed, stops at once if it lost
+        assert len(mine) == 4  # three rates, one of them twice: deferred, then resumed
         settled = {t.params["lr"]: (t.state, t.user_attrs["epochs"]) for t in mine[1:]}
         assert settled == {
             lr: (TrialState.COMPLETE, 3) if lr == 0.5 else (TrialState.PRUNED, 1) for lr in rates
@@ -551,7 +552,9 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
         pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
     )
     first = run_sweep(load_spec(write_spec(folder, preset, **fields)))
-    assert first.trials[0].user_attrs[st.DEFERRED]  # one method: the grid's points have no method, nor do rivals
+    assert first.trials[0].user_attrs[
+        st.DEFERRED
+    ]  # one method: the grid's points have no method, nor do rivals
     shipped = folder / "checkout" / "results" / "published"
     for path in (folder / "results" / "runs").rglob("record.json"):
         rec = Record.load(path)
@@ -565,3 +568,43 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
     assert {t.params["lr"]: t.state for t in again.trials} == outcome
     assert sorted(outcome.values(), key=str) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     assert not list((folder / "elsewhere").rglob("record.json"))  # found, not trained
+
+
+def test_a_leader_resumed_past_the_race_is_still_judged_there_and_stops_if_it_lost(tiny):
+    """Lr 1 ran alone to epoch 2 (killed before the sweep raced its rates); in the sweep it resumes there, waits
+    for lr 0.5 to race epoch 1, and, resumed again, loses the race at epoch 1 and stops."""
+    import lightning.pytorch as pl
+
+    folder, preset = tiny
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    fields = dict(
+        methods=["kp"],
+        sampler="grid",
+        n_trials=None,
+        space={"factor": [2], "lr": [1.0, 0.5]},
+        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
+    )
+    spec = load_spec(write_spec(folder, preset, **fields))
+
+    class Killed(BaseException):
+        pass
+
+    class Kill(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise Killed
+
+    with pytest.raises(Killed):
+        train(
+            spec.run_config({"method": "kp", "factor": 2, "lr": 1.0}, 0),
+            callbacks=[Kill()],
+            progress_bar=False,
+        )
+    study = run_sweep(spec)
+    runs = [(t.params["lr"], t.state) for t in study.trials]
+    assert runs == [(1.0, TrialState.FAIL), (0.5, TrialState.COMPLETE), (1.0, TrialState.PRUNED)]
+    assert sorted(study.trials[0].intermediate_values) == [0, 1]  # resumed at epoch 2, then deferred
+    assert (
+        study.trials[0].intermediate_values[0] > study.trials[1].intermediate_values[0]
+    )  # it lost at epoch 1
+    assert study.trials[2].user_attrs["epochs"] == 2  # stopped at once, without training on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,8 @@ class SettingHalving(optuna.pruners.BasePruner):
         for other in study.get_trials(deepcopy=False):
             if other.number == trial.number or self.step not in other.intermediate_values:
                 continue
+            if other.params == trial.params:  # its own earlier trial (deferred, or whose worker died)
+                continue
             if self.group(other.params) != group:
                 continue
             better += sign * other.intermediate_values[self.step] < sign * mine
@@ -114,7 +117,9 @@ class Deferred(Exception):
 class FitPruning(PyTorchLightningPruningCallback):
     """optuna-integration's Lightning callback (it imports ``lightning.pytorch``), restricted to the validation
     epochs of ``fit``: train() validates once more after fitting, and that repeat must not prune a finished run.
-    Counts its reports, so the caller knows whether training ran or a finished record was found.
+    Counts its reports, so the caller knows whether training ran or a finished record was found. It reports
+    after validation and asks the pruner before the next epoch, once the epoch is complete (its row in the
+    record, its checkpoint): a stopped run's record ends with the epoch it was judged on.
 
     ``hold``: before each epoch after the first ``at`` (so only once the last epoch's checkpoint is written; a run
     resumed past them included), the callback asks it which rivals the trial waits for; if any, the run stops with
@@ -132,6 +137,9 @@ class FitPruning(PyTorchLightningPruningCallback):
         self.hold, self.at = hold, at
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # (before each epoch: a rival that reported meanwhile, on another worker, may be ahead now)
+        if self.reports and self._trial.should_prune():
+            raise optuna.TrialPruned(f"Trial was pruned at epoch {trainer.current_epoch - 1}.")
         if self.hold is None or self.at is None or trainer.current_epoch < self.at:
             return
         if rivals := self.hold():
@@ -142,17 +150,23 @@ class FitPruning(PyTorchLightningPruningCallback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed from its checkpoint gives the trial the epochs it had before, so that the pruner compares
-        its siblings with them (the trial that was interrupted is a new trial now, with no reports)."""
+        its siblings with them (the trial that was interrupted is a new trial now, with no reports), and asks the
+        pruner after each, as it would have while training: a run resumed past the race's epoch is still judged
+        there, against the rivals that have raced since."""
         history = next((c for c in trainer.callbacks if isinstance(c, History)), None)
         rows = [row for row in (history.rows if history else []) if self.monitor in row]
         for row in rows:
             self._trial.report(row[self.monitor], step=row["epoch"] - 1)
-        self.reports += len(rows)
-        if rows and self._trial.should_prune():
-            raise optuna.TrialPruned(f"Trial was pruned at epoch {rows[-1]['epoch'] - 1}.")
+            self.reports += 1
+            if self._trial.should_prune():
+                raise optuna.TrialPruned(f"Trial was pruned at epoch {row['epoch'] - 1}.")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:  # as optuna-integration's callback: nothing to report
+            warnings.warn(f"the pruner watches {self.monitor!r}, which the run does not log", stacklevel=1)
+            return
+        self._trial.report(score.item(), step=pl_module.current_epoch)
         self.reports += 1
-        super().on_validation_end(trainer, pl_module)

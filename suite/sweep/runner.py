@@ -141,9 +141,7 @@ class Objective:
                 rec = train(cfg, callbacks=[pruning] if pruning else [], progress_bar=False)
             except optuna.TrialPruned:
                 pruned = Record.load(record_path(run_folder(cfg)))
-                self.note(
-                    trial, [*records, pruned], [*epochs, pruning.reports if pruning else len(pruned.epochs)]
-                )
+                self.note(trial, [*records, pruned], [*epochs, len(pruned.epochs)])
                 raise
             if pruning is not None and pruning.reports == 0:  # found finished: give the pruner its curve
                 for row in rec.epochs:
@@ -366,7 +364,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, from Optuna's ``trials_dataframe``: the study, number and state, the first objective
     (``objective``, ``direction``, ``value``) and every objective by its name, the settings, what the runs reached
     (user attributes: run ids, epochs, val and test metric, achieved CF, a reason), the worker's host and pid, the
-    trial it retries, the number of pruner reports, and its seconds."""
+    trial it retries, its standing (``storage.standing``: a failure retried or deferred is not failed for good),
+    the number of pruner reports, and its seconds."""
     names = study.user_attrs.get("spec", {}).get("objectives") or []
     names = [o["name"] for o in names] or [f"value_{i}" for i in range(len(study.directions))]
     frame = study.trials_dataframe(attrs=TRIAL_ATTRS)  # columns number, values_0, params_<name>, ...
@@ -388,7 +387,10 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     out["host"] = who.map(lambda w: w.get("host") if isinstance(w, dict) else None)
     out["pid"] = who.map(lambda w: w.get("pid") if isinstance(w, dict) else None)
     out["retry_of"] = frame.get("system_attrs_failed_trial")
-    out["intermediate_steps"] = [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    superseded = st.retried(trials)
+    out["standing"] = [st.standing(t, superseded) for t in trials]  # failed for good, retried, deferred, ...
+    out["intermediate_steps"] = [len(t.intermediate_values) for t in trials]
     out["seconds"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
     for column in COUNTS:
         if column in out:

@@ -19,8 +19,8 @@ error) keeps its place in the budget and is retried with the same settings the n
 most MAX_RETRY times. So a grid never loses a point to a failure, and never runs a point twice.
 
 Deferred trials: a trial ahead in its rate race whose rivals have not raced yet stops, failed with DEFERRED set
-and its checkpoint kept. It keeps its place in the budget, and a worker queues its retry (a deferral counts as one
-of its MAX_RETRY) once its rivals have raced (``runner.queue_next``); the retry resumes the run from its checkpoint.
+and its checkpoint kept. It keeps its place in the budget, and a worker queues its retry (not counted among its
+MAX_RETRY) once its rivals have raced (``runner.queue_next``); the retry resumes the run from its checkpoint.
 
 Retries are Optuna's: ``RetryHeartbeatStaleTrialCallback`` queues the copy and keeps the bookkeeping (the
 original trial and the retry history, as system attributes), for a stale RDB heartbeat and for the failures
@@ -64,11 +64,13 @@ RETRY = "retry"
 """User attribute of a failed trial: whether its settings did not decide the failure, so that it is retried."""
 DEFERRED = "deferred"
 """User attribute of a failed trial: it was deferred, to be retried once its rivals have raced."""
+DEFERRALS = "deferrals"
+"""User attribute of a retry: how many of the trials it retries were deferrals (they are not failures)."""
 
 
 with warnings.catch_warnings():  # experimental in Optuna, stable in use since 2.8
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    _RETRY = RetryHeartbeatStaleTrialCallback()  # MAX_RETRY is counted here, deferrals left out
 
 
 def retry_history(t: FrozenTrial) -> list[int]:
@@ -78,14 +80,20 @@ def retry_history(t: FrozenTrial) -> list[int]:
         return RetryHeartbeatStaleTrialCallback.retry_history(t)
 
 
+def failures(t: FrozenTrial) -> int:
+    """How many failed trials ``t`` retries, deferrals left out."""
+    return len(retry_history(t)) - int(t.user_attrs.get(DEFERRALS, 0))
+
+
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue a copy of a failed trial (its settings, not its user attributes), at most MAX_RETRY times per
-    original, with Optuna's retry callback; whether a copy was queued. Also RDBStorage's callback for trials
-    whose heartbeat stopped."""
-    if len(retry_history(trial)) >= MAX_RETRY:
+    """Queue a copy of a failed trial (its settings, not its user attributes but the count of deferrals), at most
+    MAX_RETRY times per original for failures (a deferral is always resumed), with Optuna's retry callback;
+    whether a copy was queued. Also RDBStorage's callback for trials whose heartbeat stopped."""
+    deferred = bool(trial.user_attrs.get(DEFERRED))
+    if not deferred and failures(trial) >= MAX_RETRY:
         return False
     bare = copy.deepcopy(trial)  # the callback extends the history list of the trial it is given
-    bare.user_attrs = {}
+    bare.user_attrs = {DEFERRALS: int(trial.user_attrs.get(DEFERRALS, 0)) + deferred}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         _RETRY(study, bare)
@@ -116,10 +124,10 @@ def standing(t: FrozenTrial, superseded: set[int]) -> str:
     if t.number in superseded:
         return "retried"
     # A trial failed without a reason recorded (its worker died, or it was interrupted) is retried.
+    if t.user_attrs.get(DEFERRED):
+        return "deferred"
     retry = t.user_attrs.get(RETRY, REASON not in t.user_attrs)
-    if not retry or len(retry_history(t)) >= MAX_RETRY:
-        return "failed"
-    return "deferred" if t.user_attrs.get(DEFERRED) else "to_retry"
+    return "to_retry" if retry and failures(t) < MAX_RETRY else "failed"
 
 
 def retry_failed(study: optuna.Study) -> None:

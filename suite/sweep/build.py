@@ -139,7 +139,7 @@ class FitPruning(PyTorchLightningPruningCallback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # (before each epoch: a rival that reported meanwhile, on another worker, may be ahead now)
         if self.reports and self._trial.should_prune():
-            raise optuna.TrialPruned(f"Trial was pruned at epoch {trainer.current_epoch - 1}.")
+            raise optuna.TrialPruned(f"stopped by the pruner after epoch {trainer.current_epoch}")
         if self.hold is None or self.at is None or trainer.current_epoch < self.at:
             return
         if rivals := self.hold():
@@ -159,7 +159,7 @@ class FitPruning(PyTorchLightningPruningCallback):
             self._trial.report(row[self.monitor], step=row["epoch"] - 1)
             self.reports += 1
             if self._trial.should_prune():
-                raise optuna.TrialPruned(f"Trial was pruned at epoch {row['epoch'] - 1}.")
+                raise optuna.TrialPruned(f"stopped by the pruner after epoch {row['epoch']}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:

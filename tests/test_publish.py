@@ -286,3 +286,48 @@ def test_the_claims_count_the_words_of_the_real_fsdd_test_utterances():
     test = split_clips(clips, settings, folder)["test"]
     utterances = build_utterances(clips, test, settings.test_utterances, settings, "test")
     assert sum(len(u.digits) for u in utterances) == FSDD_TEST_WORDS
+
+
+def test_the_cmr_claim_reads_each_rate_at_its_chosen_learning_rate_and_never_a_stopped_run():
+    import pandas as pd
+
+    from suite.claims import REFUTED, REPRODUCED, cmr_removes_dependence
+
+    def rec(run_id: str, with_d: float, without: float) -> Record:
+        epochs = [{"epoch": 13, "val_ppl": with_d, "val_ppl_without_d": without}]
+        return Record(
+            run_id=run_id, task="ptb-small", method="doped_kp", seed=0, status="ok", config={}, epochs=epochs
+        )
+
+    def row(run_id: str, cmr: float, lr: float, val: float | None) -> dict:
+        return dict(
+            task="ptb-small",
+            method="doped_kp",
+            factor=25.0,
+            cmr=cmr,
+            lr=lr,
+            val_mean=val,
+            direction="minimize",
+            run_ids=run_id,
+            profile="paper",
+            budget="13ep",
+        )
+
+    summ = pd.DataFrame(
+        [
+            row("a", 0.0, 1.0, 140.0),
+            row("b", 0.0, 0.5, 130.0),  # cmr 0: lr 0.5 is chosen
+            row("c", 0.5, 1.0, 135.0),
+            row("d", 0.5, 0.25, None),  # cmr 0.5: lr 0.25 stopped by the race
+        ]
+    )
+    records = {
+        "a": rec("a", 140, 150),
+        "b": rec("b", 130, 260),
+        "c": rec("c", 135, 140),
+        "d": rec("d", 400, 401),
+    }
+    verdict = cmr_removes_dependence(None, summ, records)
+    assert verdict.verdict == REPRODUCED and sorted(verdict.runs) == ["b", "c"]
+    records["b"] = rec("b", 130, 140)  # the chosen cmr-0 run barely needs D either
+    assert cmr_removes_dependence(None, summ, records).verdict == REFUTED

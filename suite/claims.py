@@ -109,7 +109,9 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
     if rows.empty or "cmr" not in rows:
         return _missing(["doped_kp CF 25 cmr 0", "doped_kp CF 25 cmr 0.5"])
     doped = rows[(rows["task"] == "ptb-small") & (rows["method"] == "doped_kp") & (rows["factor"] == 25.0)]
-    doped = best_by_val(doped.assign(cmr=doped["cmr"].fillna(0.0)), ["budget", "cmr"])  # per rate, its chosen lr
+    doped = best_by_val(
+        doped.assign(cmr=doped["cmr"].fillna(0.0)), ["budget", "cmr"]
+    )  # per rate, its chosen lr
     found = {}
     for cmr in (0.0, 0.5):
         ids = [i for x in doped.loc[doped["cmr"] == cmr, "run_ids"] for i in str(x).split(",")]

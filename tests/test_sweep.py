@@ -29,6 +29,7 @@ from suite.cli import main
 from suite.record import Record
 from suite.sweep import load_spec, run_sweep
 from suite.sweep import storage as st
+from suite.sweep.spec import SweepSpec
 from suite.sweep.storage import open_storage, progress
 from suite.train import train
 
@@ -410,8 +411,6 @@ def test_resume_extends_the_budget_and_refuses_a_changed_spec(tiny, capsys):
 
 def test_a_study_of_older_code_is_refused_not_resumed(tiny, capsys, monkeypatch):
     """After a change in the code deciding a method's runs, resuming would count stale trials as done."""
-    from suite.sweep.spec import SweepSpec
-
     folder, preset = tiny
     spec = write_spec(folder, preset, n_trials=1)
     assert main(["sweep", str(spec)]) == 0
@@ -451,22 +450,23 @@ def test_setting_halving_races_learning_rates_within_one_configuration_only():
     assert not SettingHalving("lr", after_epochs=2, keep=2).prune(study, worse_kp)  # keep the best two
 
 
+def race(folder: Path, methods: list[str], rates: list[float], **fields) -> SweepSpec:
+    """A grid over ``rates`` at CF 2, racing them for one of three epochs on the tiny corpus."""
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    space = {"factor": [2], "lr": rates}
+    pruner = {"name": "setting_halving", "param": "lr", "after_epochs": 1}
+    fields = dict(methods=methods, sampler="grid", n_trials=None, space=space, pruner=pruner, **fields)
+    return load_spec(write_spec(folder, preset, **fields))
+
+
 @pytest.mark.parametrize("rates", [[0.5, 1e-4, 3.0], [1.0, 1e-4, 0.5]], ids=["first-wins", "last-wins"])
 def test_setting_halving_races_each_configurations_rates_before_its_winner_trains_on(tiny, rates):
     """Whichever rate leads after the race's epoch waits, its checkpoint kept, until its rivals have raced; only
     the winner trains on, resumed bit-identically; a configuration costs 1 + (n - 1) * after_epochs / epochs runs.
     (On the tiny corpus lr 0.5 is ahead of 1, 3 and 1e-4 after one epoch: the first list's first rate wins, the
     second's loses to its last.)"""
-    folder, preset = tiny
-    preset = write_preset(folder, folder / "corpus", epochs=3)
-    fields = dict(
-        methods=["small_dense", "kp"],
-        sampler="grid",
-        n_trials=None,
-        space={"factor": [2], "lr": rates},
-        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
-    )
-    spec = load_spec(write_spec(folder, preset, **fields))
+    folder, _ = tiny
+    spec = race(folder, ["small_dense", "kp"], rates)
     study = run_sweep(spec)
     for method in ("small_dense", "kp"):
         mine = [t for t in study.trials if t.params["method"] == method]
@@ -542,19 +542,9 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
     nothing trains."""
     import suite.publish as pub
 
-    folder, preset = tiny
-    preset = write_preset(folder, folder / "corpus", epochs=3)
-    fields = dict(
-        methods=["kp"],
-        sampler="grid",
-        n_trials=None,
-        space={"factor": [2], "lr": [1.0, 1e-4, 0.5]},
-        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
-    )
-    first = run_sweep(load_spec(write_spec(folder, preset, **fields)))
-    assert first.trials[0].user_attrs[
-        st.DEFERRED
-    ]  # one method: the grid's points have no method, nor do rivals
+    folder, _ = tiny
+    first = run_sweep(race(folder, ["kp"], [1.0, 1e-4, 0.5]))
+    assert first.trials[0].user_attrs[st.DEFERRED]  # one method: neither the grid's points nor rivals name it
     shipped = folder / "checkout" / "results" / "published"
     for path in (folder / "results" / "runs").rglob("record.json"):
         rec = Record.load(path)
@@ -563,7 +553,7 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
     monkeypatch.setattr(pub, "SHIPPED", shipped)
     monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
     elsewhere = {"results_dir": str(folder / "elsewhere"), "wandb": "disabled"}
-    again = run_sweep(load_spec(write_spec(folder, preset, name="again", set=elsewhere, **fields)))
+    again = run_sweep(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
     outcome = {t.params["lr"]: t.state for t in first.trials if t.state != TrialState.FAIL}
     assert {t.params["lr"]: t.state for t in again.trials} == outcome
     assert sorted(outcome.values(), key=str) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
@@ -575,16 +565,8 @@ def test_a_leader_resumed_past_the_race_is_still_judged_there_and_stops_if_it_lo
     for lr 0.5 to race epoch 1, and, resumed again, loses the race at epoch 1 and stops."""
     import lightning.pytorch as pl
 
-    folder, preset = tiny
-    preset = write_preset(folder, folder / "corpus", epochs=3)
-    fields = dict(
-        methods=["kp"],
-        sampler="grid",
-        n_trials=None,
-        space={"factor": [2], "lr": [1.0, 0.5]},
-        pruner={"name": "setting_halving", "param": "lr", "after_epochs": 1},
-    )
-    spec = load_spec(write_spec(folder, preset, **fields))
+    folder, _ = tiny
+    spec = race(folder, ["kp"], [1.0, 0.5])
 
     class Killed(BaseException):
         pass

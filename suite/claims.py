@@ -94,11 +94,18 @@ def doping_margin(board, summ, records) -> Verdict:
     return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids(list(rows.values())))
 
 
-def _without_d(rec: Record) -> float | None:
-    last = rec.epochs[-1] if rec.epochs else {}
+def _without_d(rec: Record, row: dict | None = None) -> float | None:
+    """Val metric without D over with D at an epoch's row (default: the last epoch's)."""
+    row = (rec.epochs[-1] if rec.epochs else {}) if row is None else row
     key = f"val_{rec.metric}_without_d"
-    with_d = last.get(f"val_{rec.metric}")
-    return last[key] / with_d if key in last and with_d else None
+    with_d = row.get(f"val_{rec.metric}")
+    return row[key] / with_d if key in row and with_d else None
+
+
+def _peak_without_d(rec: Record) -> tuple[float, int] | None:
+    """The largest ratio over the epochs, and its epoch (the annealing's worst point)."""
+    ratios = [(r, row["epoch"]) for row in rec.epochs if (r := _without_d(rec, row)) is not None]
+    return max(ratios) if ratios else None
 
 
 def cmr_removes_dependence(board, summ, records) -> Verdict:
@@ -112,18 +119,32 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
     doped = best_by_val(
         doped.assign(cmr=doped["cmr"].fillna(0.0)), ["budget", "cmr"]
     )  # per rate, its chosen lr
-    found = {}
+    found, peaks = {}, {}
     for cmr in (0.0, 0.5):
         ids = [i for x in doped.loc[doped["cmr"] == cmr, "run_ids"] for i in str(x).split(",")]
         ratios = [v for i in ids if i in records and (v := _without_d(records[i])) is not None]
         if ratios:
             found[cmr] = (float(np.mean(ratios)), ids)
+            peaks[cmr] = [p for i in ids if i in records and (p := _peak_without_d(records[i])) is not None]
     if len(found) < 2:
         return _missing([f"doped_kp CF 25 cmr {c:g}" for c in (0.0, 0.5) if c not in found])
     (r0, ids0), (r5, ids5) = found[0.0], found[0.5]
     ok = r5 < 1.25 and r0 > 1.5
     text = f"val ppl x{r0:.2f} without D at cmr 0, x{r5:.2f} at cmr 0.5"
-    return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small at CF 25, last epoch", sorted(ids0 + ids5))
+    worst = [f"x{r:.2f} at epoch {e}" for c in (0.0, 0.5) if peaks[c] for r, e in [max(peaks[c])]]
+    if len(worst) == 2:  # shown, not judged: the rule reads the last epoch
+        text += f" (during annealing at most {worst[0]} and {worst[1]})"
+    why = "ptb-small at CF 25, last epoch"
+    if not ok:  # which half of the rule failed
+        why += "; " + "; ".join(
+            part
+            for part, failed in (
+                (f"without CMR, D is not needed much (x{r0:.2f}, not over x1.5)", r0 <= 1.5),
+                (f"with CMR, D is still needed (x{r5:.2f}, not under x1.25)", r5 >= 1.25),
+            )
+            if failed
+        )
+    return Verdict(text, REPRODUCED if ok else REFUTED, why, sorted(ids0 + ids5))
 
 
 FSDD_TEST_WORDS = 4106

@@ -22,7 +22,7 @@ from .record import Record, format_metric
 
 DEFAULT_PROJECT = "compression-suite"
 """The W&B project when WANDB_PROJECT names none."""
-HISTORY_OWN = re.compile(r"lr|train_ppl|seconds|train_\w+_per_s")
+HISTORY_OWN = re.compile(r"lr|train_ppl|(cpu_)?seconds|train_\w+_per_s")
 """Per-epoch keys that ``History`` adds itself and logs under ``epoch/``; every other key of an epoch row is
 logged by Lightning under its own name, with ``epoch`` (counted from 0) beside it."""
 
@@ -157,7 +157,7 @@ class History(pl.Callback):
         self.rows, self.train_seconds = list(state["rows"]), float(state["train_seconds"])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
         self._train_end: float | None = None
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # the epoch's rate, before the scheduler steps
 
@@ -175,6 +175,9 @@ class History(pl.Callback):
         if self.metric.endswith("_ppl"):
             row["train_ppl"] = float(torch.tensor(row.get("train_loss", float("nan"))).clamp(max=700).exp())
         row["seconds"] = now - self._t0
+        # This process's CPU time (all its threads): unlike the wall clock, it does not count time the run was
+        # paused (SIGSTOP) or waiting for a core another process held.
+        row["cpu_seconds"] = time.process_time() - self._cpu0
         rate = f"train_{self.unit}_per_s"
         row[rate] = self.train_units / train_s if train_s > 0 else None
         self.rows.append(row)

@@ -428,6 +428,27 @@ def test_history_keys_of_a_real_doped_run(tiny_preset, tmp_path, monkeypatch):
     assert history <= logged, history - logged
 
 
+def test_an_epochs_cpu_seconds_leave_out_the_time_the_run_was_not_running(tiny_preset, tmp_path, monkeypatch):
+    """A run paused (SIGSTOP) or waiting for a core shows it in ``seconds`` but not in ``cpu_seconds``."""
+    import time
+
+    import lightning.pytorch as pl
+
+    from suite.config import load_run
+    from suite.train import train
+
+    class Nap(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                time.sleep(0.5)  # no CPU used, as when paused
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sets = {"results_dir": str(tmp_path / "r"), "profile": "smoke", "epochs": 1}
+    rec = train(load_run(tiny_preset, "dense", sets=sets), callbacks=[Nap()], progress_bar=False)
+    (row,) = rec.epochs
+    assert 0 < row["cpu_seconds"] and row["seconds"] - row["cpu_seconds"] > 0.4
+
+
 def test_publish_failure_is_one_line(results, capsys, monkeypatch):
     import wandb_workspaces.workspaces as ws
 

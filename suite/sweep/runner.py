@@ -124,11 +124,9 @@ class Objective:
             cfg = spec.run_config(params, seed, study=spec.study_name, trial=trial.number)
             pruning = None
             if spec.monitor and i == 0:
-                race = race_epochs(spec)
-                hold = (
-                    (lambda: rivals(spec, trial.study, trial.params)) if race else None
-                )  # as the grid has them
-                pruning = FitPruning(trial, spec.monitor, hold=hold, at=race)
+                # rivals as the grid names them: by the trial's own settings (no method in a one-method grid)
+                hold = (lambda: rivals(spec, trial.study, trial.params)) if race_epochs(spec) else None
+                pruning = FitPruning(trial, spec.monitor, hold=hold, at=race_epochs(spec))
             if pruning is not None and pruning.hold is not None and cfg.profile == "paper":
                 # A published run this race stopped before (on another machine, say) is not raced again.
                 if (lost := find_published(cfg, status="pruned")) is not None:

@@ -590,3 +590,26 @@ def test_a_leader_resumed_past_the_race_is_still_judged_there_and_stops_if_it_lo
         study.trials[0].intermediate_values[0] > study.trials[1].intermediate_values[0]
     )  # it lost at epoch 1
     assert study.trials[2].user_attrs["epochs"] == 2  # stopped at once, without training on
+
+
+def test_a_deferral_is_not_a_failure_a_leader_is_resumed_whatever_its_retries():
+    study = optuna.create_study(direction="minimize")
+    dist = {"lr": optuna.distributions.CategoricalDistribution([1.0, 0.5])}
+    history = {"failed_trial": 0, "retry_history": [0, 1, 2]}  # its workers died three times before the race
+    attrs = {st.REASON: "ahead; waits", st.RETRY: True, st.DEFERRED: True}
+    leader = optuna.create_trial(
+        state=TrialState.FAIL, params={"lr": 1.0}, distributions=dist, user_attrs=attrs, system_attrs=history
+    )
+    assert st.standing(leader, set()) == "deferred" and st.failures(leader) == 3
+    study.add_trial(leader)
+    assert st.retry_trial(study, study.trials[0])  # resumed, although three failures is MAX_RETRY
+    copy = study.trials[1]
+    assert copy.state == TrialState.WAITING and st.failures(copy) == 3  # the deferral is not counted
+    died = optuna.create_trial(
+        state=TrialState.FAIL,
+        params={"lr": 1.0},
+        distributions=dist,
+        user_attrs={**copy.user_attrs, st.REASON: "interrupted", st.RETRY: True},
+        system_attrs=copy.system_attrs,
+    )
+    assert st.standing(died, set()) == "failed"  # its own failures are used up

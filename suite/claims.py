@@ -90,7 +90,9 @@ def doping_margin(board, summ, records) -> Verdict:
     doped = rows["doped_kp"]["test_mean"]
     gaps = {m: 100 * (rows[m]["test_mean"] - doped) / doped for m in ("prune", "lmf")}
     ok = all(g >= 8.0 for g in gaps.values())
-    text = ", ".join(f"{m} {g:+.1f}% above doped_kp" for m, g in gaps.items())
+    text = "test ppl " + ", ".join(
+        f"{m} {abs(g):.1f}% {'above' if g >= 0 else 'below'} doped_kp's" for m, g in gaps.items()
+    )
     return Verdict(text, REPRODUCED if ok else REFUTED, "ptb-small, one seed", _ids(list(rows.values())))
 
 

@@ -181,7 +181,7 @@ def race_epochs(spec: SweepSpec) -> int | None:
     """The epochs after which a grid sweep's rate race defers its leaders (``SettingHalving``); None: no race."""
     if spec.sampler.name != "grid" or spec.pruner.name != "setting_halving":
         return None
-    return spec.pruner.options.get("after_epochs", 2)
+    return make_pruner(spec).step + 1
 
 
 def rivals(spec: SweepSpec, study: optuna.Study, params: dict) -> list[dict]:

@@ -30,6 +30,7 @@ from suite.errors import ConfigError
 from suite.record import Record
 from suite.sweep import load_spec, run_sweep
 from suite.sweep import storage as st
+from suite.sweep.launch import published_text
 from suite.sweep.spec import SweepSpec
 from suite.sweep.storage import open_storage, progress
 from suite.train import train
@@ -554,9 +555,17 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
         rec = Record.load(path)
         rec.published = {"command": "suite sweep", "behaviour": {}}
         rec.save(shipped / rec.task / rec.method / rec.run_id / "record.json")
+    elsewhere = {"results_dir": str(folder / "elsewhere"), "wandb": "disabled"}
+    unpublished = published_text(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
+    assert unpublished.splitlines()[0].endswith(
+        "0 of 3 runs finished, 0 stopped by their rate race, 3 missing; 0 of 1 configurations complete (each lr finished or stopped by its race)"
+    )
     monkeypatch.setattr(pub, "SHIPPED", shipped)
     monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
-    elsewhere = {"results_dir": str(folder / "elsewhere"), "wandb": "disabled"}
+    shown = published_text(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
+    assert shown.endswith(
+        "1 of 3 runs finished, 2 stopped by their rate race, 0 missing; 1 of 1 configurations complete (each lr finished or stopped by its race)"
+    )
     again = run_sweep(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
     outcome = {t.params["lr"]: t.state for t in first.trials if t.state != TrialState.FAIL}
     assert {t.params["lr"]: t.state for t in again.trials} == outcome

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import optuna
 
 from ..config import read_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..publish import find_published, published_data
+from ..store import data_fingerprint
 from . import storage as st
 from .runner import status
 from .spec import SweepSpec, load_spec
@@ -28,10 +31,71 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def published_text(spec: SweepSpec) -> str | None:
+    """For a full-scale grid: which of its points (and seeds) have a current published record, finished or stopped
+    by its rate race, and which do not yet: what the published list is missing, with or without a study here.
+    None for a smoke profile or a sampled search (no list of runs to publish)."""
+    if spec.profile != "paper" or spec.sampler.name != "grid":
+        return None
+    param = spec.pruner.options.get("param", "lr") if spec.pruner.name == "setting_halving" else None
+    found, lost, missing, groups, datas = 0, 0, [], {}, {}
+    for point in spec.grid()[: spec.n_trials]:
+        params = {"method": spec.methods[0], **point}
+        group = groups.setdefault(
+            json.dumps({k: v for k, v in params.items() if k != param}, sort_keys=True), set()
+        )
+        for seed in spec.seeds:
+            cfg = spec.run_config(params, seed)
+            if cfg.task not in datas:
+                datas[cfg.task] = _data(cfg)
+            data = datas[cfg.task]
+            if data is not None and find_published(cfg, data) is not None:
+                found += 1
+                group.add("ok")
+            elif data is not None and find_published(cfg, data, status="pruned") is not None:
+                lost += 1
+            else:
+                missing.append(point if len(spec.seeds) == 1 else {**point, "seed": seed})
+                group.add("missing")
+    done = sum(1 for kinds in groups.values() if kinds == {"ok"})
+    total = len(spec.grid()[: spec.n_trials]) * len(spec.seeds)
+    lines = [
+        f"published ({spec.name}, current records): {found} of {total} runs finished, {lost} stopped by their "
+        f"rate race, {len(missing)} missing; {done} of {len(groups)} configurations complete"
+        + (f" (each {param} finished or stopped by its race)" if param else "")
+    ]
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        lines.append(f"  missing: {', '.join(map(str, missing[:8]))}{more}")
+    return "\n".join(lines)
+
+
+def _data(cfg) -> dict[str, str] | None:
+    """The data a task's published records were made with, else the data as it is here; None: neither known."""
+    if (data := published_data(cfg.task, cfg.results_dir)) is not None:
+        return data
+    try:
+        return data_fingerprint(cfg)
+    except DataError:
+        return None
+
+
 def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict, chosen: bool) -> str:
-    """The study's status; when the profile was not ``chosen`` (no --profile) and the default's study does not
-    exist, the one study of the spec that does (a user who ran the smoke profile asks for its status as they ran
-    it), with a note saying so."""
+    """What is published of a full-scale grid (``published_text``), then the study's status; when the profile was
+    not ``chosen`` (no --profile) and the default's study does not exist, the one study of the spec that does (a
+    user who ran the smoke profile asks for its status as they ran it), with a note saying so. With no study at
+    all, the published part alone and a note, for a spec whose runs are published."""
+    published = published_text(spec)
+    try:
+        text = _study_text(spec_path, spec, storage, sets, chosen)
+    except ConfigError as e:
+        if published is None:
+            raise
+        return f"{published}\n{e}; `suite sweep {spec_path}` runs what is missing"
+    return text if published is None else f"{published}\n{text}"
+
+
+def _study_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict, chosen: bool) -> str:
     try:
         return status(spec, storage)
     except ConfigError:

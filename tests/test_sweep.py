@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 from sweep_fixtures import (
     Unavailable,
@@ -626,3 +627,22 @@ def test_a_deferral_is_not_a_failure_a_leader_is_resumed_whatever_its_retries():
         system_attrs=copy.system_attrs,
     )
     assert st.standing(died, set()) == "failed"  # its own failures are used up
+
+
+def test_every_shipped_spec_and_profile_loads_and_builds_every_run_of_its_grid():
+    """A spec in sweeps/ with a typo, a setting no method has or a value a method refuses fails here, not after
+    hours of the runs before it."""
+    repo = Path(__file__).resolve().parent.parent
+    specs = sorted((repo / "sweeps").glob("*.yaml"))
+    assert len(specs) >= 10
+    for path in specs:
+        profiles = (yaml.safe_load(path.read_text()).get("profiles") or {}).keys()
+        for profile in ["paper", *profiles]:
+            spec = load_spec(path, profile)
+            if spec.sampler.name != "grid":
+                continue
+            points = spec.grid()[: spec.n_trials]
+            assert points, (path.name, profile)
+            for point in points:
+                cfg = spec.run_config({"method": spec.methods[0], **point}, spec.seeds[0])
+                assert cfg.profile == profile

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from .compressors.accounting import format_cf
-from .leaderboard import full_scale, leaderboard
+from .leaderboard import TEST_WORDS, full_scale, leaderboard
 from .record import Record
 from .report import best_by_val
 
@@ -149,9 +149,6 @@ def cmr_removes_dependence(board, summ, records) -> Verdict:
     return Verdict(text, REPRODUCED if ok else REFUTED, why, sorted(ids0 + ids5))
 
 
-FSDD_TEST_WORDS = 4106
-"""Reference words in fsdd-digits' test utterances at the preset's settings: 1,000 utterances drawn from the 300
-test clips (tests/test_publish.py counts them on the real data)."""
 ALPHA = 0.05
 
 
@@ -173,7 +170,7 @@ def deepthin_wer(board, summ, records) -> Verdict:
     if missing:
         return _missing(missing)
     dt = rows.pop("deepthin")
-    words = FSDD_TEST_WORDS
+    words = TEST_WORDS["fsdd-digits"]
     p = {m: wer_p_value(dt["test_mean"], r["test_mean"], words) for m, r in rows.items()}
     text = f"deepthin {dt['test_mean']:.4f} ({round(dt['test_mean'] * words)} errors); " + ", ".join(
         f"{m} {r['test_mean']:.4f} ({round(r['test_mean'] * words)}, p {p[m]:.2g})" for m, r in rows.items()

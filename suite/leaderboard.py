@@ -4,7 +4,7 @@ Built from the summary (``report.summary``) of every current record, published (
 own: only full-scale configurations (profile ``paper``, all of the data) of the default targets; per method and
 asked CF the setting chosen on validation (``report.selected``: learning rate, CMR rate, ...). Columns: method and
 its non-default settings, the asked and the achieved CF (rounded down), the test metric (with its 95% CI where
-more than one seed finished), its change against dense in percent, the validation metric, seeds (finished/asked)
+more than one seed finished; a single seed's WER with its count of word errors), its change against dense in percent, the validation metric, seeds (finished/asked)
 and the commits that made the runs.
 """
 
@@ -56,11 +56,19 @@ def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
     return chosen.sort_values(order, kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
+TEST_WORDS = {"fsdd-digits": 4106}
+"""Reference words in a WER task's test utterances at its preset's settings (fsdd-digits: 1,000 utterances drawn
+from the 300 test clips; tests/test_publish.py counts them on the real data): a single seed's test WER is shown
+with its error count, so that a difference of a few errors reads as one."""
+
+
 def _test(row) -> str:
     text = format_metric(row.test_mean)
-    return text + (
-        f" +- {format_metric(row.test_ci95)}" if row.n_ok > 1 and np.isfinite(row.test_ci95) else ""
-    )
+    if row.n_ok > 1 and np.isfinite(row.test_ci95):
+        return f"{text} +- {format_metric(row.test_ci95)}"
+    if row.metric == "wer" and row.task in TEST_WORDS and np.isfinite(row.test_mean):
+        return f"{text} ({round(row.test_mean * TEST_WORDS[row.task])} errors)"
+    return text
 
 
 def display(board: pd.DataFrame, speed: dict | None = None) -> dict[str, pd.DataFrame]:
@@ -102,12 +110,24 @@ FOOTER = (
 )
 
 
+def footer(board: pd.DataFrame) -> str:
+    """FOOTER, and for the WER tasks shown with error counts, how many words their test sets have."""
+    counted = sorted({t for t, m in zip(board["task"], board["metric"]) if m == "wer" and t in TEST_WORDS})
+    words = ", ".join(f"{TEST_WORDS[t]:,} in {t}" for t in counted)
+    return FOOTER + (
+        f"; errors: a single seed's word errors on the test set ({words} words), where a difference of a few "
+        "errors is within noise (docs/claims.md tests the differences it uses)"
+        if counted
+        else ""
+    )
+
+
 def format_text(board: pd.DataFrame, results: str | Path = "results") -> str:
     if board.empty:
         return f"no full-scale results yet ({Path(results) / 'published'} is empty; `suite publish` adds finished runs)"
     shown = display(board, speedups(results))
     parts = [f"{title}\n{table.to_string(index=False)}" for title, table in shown.items()]
-    return "\n\n".join(parts) + "\n" + FOOTER
+    return "\n\n".join(parts) + "\n" + footer(board)
 
 
 def format_markdown(board: pd.DataFrame, results: str | Path = "results") -> str:
@@ -117,7 +137,7 @@ def format_markdown(board: pd.DataFrame, results: str | Path = "results") -> str
         f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
         for title, table in display(board, speedups(results)).items()
     ]
-    return "\n".join(parts) + "\n" + FOOTER + ".\n"
+    return "\n".join(parts) + "\n" + footer(board) + ".\n"
 
 
 def report_text(summ: pd.DataFrame, left_out: int = 0, results: str | Path = "results") -> str:

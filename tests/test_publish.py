@@ -243,7 +243,8 @@ def test_a_published_run_is_found_not_redone_from_any_results_folder(tiny_preset
 def test_the_deepthin_claim_counts_a_difference_only_beyond_noise():
     import pandas as pd
 
-    from suite.claims import FSDD_TEST_WORDS, INCONCLUSIVE, REFUTED, REPRODUCED, deepthin_wer
+    from suite.claims import INCONCLUSIVE, REFUTED, REPRODUCED, deepthin_wer
+    from suite.leaderboard import TEST_WORDS
 
     def verdict(deepthin: int, **errors: int) -> str:
         wer = {"lmf": 40, "prune": 40, "hashed": 40, "small_dense": 40, **errors, "deepthin": deepthin}
@@ -253,7 +254,7 @@ def test_the_deepthin_claim_counts_a_difference_only_beyond_noise():
                     "task": "fsdd-digits",
                     "method": m,
                     "factor": 10.0,
-                    "test_mean": k / FSDD_TEST_WORDS,
+                    "test_mean": k / TEST_WORDS["fsdd-digits"],
                     "run_ids": m,
                 }
                 for m, k in wer.items()
@@ -267,14 +268,28 @@ def test_the_deepthin_claim_counts_a_difference_only_beyond_noise():
     assert verdict(9, lmf=5) == INCONCLUSIVE
 
 
+def test_a_single_seeds_wer_is_shown_with_its_error_count_and_several_seeds_with_their_interval():
+    from types import SimpleNamespace
+
+    from suite.leaderboard import TEST_WORDS, _test
+
+    def row(**kw):
+        base = {"task": "fsdd-digits", "metric": "wer", "test_mean": 5 / TEST_WORDS["fsdd-digits"], "n_ok": 1}
+        return SimpleNamespace(**{**base, "test_ci95": float("nan"), **kw})
+
+    assert _test(row()) == "0.0012 (5 errors)"
+    assert _test(row(n_ok=3, test_ci95=0.001)) == "0.0012 +- 0.0010"
+    assert _test(row(task="ptb-small", metric="ppl", test_mean=110.0)) == "110.00"
+
+
 def test_the_claims_count_the_words_of_the_real_fsdd_test_utterances():
     from conftest import SHARED_DATA
 
     if SHARED_DATA is None:
         pytest.skip("needs SUITE_DATA_DIR")
-    from suite.claims import FSDD_TEST_WORDS
     from suite.config import read_yaml
     from suite.data.fsdd import UtteranceSettings, build_utterances, list_clips, locate_fsdd, split_clips
+    from suite.leaderboard import TEST_WORDS
 
     preset = read_yaml(ROOT / "tasks" / "fsdd-digits.yaml")
     given = {
@@ -285,7 +300,7 @@ def test_the_claims_count_the_words_of_the_real_fsdd_test_utterances():
     clips = list_clips(folder)
     test = split_clips(clips, settings, folder)["test"]
     utterances = build_utterances(clips, test, settings.test_utterances, settings, "test")
-    assert sum(len(u.digits) for u in utterances) == FSDD_TEST_WORDS
+    assert sum(len(u.digits) for u in utterances) == TEST_WORDS["fsdd-digits"]
 
 
 def test_the_cmr_claim_reads_each_rate_at_its_chosen_learning_rate_and_never_a_stopped_run():

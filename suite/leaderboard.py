@@ -4,8 +4,8 @@ Built from the summary (``report.summary``) of every current record, published (
 own: only full-scale configurations (profile ``paper``, all of the data) of the default targets; per method and
 asked CF the setting chosen on validation (``report.selected``: learning rate, CMR rate, ...). Columns: method and
 its non-default settings, the asked and the achieved CF (rounded down), the test metric (with its 95% CI where
-more than one seed finished; a single seed's WER with its count of word errors), its change against dense in percent, the validation metric, seeds (finished/asked)
-and the commits that made the runs.
+more than one seed finished; a single seed's WER with its count of word errors), its change against dense in
+percent, the validation metric, seeds (finished/asked) and the commits that made the runs.
 """
 
 from __future__ import annotations

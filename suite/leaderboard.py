@@ -111,12 +111,14 @@ FOOTER = (
 
 
 def footer(board: pd.DataFrame) -> str:
-    """FOOTER, and for the WER tasks shown with error counts, how many words their test sets have."""
-    counted = sorted({t for t, m in zip(board["task"], board["metric"]) if m == "wer" and t in TEST_WORDS})
-    words = ", ".join(f"{TEST_WORDS[t]:,} in {t}" for t in counted)
+    """FOOTER, and where a single seed's WER is shown with its error count, how many words its test set has."""
+    counted = sorted(
+        {r.task for r in board.itertuples() if r.metric == "wer" and r.task in TEST_WORDS and r.n_ok == 1}
+    )
+    words = ", ".join(f"{TEST_WORDS[t]:,} words in {t}" for t in counted)
     return FOOTER + (
-        f"; errors: a single seed's word errors on the test set ({words} words), where a difference of a few "
-        "errors is within noise (docs/claims.md tests the differences it uses)"
+        f"; errors: a single seed's word errors on the test set ({words}); a difference of a few errors is "
+        "within noise (docs/claims.md tests the differences it uses)"
         if counted
         else ""
     )

@@ -271,7 +271,9 @@ def test_the_deepthin_claim_counts_a_difference_only_beyond_noise():
 def test_a_single_seeds_wer_is_shown_with_its_error_count_and_several_seeds_with_their_interval():
     from types import SimpleNamespace
 
-    from suite.leaderboard import TEST_WORDS, _test
+    import pandas as pd
+
+    from suite.leaderboard import FOOTER, TEST_WORDS, _test, footer
 
     def row(**kw):
         base = {"task": "fsdd-digits", "metric": "wer", "test_mean": 5 / TEST_WORDS["fsdd-digits"], "n_ok": 1}
@@ -280,6 +282,12 @@ def test_a_single_seeds_wer_is_shown_with_its_error_count_and_several_seeds_with
     assert _test(row()) == "0.0012 (5 errors)"
     assert _test(row(n_ok=3, test_ci95=0.001)) == "0.0012 +- 0.0010"
     assert _test(row(task="ptb-small", metric="ppl", test_mean=110.0)) == "110.00"
+    board = pd.DataFrame([vars(row()), vars(row(task="ptb-small", metric="ppl", test_mean=110.0))])
+    assert footer(board).endswith(
+        "(4,106 words in fsdd-digits); a difference of a few errors is within noise "
+        "(docs/claims.md tests the differences it uses)"
+    )
+    assert footer(board.assign(n_ok=3)) == FOOTER  # no error count shown
 
 
 def test_the_claims_count_the_words_of_the_real_fsdd_test_utterances():

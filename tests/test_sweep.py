@@ -543,7 +543,7 @@ def test_a_leader_waits_for_its_rivals_before_any_epoch_past_the_race_a_resumed_
     pruning.on_train_epoch_start(SimpleNamespace(current_epoch=4), None)
 
 
-def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypatch):
+def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypatch, capsys):
     """On another machine (a fresh clone), the published winner is found and the published losers stay stopped:
     nothing trains."""
     import suite.publish as pub
@@ -557,16 +557,34 @@ def test_a_race_whose_runs_are_published_is_found_not_raced_again(tiny, monkeypa
         rec.published = {"command": "suite sweep", "behaviour": {}}
         rec.save(shipped / rec.task / rec.method / rec.run_id / "record.json")
     elsewhere = {"results_dir": str(folder / "elsewhere"), "wandb": "disabled"}
+    raced = "(each lr finished or stopped by its race)"
     unpublished = published_text(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
     assert unpublished.splitlines()[0].endswith(
-        "0 of 3 runs finished, 0 stopped by their rate race, 3 missing; 0 of 1 configurations complete (each lr finished or stopped by its race)"
+        f"runs finished 0, stopped by their rate race 0, missing 3; configurations complete 0 of 1 {raced}"
     )
     monkeypatch.setattr(pub, "SHIPPED", shipped)
     monkeypatch.setattr(pub, "stale_reasons", lambda records: {r.run_id: None for r in records})
     shown = published_text(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
     assert shown.endswith(
-        "1 of 3 runs finished, 2 stopped by their rate race, 0 missing; 1 of 1 configurations complete (each lr finished or stopped by its race)"
+        f"runs finished 1, stopped by their rate race 2, missing 0; configurations complete 1 of 1 {raced}"
     )
+    # a second seed: the losers run none (not missing), the winner's is missing
+    seeds = published_text(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="seeds", set=elsewhere, seeds=[0, 1]))
+    assert seeds.splitlines()[0].endswith(
+        f"runs finished 1, stopped by their rate race 2, missing 1; configurations complete 0 of 1 {raced}"
+    )
+    assert "'seed': 1" in seeds and "'seed': 0" not in seeds
+    # no race: a stopped run is not a result of this grid
+    plain = dict(methods=["kp"], sampler="grid", n_trials=None, space={"factor": [2], "lr": [1.0, 1e-4, 0.5]})
+    preset = write_preset(folder, folder / "corpus", epochs=3)
+    text = published_text(load_spec(write_spec(folder, preset, name="plain", set=elsewhere, **plain)))
+    assert text.splitlines()[0].endswith("runs finished 1, missing 2; configurations complete 1 of 3")
+    # `--status` on a clone where no study ran: what is published and missing, exit 0; a broken storage: exit 2
+    spec_path = folder / "again.yaml"
+    assert main(["sweep", str(spec_path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "runs finished 1," in out and "no study has been run yet" in out
+    assert main(["sweep", str(spec_path), "--status", "--storage", "bogus://x"]) == 2
     again = run_sweep(race(folder, ["kp"], [1.0, 1e-4, 0.5], name="again", set=elsewhere))
     outcome = {t.params["lr"]: t.state for t in first.trials if t.state != TrialState.FAIL}
     assert {t.params["lr"]: t.state for t in again.trials} == outcome
@@ -645,4 +663,11 @@ def test_every_shipped_spec_and_profile_loads_and_builds_every_run_of_its_grid()
             assert points, (path.name, profile)
             for point in points:
                 cfg = spec.run_config({"method": spec.methods[0], **point}, spec.seeds[0])
-                assert cfg.profile == profile
+                for key, value in point.items():  # every searched setting reaches the run
+                    if key != "method":
+                        given = (
+                            cfg.train.lr
+                            if key == "lr"
+                            else cfg.compress.get(key, getattr(cfg.train, key, None))
+                        )
+                        assert given in (value, [value]), (path.name, profile, point, key)

@@ -14,7 +14,7 @@ from ..errors import ConfigError, DataError
 from ..publish import find_published, published_data
 from ..store import data_fingerprint
 from . import storage as st
-from .runner import status
+from .runner import race_epochs, status
 from .spec import SweepSpec, load_spec
 
 
@@ -32,18 +32,18 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def published_text(spec: SweepSpec) -> str | None:
-    """For a full-scale grid: which of its points (and seeds) have a current published record, finished or stopped
-    by its rate race, and which do not yet: what the published list is missing, with or without a study here.
-    None for a smoke profile or a sampled search (no list of runs to publish)."""
+    """For a full-scale grid: which of its runs (points and seeds) have a current published record, finished or
+    stopped by its rate race, and which do not yet: what the published list is missing, with or without a study
+    here. A rate that lost its race on the first seed runs no other seed: those are not counted. None for a
+    smoke profile or a sampled search (no list of runs to publish)."""
     if spec.profile != "paper" or spec.sampler.name != "grid":
         return None
-    param = spec.pruner.options.get("param", "lr") if spec.pruner.name == "setting_halving" else None
+    param = spec.pruner.options.get("param", "lr") if race_epochs(spec) is not None else None
     found, lost, missing, groups, datas = 0, 0, [], {}, {}
     for point in spec.grid()[: spec.n_trials]:
         params = {"method": spec.methods[0], **point}
-        group = groups.setdefault(
-            json.dumps({k: v for k, v in params.items() if k != param}, sort_keys=True), set()
-        )
+        key = json.dumps({k: v for k, v in params.items() if k != param}, sort_keys=True)
+        group = groups.setdefault(key, set())
         for seed in spec.seeds:
             cfg = spec.run_config(params, seed)
             if cfg.task not in datas:
@@ -52,17 +52,18 @@ def published_text(spec: SweepSpec) -> str | None:
             if data is not None and find_published(cfg, data) is not None:
                 found += 1
                 group.add("ok")
-            elif data is not None and find_published(cfg, data, status="pruned") is not None:
+            elif param and data is not None and find_published(cfg, data, status="pruned") is not None:
                 lost += 1
+                break  # its other seeds are not run
             else:
                 missing.append(point if len(spec.seeds) == 1 else {**point, "seed": seed})
                 group.add("missing")
     done = sum(1 for kinds in groups.values() if kinds == {"ok"})
-    total = len(spec.grid()[: spec.n_trials]) * len(spec.seeds)
+    stopped = f", stopped by their rate race {lost}" if param else ""
+    raced = f" (each {param} finished or stopped by its race)" if param else ""
     lines = [
-        f"published ({spec.name}, current records): {found} of {total} runs finished, {lost} stopped by their "
-        f"rate race, {len(missing)} missing; {done} of {len(groups)} configurations complete"
-        + (f" (each {param} finished or stopped by its race)" if param else "")
+        f"published ({spec.name}, current records): runs finished {found}{stopped}, missing {len(missing)}; "
+        f"configurations complete {done} of {len(groups)}{raced}"
     ]
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
@@ -88,7 +89,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
     published = published_text(spec)
     try:
         text = _study_text(spec_path, spec, storage, sets, chosen)
-    except ConfigError as e:
+    except st.NoStudy as e:
         if published is None:
             raise
         return f"{published}\n{e}; `suite sweep {spec_path}` runs what is missing"
@@ -98,7 +99,7 @@ def status_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict
 def _study_text(spec_path: str, spec: SweepSpec, storage: str | None, sets: dict, chosen: bool) -> str:
     try:
         return status(spec, storage)
-    except ConfigError:
+    except st.NoStudy:
         if chosen or storage is not None:
             raise
         for other in ["paper", *(read_yaml(spec_path).get("profiles") or {})]:

@@ -49,7 +49,7 @@ def open_study(spec: SweepSpec, where: str, create: bool = True, resume: bool = 
         try:
             return optuna.load_study(**study_args)
         except KeyError:
-            raise ConfigError(
+            raise st.NoStudy(
                 f"no study {spec.study_name} in {st.describe(where)} yet; run the sweep first"
             ) from None
     lock = st.SlotLock(where, spec.study_name)

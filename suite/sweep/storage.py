@@ -161,12 +161,16 @@ def describe(location: str) -> str:
         return location.split("://")[0] + "://..."
 
 
+class NoStudy(ConfigError):
+    """The study asked for has not been created yet (its journal or its name in the database is not there)."""
+
+
 def open_storage(location: str, create: bool = True) -> optuna.storages.BaseStorage:
     """A journal file path or an RDB URL -> an Optuna storage (RDB with heartbeats and retries of stale trials)."""
     if not is_url(location):
         path = Path(location)
         if not create and not path.is_file():
-            raise ConfigError(f"no study has been run yet: {path} does not exist")
+            raise NoStudy(f"no study has been run yet: {path} does not exist")
         check_file(path, "study journal")
         make_dir(path.parent, "study folder")
         from optuna.storages.journal import JournalFileBackend, JournalStorage

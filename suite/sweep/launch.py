@@ -14,6 +14,7 @@ from ..errors import ConfigError, DataError
 from ..publish import find_published, published_data
 from ..store import data_fingerprint
 from . import storage as st
+from .build import make_pruner
 from .runner import race_epochs, status
 from .spec import SweepSpec, load_spec
 
@@ -38,11 +39,14 @@ def published_text(spec: SweepSpec) -> str | None:
     smoke profile or a sampled search (no list of runs to publish)."""
     if spec.profile != "paper" or spec.sampler.name != "grid":
         return None
-    param = spec.pruner.options.get("param", "lr") if race_epochs(spec) is not None else None
+    race = (
+        make_pruner(spec) if race_epochs(spec) is not None else None
+    )  # its raced setting and configurations
+    param = race.param if race else None
     found, lost, missing, groups, datas = 0, 0, [], {}, {}
     for point in spec.grid()[: spec.n_trials]:
         params = {"method": spec.methods[0], **point}
-        key = json.dumps({k: v for k, v in params.items() if k != param}, sort_keys=True)
+        key = json.dumps(race.group(params) if race else params, sort_keys=True)
         group = groups.setdefault(key, set())
         for seed in spec.seeds:
             cfg = spec.run_config(params, seed)

@@ -190,6 +190,18 @@ def test_committed_results_documents_agree_with_the_published_records():
         )
 
 
+def test_the_readme_shows_every_committed_figure_of_the_published_records():
+    """docs/figures/ is drawn from the published records (`suite report --docs docs`); the README shows each of its
+    figures, and every figure it shows exists."""
+    import re
+
+    shown = set(re.findall(r"!\[[^\]]*\]\((docs/figures/[^)]+)\)", (ROOT / "README.md").read_text()))
+    drawn = {f"docs/figures/{p.name}" for p in (ROOT / "docs" / "figures").glob("*.png")}
+    assert drawn, "docs/figures/ holds no figure: run suite report --docs docs"
+    assert not drawn - shown, f"the README does not show {sorted(drawn - shown)}"
+    assert not shown - drawn, f"the README shows figures that do not exist: {sorted(shown - drawn)}"
+
+
 def test_a_stale_published_record_is_left_out_and_shown_marked_with_what_changed(
     tmp_path, monkeypatch, capsys
 ):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,12 +194,12 @@ def f2_cma(epochs: pd.DataFrame, summ: pd.DataFrame, out: Path, cf: float | None
         bottom.grid(alpha=0.3)
         bottom.legend(fontsize=7)
     first = rows.iloc[0]
-    fig.suptitle(
+    title = (
         f"F2  {d.abbrev} {d.during}, {task} ({first['profile']}, {first['budget']}): validation metric with and "
         f"without {d.part}, {d.schedule.label} (mean over seeds; per {short} rate the learning rate chosen on "
-        "validation)",
-        y=1.0,
+        "validation)"
     )
+    fig.suptitle(textwrap.fill(title, width=70 * len(methods)), y=1.0)  # no wider than the panels
     fig.tight_layout()
     return save(fig, out, "F2_cma"), ""
 

@@ -5,6 +5,7 @@ documents agree with the committed records."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -193,8 +194,6 @@ def test_committed_results_documents_agree_with_the_published_records():
 def test_the_readme_shows_every_committed_figure_of_the_published_records():
     """docs/figures/ is drawn from the published records (`suite report --docs docs`); the README shows each of its
     figures, and every figure it shows exists."""
-    import re
-
     shown = set(re.findall(r"!\[[^\]]*\]\((docs/figures/[^)]+)\)", (ROOT / "README.md").read_text()))
     drawn = {f"docs/figures/{p.name}" for p in (ROOT / "docs" / "figures").glob("*.png")}
     assert drawn, "docs/figures/ holds no figure: run suite report --docs docs"

@@ -51,9 +51,11 @@ def leaderboard(summ: pd.DataFrame) -> pd.DataFrame:
     ref = [dense.get((t, b), np.nan) for t, b in zip(chosen["task"], chosen["budget"])]
     chosen["vs_dense_pct"] = 100.0 * (chosen["test_mean"] - ref) / ref
     chosen["settings"] = [settings_text(r) for _, r in chosen.iterrows()]
-    chosen = chosen.assign(_o=chosen["method"].ne("dense"))
-    order = ["task", "budget", "_o", "factor", "test_mean"]
-    return chosen.sort_values(order, kind="stable").drop(columns="_o").reset_index(drop=True)
+    # dense first, then by asked CF and from the best test metric down (BLEU is higher-better)
+    sign = np.where(chosen["direction"] == "maximize", -1.0, 1.0)
+    chosen = chosen.assign(_o=chosen["method"].ne("dense"), _worse=sign * chosen["test_mean"])
+    order = ["task", "budget", "_o", "factor", "_worse"]
+    return chosen.sort_values(order, kind="stable").drop(columns=["_o", "_worse"]).reset_index(drop=True)
 
 
 TEST_WORDS = {"fsdd-digits": 4106}

@@ -191,6 +191,22 @@ def test_committed_results_documents_agree_with_the_published_records():
         )
 
 
+def test_the_leaderboard_lists_dense_first_then_each_cf_best_first_in_the_metrics_direction():
+    """Per task: dense, then by asked CF, and within a CF from the best test metric down: ascending perplexity and
+    WER, descending BLEU (multi30k-small's published records hold a maximized metric)."""
+    from suite.leaderboard import leaderboard
+
+    records = [r for r in load(ROOT / "results")[0] if r.published] if (ROOT / "results").is_dir() else []
+    board = leaderboard(summary(runs_frame(records)))
+    assert "maximize" in set(board["direction"]), "no published task with a higher-is-better metric"
+    for task, rows in board.groupby("task", sort=False):
+        assert rows["method"].iloc[0] == "dense", task
+        for factor, same in rows.iloc[1:].groupby("factor"):
+            sign = -1.0 if same["direction"].iloc[0] == "maximize" else 1.0
+            worse = list(sign * same["test_mean"])
+            assert worse == sorted(worse), f"{task} at CF {factor:g}: not best first"
+
+
 def test_the_readme_shows_every_committed_figure_of_the_published_records():
     """docs/figures/ is drawn from the published records (`suite report --docs docs`); the README shows each of its
     figures, and every figure it shows exists."""
